@@ -1,0 +1,412 @@
+//! Conversation items: what a request's `input` holds and what a response's
+//! `output` holds.
+//!
+//! One [`Item`] type serves both directions because clients send our output
+//! back as input (with `store: false`, or when they manage the history
+//! themselves). Accepting is lenient: messages without `type`, content as a
+//! string or as parts, unknown fields and unknown item kinds are all taken.
+//! Producing is strict: every item we emit carries `id` and `status`, and
+//! `output_text` parts always carry `annotations` and `logprobs`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One conversation item.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Item {
+    Message(Message),
+    FunctionCall(FunctionCall),
+    FunctionCallOutput(FunctionCallOutput),
+    CustomToolCall(CustomToolCall),
+    CustomToolCallOutput(CustomToolCallOutput),
+    Reasoning(Reasoning),
+    ItemReference(ItemReference),
+    /// An item kind this server does not act on (hosted tool calls and the
+    /// like). It is stored and listed as sent, and never shown to the backend.
+    #[serde(untagged)]
+    Other(Value),
+}
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    User,
+    Assistant,
+    System,
+    Developer,
+}
+
+/// A message: text and media from a user, system or developer, or the
+/// model's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub role: Role,
+    #[serde(deserialize_with = "content::deserialize")]
+    pub content: Vec<ContentPart>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    /// Codex marks assistant messages as `commentary` or `final_answer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+}
+
+/// Progress of an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    InProgress,
+    Completed,
+    Incomplete,
+}
+
+/// One part of a message's content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentPart {
+    InputText {
+        text: String,
+    },
+    InputImage {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image_url: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file_id: Option<String>,
+        #[serde(default = "default_detail")]
+        detail: String,
+    },
+    InputFile {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file_data: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file_url: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        filename: Option<String>,
+    },
+    OutputText {
+        text: String,
+        #[serde(default)]
+        annotations: Vec<Value>,
+        #[serde(default)]
+        logprobs: Vec<Value>,
+    },
+    Refusal {
+        refusal: String,
+    },
+}
+
+fn default_detail() -> String {
+    "auto".to_owned()
+}
+
+impl ContentPart {
+    /// An `output_text` part with no annotations or logprobs.
+    pub fn output_text(text: impl Into<String>) -> Self {
+        ContentPart::OutputText {
+            text: text.into(),
+            annotations: Vec::new(),
+            logprobs: Vec::new(),
+        }
+    }
+
+    /// The text of a text-like part.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            ContentPart::InputText { text } | ContentPart::OutputText { text, .. } => Some(text),
+            ContentPart::Refusal { refusal } => Some(refusal),
+            _ => None,
+        }
+    }
+}
+
+/// A call of a function tool by the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub call_id: String,
+    pub name: String,
+    #[serde(default)]
+    pub arguments: String,
+    /// The `namespace` tool the function belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+/// The result of a function call, sent by the client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionCallOutput {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub call_id: String,
+    pub output: ToolOutput,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+/// A tool's output: a string, or content parts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ToolOutput {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+impl ToolOutput {
+    /// The output as text for a chat-completions `tool` message.
+    pub fn to_text(&self) -> String {
+        match self {
+            ToolOutput::Text(text) => text.clone(),
+            ToolOutput::Parts(parts) => parts
+                .iter()
+                .filter_map(ContentPart::text)
+                .collect::<Vec<_>>()
+                .join(""),
+        }
+    }
+}
+
+/// A call of a custom (freeform) tool by the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomToolCall {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub call_id: String,
+    pub name: String,
+    #[serde(default)]
+    pub input: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+/// The result of a custom tool call, sent by the client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomToolCallOutput {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub call_id: String,
+    pub output: ToolOutput,
+}
+
+/// The model's reasoning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reasoning {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub summary: Vec<TextPart>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Vec<TextPart>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted_content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+impl Reasoning {
+    /// The reasoning text, from `content` or else from `summary`.
+    pub fn text(&self) -> String {
+        let parts = match &self.content {
+            Some(content) if !content.is_empty() => content,
+            _ => &self.summary,
+        };
+        parts
+            .iter()
+            .map(|p| p.text.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// `summary_text` or `reasoning_text`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: String,
+}
+
+/// A reference to an item stored with an earlier response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemReference {
+    pub id: String,
+}
+
+impl Item {
+    /// The item's id, if it has one.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Item::Message(m) => m.id.as_deref(),
+            Item::FunctionCall(c) => c.id.as_deref(),
+            Item::FunctionCallOutput(o) => o.id.as_deref(),
+            Item::CustomToolCall(c) => c.id.as_deref(),
+            Item::CustomToolCallOutput(o) => o.id.as_deref(),
+            Item::Reasoning(r) => r.id.as_deref(),
+            Item::ItemReference(r) => Some(&r.id),
+            Item::Other(v) => v.get("id").and_then(Value::as_str),
+        }
+    }
+
+    /// A user message with one text part.
+    pub fn user_text(text: impl Into<String>) -> Item {
+        Item::Message(Message {
+            id: None,
+            role: Role::User,
+            content: vec![ContentPart::InputText { text: text.into() }],
+            status: None,
+            phase: None,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Item {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = Value::deserialize(deserializer)?;
+        let kind = match value.get("type") {
+            Some(Value::String(kind)) => kind.clone(),
+            Some(_) => return Err(D::Error::custom("item `type` must be a string")),
+            // Messages may come without `type` (the Chat Completions habit).
+            None if value.get("role").is_some() => "message".to_owned(),
+            None => return Err(D::Error::custom("item has neither `type` nor `role`")),
+        };
+        let typed = |v: Value| -> Result<Item, D::Error> {
+            Ok(match kind.as_str() {
+                "message" => Item::Message(from(v)?),
+                "function_call" => Item::FunctionCall(from(v)?),
+                "function_call_output" => Item::FunctionCallOutput(from(v)?),
+                "custom_tool_call" => Item::CustomToolCall(from(v)?),
+                "custom_tool_call_output" => Item::CustomToolCallOutput(from(v)?),
+                "reasoning" => Item::Reasoning(from(v)?),
+                "item_reference" => Item::ItemReference(from(v)?),
+                _ => Item::Other(v),
+            })
+        };
+        typed(value)
+    }
+}
+
+fn from<T: serde::de::DeserializeOwned, E: serde::de::Error>(value: Value) -> Result<T, E> {
+    serde_json::from_value(value).map_err(E::custom)
+}
+
+/// Message content arrives as a string or as a list of parts.
+mod content {
+    use super::ContentPart;
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Content {
+        Text(String),
+        Parts(Vec<ContentPart>),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ContentPart>, D::Error> {
+        Ok(match Content::deserialize(d)? {
+            // The role decides input_text vs output_text; see `Message::normalize`.
+            Content::Text(text) => vec![ContentPart::InputText { text }],
+            Content::Parts(parts) => parts,
+        })
+    }
+}
+
+impl Message {
+    /// Puts content in the form we store and return: assistant text as
+    /// `output_text`, everything else as `input_text`.
+    pub fn normalize(&mut self) {
+        if self.role != Role::Assistant {
+            return;
+        }
+        for part in &mut self.content {
+            if let ContentPart::InputText { text } = part {
+                *part = ContentPart::output_text(std::mem::take(text));
+            }
+        }
+    }
+
+    /// The concatenated text of the message.
+    pub fn text(&self) -> String {
+        self.content
+            .iter()
+            .filter_map(ContentPart::text)
+            .collect::<Vec<_>>()
+            .join("")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn message_without_type_and_string_content() {
+        let item: Item = serde_json::from_value(json!({"role": "user", "content": "hi"})).unwrap();
+        assert_eq!(item, Item::user_text("hi"));
+    }
+
+    #[test]
+    fn assistant_string_content_becomes_output_text() {
+        let item: Item = serde_json::from_value(
+            json!({"type": "message", "role": "assistant", "content": "ok", "phase": "final_answer"}),
+        )
+        .unwrap();
+        let Item::Message(mut m) = item else { panic!() };
+        m.normalize();
+        assert_eq!(m.content, vec![ContentPart::output_text("ok")]);
+        assert_eq!(m.phase.as_deref(), Some("final_answer"));
+    }
+
+    #[test]
+    fn output_text_serializes_annotations_and_logprobs() {
+        let v = serde_json::to_value(ContentPart::output_text("x")).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "output_text", "text": "x", "annotations": [], "logprobs": []})
+        );
+    }
+
+    #[test]
+    fn unknown_item_kinds_are_kept() {
+        let raw = json!({"type": "web_search_call", "id": "ws_1", "status": "completed"});
+        let item: Item = serde_json::from_value(raw.clone()).unwrap();
+        assert_eq!(item, Item::Other(raw.clone()));
+        assert_eq!(serde_json::to_value(&item).unwrap(), raw);
+    }
+
+    #[test]
+    fn function_call_output_with_parts() {
+        let item: Item = serde_json::from_value(json!({
+            "type": "function_call_output", "call_id": "c1",
+            "output": [{"type": "input_text", "text": "a"}, {"type": "input_text", "text": "b"}]
+        }))
+        .unwrap();
+        let Item::FunctionCallOutput(o) = item else { panic!() };
+        assert_eq!(o.output.to_text(), "ab");
+    }
+
+    #[test]
+    fn tagged_serialization_round_trips() {
+        let item = Item::FunctionCall(FunctionCall {
+            id: Some("fc_1".into()),
+            call_id: "call_1".into(),
+            name: "f".into(),
+            arguments: "{}".into(),
+            namespace: Some("ns".into()),
+            status: Some(Status::Completed),
+        });
+        let v = serde_json::to_value(&item).unwrap();
+        assert_eq!(v["type"], "function_call");
+        assert_eq!(serde_json::from_value::<Item>(v).unwrap(), item);
+    }
+}

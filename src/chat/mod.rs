@@ -1,0 +1,335 @@
+//! The Chat Completions side: what we send to the backend and what it sends
+//! back.
+//!
+//! [`ChatRequest::build`] turns a Responses request plus its conversation
+//! history into one `/chat/completions` request; [`ChatChunk`] is one
+//! streamed chunk of the answer, parsed leniently because backends differ
+//! (`reasoning_content` vs `reasoning`, missing fields, extra fields).
+
+mod messages;
+mod tools;
+
+pub use messages::to_messages;
+pub use tools::{ToolKind, ToolMap};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::api::items::Item;
+use crate::api::request::CreateRequest;
+use crate::error::ApiError;
+
+/// A `/chat/completions` request.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    pub stream: bool,
+    pub stream_options: Value,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_cache_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_tier: Option<String>,
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatMessage {
+    pub role: &'static str,
+    pub content: Option<ChatContent>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ChatToolCall>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+}
+
+/// Message content: plain text, or parts when there is media.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ChatContent {
+    Text(String),
+    Parts(Vec<Value>),
+}
+
+/// A tool call in an assistant message.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: ChatFunction,
+}
+
+/// The function of a tool call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatFunction {
+    pub name: String,
+    pub arguments: String,
+}
+
+/// How the backend is asked.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BackendOptions {
+    /// Pass reasoning items of the history on as `reasoning_content`.
+    pub send_reasoning: bool,
+}
+
+impl ChatRequest {
+    /// The chat request for `request`, whose full conversation (earlier
+    /// turns and this request's input, item references resolved) is `history`.
+    pub fn build(
+        request: &CreateRequest,
+        history: &[Item],
+        tools: &ToolMap,
+        options: BackendOptions,
+    ) -> Result<Self, ApiError> {
+        let messages = to_messages(
+            request.instructions.as_deref(),
+            history,
+            tools,
+            options.send_reasoning,
+        );
+        let wants_logprobs = request
+            .include
+            .as_ref()
+            .is_some_and(|inc| inc.iter().any(|i| i == "message.output_text.logprobs"))
+            || request.top_logprobs.is_some_and(|n| n > 0);
+        Ok(ChatRequest {
+            model: request.model().to_owned(),
+            messages,
+            stream: true,
+            stream_options: json!({"include_usage": true}),
+            tools: tools.chat_tools(),
+            tool_choice: tools.chat_tool_choice(request.tool_choice.as_ref())?,
+            parallel_tool_calls: request.parallel_tool_calls.filter(|_| !tools.is_empty()),
+            temperature: request.temperature,
+            top_p: request.top_p,
+            frequency_penalty: request.frequency_penalty,
+            presence_penalty: request.presence_penalty,
+            max_tokens: request.max_output_tokens,
+            response_format: response_format(request.text.as_ref())?,
+            reasoning_effort: request
+                .reasoning
+                .as_ref()
+                .and_then(|r| r.get("effort"))
+                .filter(|e| !e.is_null())
+                .cloned(),
+            logprobs: wants_logprobs.then_some(true),
+            top_logprobs: request.top_logprobs.filter(|_| wants_logprobs),
+            user: request
+                .safety_identifier
+                .clone()
+                .or_else(|| request.user.clone()),
+            prompt_cache_key: request.prompt_cache_key.clone(),
+            service_tier: None,
+        })
+    }
+}
+
+/// `text.format` of the Responses API as chat-completions `response_format`.
+fn response_format(text: Option<&Value>) -> Result<Option<Value>, ApiError> {
+    let Some(format) = text.and_then(|t| t.get("format")) else {
+        return Ok(None);
+    };
+    let kind = format.get("type").and_then(Value::as_str).unwrap_or("text");
+    match kind {
+        "text" => Ok(None),
+        "json_object" => Ok(Some(json!({"type": "json_object"}))),
+        "json_schema" => {
+            let name = format.get("name").and_then(Value::as_str).ok_or_else(|| {
+                ApiError::invalid_request("Missing required parameter: 'text.format.name'.")
+                    .with_param("text.format.name")
+            })?;
+            let schema = format.get("schema").filter(|s| s.is_object()).ok_or_else(|| {
+                ApiError::invalid_request("Missing required parameter: 'text.format.schema'.")
+                    .with_param("text.format.schema")
+            })?;
+            let mut json_schema = json!({"name": name, "schema": schema});
+            for key in ["strict", "description"] {
+                if let Some(v) = format.get(key).filter(|v| !v.is_null()) {
+                    json_schema[key] = v.clone();
+                }
+            }
+            Ok(Some(
+                json!({"type": "json_schema", "json_schema": json_schema}),
+            ))
+        }
+        other => Err(ApiError::invalid_param(
+            "text.format.type",
+            format!("Unsupported text format type '{other}'."),
+        )),
+    }
+}
+
+/// One `chat.completion.chunk`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ChatChunk {
+    #[serde(default)]
+    pub choices: Vec<ChunkChoice>,
+    #[serde(default)]
+    pub usage: Option<ChatUsage>,
+}
+
+/// The first (and only) choice of a chunk.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ChunkChoice {
+    #[serde(default)]
+    pub delta: Delta,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    #[serde(default)]
+    pub logprobs: Option<ChunkLogprobs>,
+}
+
+/// What a chunk adds.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Delta {
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default)]
+    pub refusal: Option<String>,
+    #[serde(default)]
+    pub reasoning_content: Option<String>,
+    #[serde(default)]
+    pub reasoning: Option<String>,
+    #[serde(default)]
+    pub tool_calls: Vec<ToolCallDelta>,
+}
+
+impl Delta {
+    /// Reasoning text, whichever field the backend uses.
+    pub fn reasoning_text(&self) -> Option<&str> {
+        self.reasoning_content
+            .as_deref()
+            .or(self.reasoning.as_deref())
+            .filter(|s| !s.is_empty())
+    }
+}
+
+/// A fragment of a tool call, merged by `index`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ToolCallDelta {
+    #[serde(default)]
+    pub index: Option<usize>,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub function: Option<FunctionDelta>,
+}
+
+/// A fragment of a tool call's function.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FunctionDelta {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub arguments: Option<String>,
+}
+
+/// Log probabilities of a chunk's content tokens.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ChunkLogprobs {
+    #[serde(default)]
+    pub content: Option<Vec<Value>>,
+}
+
+/// Token counts reported by the backend.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ChatUsage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: Option<u64>,
+    #[serde(default)]
+    pub prompt_tokens_details: Option<Value>,
+    #[serde(default)]
+    pub completion_tokens_details: Option<Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_schema_format_maps_to_response_format() {
+        let text = json!({"format": {"type": "json_schema", "name": "person", "strict": true,
+                                     "schema": {"type": "object"}}});
+        assert_eq!(
+            response_format(Some(&text)).unwrap(),
+            Some(json!({"type": "json_schema", "json_schema":
+                {"name": "person", "schema": {"type": "object"}, "strict": true}}))
+        );
+        let missing = json!({"format": {"type": "json_schema", "name": "x"}});
+        assert_eq!(
+            response_format(Some(&missing)).unwrap_err().param.as_deref(),
+            Some("text.format.schema")
+        );
+    }
+
+    #[test]
+    fn chunk_parsing_is_lenient() {
+        let chunk: ChatChunk = serde_json::from_str(
+            r#"{"id":"x","choices":[{"index":0,"delta":{"reasoning":"hm","extra":1}}],"new":true}"#,
+        )
+        .unwrap();
+        assert_eq!(chunk.choices[0].delta.reasoning_text(), Some("hm"));
+        let usage_only: ChatChunk =
+            serde_json::from_str(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#)
+                .unwrap();
+        assert_eq!(usage_only.usage.unwrap().prompt_tokens, 3);
+    }
+
+    #[test]
+    fn request_maps_parameters() {
+        let request = CreateRequest::parse(
+            br#"{"model":"m","input":"hi","instructions":"be brief","temperature":0.2,
+                "max_output_tokens":50,"reasoning":{"effort":"low"},
+                "include":["message.output_text.logprobs"],"top_logprobs":2}"#,
+        )
+        .unwrap();
+        let history = request.input.clone().unwrap().into_items();
+        let chat = ChatRequest::build(&request, &history, &ToolMap::default(), Default::default())
+            .unwrap();
+        let v = serde_json::to_value(&chat).unwrap();
+        assert_eq!(v["messages"], json!([{"role":"system","content":"be brief"},
+                                         {"role":"user","content":"hi"}]));
+        assert_eq!(v["stream"], true);
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["max_tokens"], 50);
+        assert_eq!(v["temperature"], 0.2);
+        assert_eq!(v["reasoning_effort"], "low");
+        assert_eq!(v["logprobs"], true);
+        assert_eq!(v["top_logprobs"], 2);
+        assert!(v.get("tools").is_none());
+    }
+}

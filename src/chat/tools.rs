@@ -1,0 +1,340 @@
+//! Responses tools as chat-completions functions, and back.
+//!
+//! - `function` tools pass through.
+//! - `custom` (freeform) tools become a function with one string argument
+//!   `input`; the model's calls come back as `custom_tool_call` items.
+//! - `namespace` tools (a named group of functions; Codex CLI sends every MCP
+//!   server this way) are expanded into their members under flattened names;
+//!   calls come back with the member's own `name` and a separate `namespace`.
+//! - Hosted tools (`web_search`, `file_search`, `mcp`, ...) are not offered to
+//!   the model; they are only echoed in the response.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+
+/// What a chat-completions function name stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolKind {
+    Function {
+        name: String,
+        namespace: Option<String>,
+    },
+    Custom {
+        name: String,
+    },
+}
+
+/// The tools of one request, indexed by the name the backend sees.
+#[derive(Debug, Clone, Default)]
+pub struct ToolMap {
+    /// Chat tool definitions, in request order.
+    functions: Vec<(String, Value)>,
+    kinds: BTreeMap<String, ToolKind>,
+    /// Names the model may call, when `allowed_tools` restricts them.
+    allowed: Option<BTreeSet<String>>,
+    /// `tool_choice` as chat completions expects it.
+    choice: Option<Value>,
+}
+
+/// The backend name of a namespace member.
+pub fn flat_name(namespace: &str, name: &str) -> String {
+    if namespace.ends_with("__") {
+        format!("{namespace}{name}")
+    } else {
+        format!("{namespace}__{name}")
+    }
+}
+
+const FREEFORM_PARAMETERS: &str =
+    r#"{"type":"object","properties":{"input":{"type":"string","description":"The raw input of the tool."}},"required":["input"],"additionalProperties":false}"#;
+
+impl ToolMap {
+    /// Indexes `tools` and resolves `tool_choice` against them.
+    pub fn new(tools: &[Value], tool_choice: Option<&Value>) -> Result<Self, ApiError> {
+        let mut map = ToolMap::default();
+        let mut hosted = BTreeSet::new();
+        for (i, tool) in tools.iter().enumerate() {
+            let param = format!("tools[{i}]");
+            match tool.get("type").and_then(Value::as_str) {
+                Some("function") => map.add_function(tool, None, &param)?,
+                Some("custom") => map.add_custom(tool, &param)?,
+                Some("namespace") => map.add_namespace(tool, &param)?,
+                Some(other) => {
+                    hosted.insert(other.to_owned());
+                }
+                None => {
+                    return Err(ApiError::invalid_param(
+                        &format!("{param}.type"),
+                        "Each tool needs a 'type'.",
+                    ))
+                }
+            }
+        }
+        map.choice = map.resolve_choice(tool_choice, &hosted)?;
+        Ok(map)
+    }
+
+    fn add_function(
+        &mut self,
+        tool: &Value,
+        namespace: Option<&str>,
+        param: &str,
+    ) -> Result<(), ApiError> {
+        let name = required_name(tool, param)?;
+        let flat = namespace.map_or_else(|| name.to_owned(), |ns| flat_name(ns, name));
+        let mut function = json!({
+            "name": flat,
+            "parameters": tool.get("parameters").filter(|p| !p.is_null()).cloned()
+                .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+        });
+        for key in ["description", "strict"] {
+            if let Some(v) = tool.get(key).filter(|v| !v.is_null()) {
+                function[key] = v.clone();
+            }
+        }
+        self.insert(
+            flat,
+            function,
+            ToolKind::Function {
+                name: name.to_owned(),
+                namespace: namespace.map(str::to_owned),
+            },
+        );
+        Ok(())
+    }
+
+    fn add_custom(&mut self, tool: &Value, param: &str) -> Result<(), ApiError> {
+        let name = required_name(tool, param)?;
+        let mut description = tool
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if let Some(format) = tool.get("format").filter(|f| f.get("type").is_some()) {
+            description.push_str(&format!(
+                "\nPut the tool's raw input, in this format, in the `input` string: {format}"
+            ));
+        }
+        let parameters: Value =
+            serde_json::from_str(FREEFORM_PARAMETERS).unwrap_or_else(|_| json!({}));
+        let function = json!({"name": name, "description": description, "parameters": parameters});
+        self.insert(
+            name.to_owned(),
+            function,
+            ToolKind::Custom {
+                name: name.to_owned(),
+            },
+        );
+        Ok(())
+    }
+
+    fn add_namespace(&mut self, tool: &Value, param: &str) -> Result<(), ApiError> {
+        let namespace = required_name(tool, param)?;
+        let members = tool.get("tools").and_then(Value::as_array);
+        for (j, member) in members.into_iter().flatten().enumerate() {
+            let member_param = format!("{param}.tools[{j}]");
+            match member.get("type").and_then(Value::as_str) {
+                Some("function") | None => {
+                    self.add_function(member, Some(namespace), &member_param)?
+                }
+                // A namespace only groups functions; anything else is not offered.
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, flat: String, function: Value, kind: ToolKind) {
+        if self.kinds.insert(flat.clone(), kind).is_none() {
+            self.functions
+                .push((flat, json!({"type": "function", "function": function})));
+        }
+    }
+
+    fn resolve_choice(
+        &mut self,
+        choice: Option<&Value>,
+        hosted: &BTreeSet<String>,
+    ) -> Result<Option<Value>, ApiError> {
+        let Some(choice) = choice else {
+            return Ok(None);
+        };
+        if let Some(mode) = choice.as_str() {
+            return match mode {
+                "auto" | "none" | "required" => Ok(Some(json!(mode))),
+                _ => Err(ApiError::invalid_param(
+                    "tool_choice",
+                    format!("Invalid tool_choice '{mode}'."),
+                )),
+            };
+        }
+        let kind = choice.get("type").and_then(Value::as_str).unwrap_or_default();
+        match kind {
+            "function" | "custom" => {
+                let name = choice.get("name").and_then(Value::as_str).ok_or_else(|| {
+                    ApiError::invalid_param("tool_choice.name", "tool_choice needs a 'name'.")
+                })?;
+                let flat = match choice.get("namespace").and_then(Value::as_str) {
+                    Some(ns) => flat_name(ns, name),
+                    None => name.to_owned(),
+                };
+                if !self.kinds.contains_key(&flat) {
+                    return Err(ApiError::invalid_param(
+                        "tool_choice",
+                        format!("tool_choice names '{name}', which is not in 'tools'."),
+                    ));
+                }
+                Ok(Some(json!({"type": "function", "function": {"name": flat}})))
+            }
+            "allowed_tools" => self.restrict(choice),
+            _ if hosted.contains(kind) || !kind.is_empty() => Err(ApiError::invalid_param(
+                "tool_choice",
+                format!("tool_choice '{kind}' names a hosted tool this server cannot run."),
+            )),
+            _ => Err(ApiError::invalid_param(
+                "tool_choice",
+                "tool_choice must be a string or an object with a 'type'.",
+            )),
+        }
+    }
+
+    /// `allowed_tools`: only the listed tools are offered to the model.
+    fn restrict(&mut self, choice: &Value) -> Result<Option<Value>, ApiError> {
+        let mut allowed = BTreeSet::new();
+        let listed = choice.get("tools").and_then(Value::as_array);
+        for tool in listed.into_iter().flatten() {
+            let Some(name) = tool.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            let flat = match tool.get("namespace").and_then(Value::as_str) {
+                Some(ns) => flat_name(ns, name),
+                None => name.to_owned(),
+            };
+            if self.kinds.contains_key(&flat) {
+                allowed.insert(flat);
+            }
+        }
+        let mode = match choice.get("mode").and_then(Value::as_str) {
+            Some("required") => "required",
+            _ => "auto",
+        };
+        let none_left = allowed.is_empty();
+        self.allowed = Some(allowed);
+        Ok(Some(json!(if none_left { "none" } else { mode })))
+    }
+
+    /// Tool definitions for the backend.
+    pub fn chat_tools(&self) -> Vec<Value> {
+        self.functions
+            .iter()
+            .filter(|(name, _)| self.allowed.as_ref().is_none_or(|a| a.contains(name)))
+            .map(|(_, tool)| tool.clone())
+            .collect()
+    }
+
+    /// `tool_choice` for the backend (already resolved by [`ToolMap::new`]).
+    pub fn chat_tool_choice(&self, _requested: Option<&Value>) -> Result<Option<Value>, ApiError> {
+        if self.chat_tools().is_empty() {
+            return Ok(None);
+        }
+        Ok(self.choice.clone())
+    }
+
+    /// Whether no tool is offered to the model.
+    pub fn is_empty(&self) -> bool {
+        self.chat_tools().is_empty()
+    }
+
+    /// What a function name the backend used stands for.
+    pub fn lookup(&self, chat_name: &str) -> ToolKind {
+        self.kinds
+            .get(chat_name)
+            .cloned()
+            .unwrap_or_else(|| ToolKind::Function {
+                name: chat_name.to_owned(),
+                namespace: None,
+            })
+    }
+}
+
+fn required_name<'a>(tool: &'a Value, param: &str) -> Result<&'a str, ApiError> {
+    tool.get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::invalid_request(format!("Missing required parameter: '{param}.name'."))
+                .with_param(format!("{param}.name"))
+                .with_code("missing_required_parameter")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tools() -> Vec<Value> {
+        vec![
+            json!({"type": "function", "name": "get_weather", "parameters": {"type": "object"}}),
+            json!({"type": "custom", "name": "apply_patch", "description": "Patch files"}),
+            json!({"type": "namespace", "name": "mcp__github__", "tools": [
+                {"type": "function", "name": "create_issue", "parameters": {"type": "object"}}]}),
+            json!({"type": "web_search"}),
+        ]
+    }
+
+    #[test]
+    fn kinds_and_backend_names() {
+        let map = ToolMap::new(&tools(), None).unwrap();
+        let names: Vec<_> = map
+            .chat_tools()
+            .iter()
+            .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ["get_weather", "apply_patch", "mcp__github__create_issue"]);
+        assert_eq!(
+            map.lookup("mcp__github__create_issue"),
+            ToolKind::Function {
+                name: "create_issue".into(),
+                namespace: Some("mcp__github__".into())
+            }
+        );
+        assert_eq!(
+            map.lookup("apply_patch"),
+            ToolKind::Custom {
+                name: "apply_patch".into()
+            }
+        );
+    }
+
+    #[test]
+    fn hosted_tool_choice_is_rejected_but_hosted_tools_are_not() {
+        assert!(ToolMap::new(&tools(), Some(&json!("auto"))).is_ok());
+        let err = ToolMap::new(&tools(), Some(&json!({"type": "web_search"}))).unwrap_err();
+        assert_eq!(err.status, 400);
+        assert_eq!(err.param.as_deref(), Some("tool_choice"));
+    }
+
+    #[test]
+    fn allowed_tools_restricts_offer() {
+        let choice = json!({"type": "allowed_tools", "mode": "required",
+                            "tools": [{"type": "function", "name": "get_weather"}]});
+        let map = ToolMap::new(&tools(), Some(&choice)).unwrap();
+        assert_eq!(map.chat_tools().len(), 1);
+        assert_eq!(map.chat_tool_choice(None).unwrap(), Some(json!("required")));
+    }
+
+    #[test]
+    fn named_function_choice() {
+        let choice = json!({"type": "function", "name": "get_weather"});
+        let map = ToolMap::new(&tools(), Some(&choice)).unwrap();
+        assert_eq!(
+            map.chat_tool_choice(None).unwrap(),
+            Some(json!({"type": "function", "function": {"name": "get_weather"}}))
+        );
+        let unknown = json!({"type": "function", "name": "nope"});
+        assert!(ToolMap::new(&tools(), Some(&unknown)).is_err());
+    }
+}

@@ -1,0 +1,128 @@
+//! The API error: an HTTP status plus OpenAI's error envelope
+//! `{"error": {"message", "type", "param", "code"}}`.
+//!
+//! Every failure a client can see goes through [`ApiError`], so the HTTP
+//! routes, the typed `responses` export and the `error` events of a stream all
+//! report the same thing in the same shape.
+
+use serde::Serialize;
+use serde_json::json;
+
+/// An error as the client sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiError {
+    /// HTTP status of the answer.
+    #[serde(skip)]
+    pub status: u16,
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub param: Option<String>,
+    pub code: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: u16, kind: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind: kind.to_owned(),
+            param: None,
+            code: None,
+        }
+    }
+
+    /// Attaches the request field the error is about.
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    /// Attaches a machine-readable code.
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    /// 400: the request is malformed or a field is invalid.
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(400, "invalid_request_error", message)
+    }
+
+    /// 400 about one request field.
+    pub fn invalid_param(param: &str, message: impl Into<String>) -> Self {
+        Self::invalid_request(message)
+            .with_param(param)
+            .with_code("invalid_value")
+    }
+
+    /// 404: a response (or another object) that does not exist for this caller.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(404, "invalid_request_error", message).with_code("not_found")
+    }
+
+    /// 404 for an unknown route.
+    pub fn unknown_route(method: &str, path: &str) -> Self {
+        Self::new(
+            404,
+            "invalid_request_error",
+            format!("Invalid URL ({method} {path})"),
+        )
+        .with_code("unknown_url")
+    }
+
+    /// 405 for a known path with the wrong method.
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            405,
+            "invalid_request_error",
+            format!("Method {method} is not allowed on {path}"),
+        )
+        .with_code("method_not_allowed")
+    }
+
+    /// 401: missing or wrong API key.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(401, "invalid_request_error", message).with_code("invalid_api_key")
+    }
+
+    /// 502: the backend failed (5xx, refused connection, timeout, bad answer).
+    pub fn backend(message: impl Into<String>) -> Self {
+        Self::new(502, "server_error", message).with_code("backend_error")
+    }
+
+    /// 500: something failed on our side (the key-value store, configuration).
+    pub fn server(message: impl Into<String>) -> Self {
+        Self::new(500, "server_error", message).with_code("server_error")
+    }
+
+    /// The JSON body of an error answer.
+    pub fn to_body(&self) -> Vec<u8> {
+        json!({ "error": self }).to_string().into_bytes()
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.status, self.kind, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_openai_envelope() {
+        let err = ApiError::invalid_param("temperature", "too hot");
+        let body: serde_json::Value = serde_json::from_slice(&err.to_body()).unwrap();
+        assert_eq!(
+            body,
+            json!({"error": {"message": "too hot", "type": "invalid_request_error",
+                             "param": "temperature", "code": "invalid_value"}})
+        );
+        assert_eq!(err.status, 400);
+    }
+}

@@ -1,0 +1,172 @@
+//! The HTTP routes, on spin-sdk's `wasi:http/incoming-handler` export.
+//!
+//! | route | handler |
+//! | --- | --- |
+//! | `POST /v1/responses` | create, as JSON or as server-sent events |
+//! | `GET /v1/responses/{id}` | retrieve |
+//! | `DELETE /v1/responses/{id}` | delete |
+//! | `GET /v1/responses/{id}/input_items` | list input items |
+//! | `GET /v1/models` | the backend's model list |
+
+use futures::SinkExt;
+use spin_sdk::http::{Fields, IncomingRequest, Method, OutgoingResponse, ResponseOutparam};
+
+use crate::auth::bearer;
+use crate::error::ApiError;
+use crate::service::{EventSink, ListQuery, Order};
+use crate::wasi;
+
+/// Entry point of every HTTP request.
+#[spin_sdk::http_component]
+async fn handle(request: IncomingRequest, out: ResponseOutparam) {
+    let method = request.method();
+    let path_query = request.path_with_query().unwrap_or_default();
+    let (path, query) = path_query.split_once('?').unwrap_or((&path_query, ""));
+    let api_key = header(&request, "authorization").and_then(|h| bearer(&h).map(str::to_owned));
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let result = match (&method, segments.as_slice()) {
+        (Method::Post, ["v1", "responses"]) => {
+            return create(request, api_key.as_deref(), out).await;
+        }
+        (Method::Get, ["v1", "responses", id]) => with_service(|s| {
+            s.get(api_key.as_deref(), id).map(|r| json_body(&r))
+        }),
+        (Method::Delete, ["v1", "responses", id]) => with_service(|s| {
+            s.delete(api_key.as_deref(), id).map(|v| json_body(&v))
+        }),
+        (Method::Get, ["v1", "responses", id, "input_items"]) => with_service(|s| {
+            let query = list_query(query)?;
+            s.list_input_items(api_key.as_deref(), id, &query)
+                .map(|v| json_body(&v))
+        }),
+        (Method::Get, ["v1", "models"]) => match wasi::service() {
+            Ok(service) => service.models(api_key.as_deref()).await.map(|(_, body)| body),
+            Err(e) => Err(e),
+        },
+        (_, ["v1", "responses"])
+        | (_, ["v1", "responses", _])
+        | (_, ["v1", "responses", _, "input_items"])
+        | (_, ["v1", "models"]) => Err(ApiError::method_not_allowed(&method.to_string(), path)),
+        _ => Err(ApiError::unknown_route(&method.to_string(), path)),
+    };
+    match result {
+        Ok(body) => respond(out, 200, "application/json", body).await,
+        Err(error) => respond_error(out, &error).await,
+    }
+}
+
+fn with_service<T>(
+    f: impl FnOnce(&crate::service::Service<wasi::WasiKv, wasi::WasiBackend>) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    f(&wasi::service()?)
+}
+
+fn json_body<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// `POST /v1/responses`: JSON, or an event stream when `stream` is true.
+async fn create(request: IncomingRequest, api_key: Option<&str>, out: ResponseOutparam) {
+    let body = match request.into_body().await {
+        Ok(body) => body,
+        Err(e) => {
+            let error = ApiError::invalid_request(format!("Reading the request body failed: {e:?}"));
+            return respond_error(out, &error).await;
+        }
+    };
+    let service = match wasi::service() {
+        Ok(service) => service,
+        Err(error) => return respond_error(out, &error).await,
+    };
+    let exchange = match service.start(api_key, &body).await {
+        Ok(exchange) => exchange,
+        Err(error) => return respond_error(out, &error).await,
+    };
+    if !exchange.streaming {
+        let (response, failure) = exchange.run(&mut crate::service::Discard).await;
+        return match failure {
+            Some(error) => respond_error(out, &error).await,
+            None => respond(out, 200, "application/json", json_body(&response)).await,
+        };
+    }
+    let Some(response) = start_response(200, "text/event-stream") else {
+        return;
+    };
+    let mut sink = SseSink {
+        body: Box::pin(response.take_body()),
+    };
+    out.set(response);
+    exchange.run(&mut sink).await;
+}
+
+/// The SSE body: each write is flushed to the client as one chunk.
+struct SseSink<S> {
+    body: std::pin::Pin<Box<S>>,
+}
+
+impl<S: futures::Sink<Vec<u8>>> EventSink for SseSink<S> {
+    async fn send(&mut self, bytes: Vec<u8>) -> bool {
+        self.body.send(bytes).await.is_ok()
+    }
+}
+
+fn start_response(status: u16, content_type: &str) -> Option<OutgoingResponse> {
+    let mut headers = vec![("content-type".to_owned(), content_type.as_bytes().to_vec())];
+    if content_type == "text/event-stream" {
+        headers.push(("cache-control".to_owned(), b"no-cache".to_vec()));
+    }
+    let fields = Fields::from_list(&headers).ok()?;
+    let response = OutgoingResponse::new(fields);
+    response.set_status_code(status).ok()?;
+    Some(response)
+}
+
+async fn respond(out: ResponseOutparam, status: u16, content_type: &str, body: Vec<u8>) {
+    let Some(response) = start_response(status, content_type) else {
+        return;
+    };
+    if let Err(e) = out.set_with_body(response, body).await {
+        eprintln!("writing the response failed: {e:?}");
+    }
+}
+
+async fn respond_error(out: ResponseOutparam, error: &ApiError) {
+    respond(out, error.status, "application/json", error.to_body()).await
+}
+
+fn header(request: &IncomingRequest, name: &str) -> Option<String> {
+    let values = request.headers().get(&name.to_owned());
+    values
+        .first()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Parses `limit`, `order`, `after`, `before`.
+fn list_query(query: &str) -> Result<ListQuery, ApiError> {
+    let mut out = ListQuery::default();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match key.as_ref() {
+            "limit" => {
+                out.limit = Some(value.parse().map_err(|_| {
+                    ApiError::invalid_param("limit", format!("'limit' must be an integer, got '{value}'."))
+                })?)
+            }
+            "order" => {
+                out.order = Some(match value.as_ref() {
+                    "asc" => Order::Asc,
+                    "desc" => Order::Desc,
+                    _ => {
+                        return Err(ApiError::invalid_param(
+                            "order",
+                            format!("'order' must be 'asc' or 'desc', got '{value}'."),
+                        ))
+                    }
+                })
+            }
+            "after" => out.after = Some(value.into_owned()),
+            "before" => out.before = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    Ok(out)
+}

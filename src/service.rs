@@ -1,0 +1,459 @@
+//! The Responses API itself, one implementation behind both entry points
+//! (the HTTP routes and the typed `responses` export).
+//!
+//! [`Service`] is generic over the key-value store and the backend client so
+//! the WASI glue stays thin. A create runs in two steps: [`Service::start`]
+//! validates the request, replays the conversation and calls the backend;
+//! [`Exchange::run`] then streams the backend's answer through the
+//! [`EventStream`], writing events to a sink (the SSE body, or nothing for a
+//! plain request), and stores the response before its terminal event.
+
+use serde_json::{json, Value};
+
+use crate::api::items::{Item, Status};
+use crate::api::request::CreateRequest;
+use crate::api::response::Response;
+use crate::auth;
+use crate::backend::{status_error, Backend, BodyStream};
+use crate::chat::{BackendOptions, ChatChunk, ChatRequest, ToolMap};
+use crate::config::Settings;
+use crate::error::ApiError;
+use crate::ids::{new_id, now};
+use crate::store::{find_item, Kv, Pointer, ResponseStore, Turn};
+use crate::stream::events::{Event, DONE_FRAME};
+use crate::stream::sse::{SseData, SseReader};
+use crate::stream::EventStream;
+
+/// Where streamed events go.
+pub trait EventSink {
+    /// Writes bytes to the client; `false` once the client has gone away.
+    #[allow(async_fn_in_trait)]
+    async fn send(&mut self, bytes: Vec<u8>) -> bool;
+}
+
+/// The sink of a non-streaming request: events are dropped.
+pub struct Discard;
+
+impl EventSink for Discard {
+    async fn send(&mut self, _bytes: Vec<u8>) -> bool {
+        true
+    }
+}
+
+/// Sort order of listed items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    Asc,
+    #[default]
+    Desc,
+}
+
+/// The query of `GET /v1/responses/{id}/input_items`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    pub limit: Option<u32>,
+    pub order: Option<Order>,
+    pub after: Option<String>,
+    pub before: Option<String>,
+}
+
+/// The service for one request.
+pub struct Service<K, B> {
+    pub settings: Settings,
+    pub kv: K,
+    pub backend: B,
+}
+
+/// A create in flight: the backend has accepted the request.
+pub struct Exchange<'s, K: Kv, B: Backend> {
+    service: &'s Service<K, B>,
+    tenant: String,
+    stream: EventStream,
+    body: B::Body,
+    input: Vec<Item>,
+    parent: Option<Pointer>,
+    store: bool,
+    /// Whether the client asked for an event stream.
+    pub streaming: bool,
+}
+
+impl<K: Kv, B: Backend> Service<K, B> {
+    fn store(&self, tenant: &str) -> ResponseStore<'_, K> {
+        ResponseStore::new(&self.kv, tenant)
+    }
+
+    fn tenant(&self, api_key: Option<&str>) -> Result<String, ApiError> {
+        auth::tenant(&self.settings, api_key)
+    }
+
+    /// Validates a create request, replays its conversation and calls the
+    /// backend. Errors here are answered as plain HTTP errors.
+    pub async fn start(
+        &self,
+        api_key: Option<&str>,
+        body: &[u8],
+    ) -> Result<Exchange<'_, K, B>, ApiError> {
+        let tenant = self.tenant(api_key)?;
+        let request = CreateRequest::parse(body)?;
+        let store = self.store(&tenant);
+        let (mut history, parent) = match &request.previous_response_id {
+            Some(id) => {
+                let conversation = store.conversation(id, now())?.ok_or_else(|| {
+                    ApiError::not_found(format!("Previous response with id '{id}' not found."))
+                        .with_param("previous_response_id")
+                })?;
+                (conversation.items(), Some(conversation.pointer))
+            }
+            None => (Vec::new(), None),
+        };
+        let input = prepare_input(request.input.clone(), &history)?;
+        history.extend(input.iter().cloned());
+        let tools = ToolMap::new(
+            request.tools.as_deref().unwrap_or_default(),
+            request.tool_choice.as_ref(),
+        )?;
+        let options = BackendOptions {
+            send_reasoning: self.settings.backend_reasoning,
+        };
+        let chat = ChatRequest::build(&request, &history, &tools, options)?;
+        let payload = serde_json::to_vec(&chat)
+            .map_err(|e| ApiError::server(format!("Backend request could not be encoded: {e}")))?;
+        let url = format!("{}/chat/completions", self.settings.backend_url);
+        let mut headers = self.backend_headers(api_key);
+        headers.push(("content-type", "application/json".to_owned()));
+        headers.push(("accept", "text/event-stream".to_owned()));
+        let (status, mut reply) = self.backend.send("POST", &url, &headers, Some(payload)).await?;
+        if !(200..300).contains(&status) {
+            let body = reply.collect().await.unwrap_or_default();
+            return Err(status_error(status, &body));
+        }
+        let response = Response::start(new_id("resp"), now(), &request);
+        Ok(Exchange {
+            service: self,
+            tenant,
+            stream: EventStream::new(response, tools),
+            body: reply,
+            input,
+            parent,
+            store: request.store(),
+            streaming: request.stream(),
+        })
+    }
+
+    /// A non-streaming create: the finished Response, or the error that
+    /// ended it.
+    pub async fn create(&self, api_key: Option<&str>, body: &[u8]) -> Result<Response, ApiError> {
+        let exchange = self.start(api_key, body).await?;
+        let (response, failure) = exchange.run(&mut Discard).await;
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(response),
+        }
+    }
+
+    fn backend_headers(&self, api_key: Option<&str>) -> Vec<(&'static str, String)> {
+        let key = match &self.settings.backend_api_key {
+            Some(key) => Some(key.as_str()),
+            None if self.settings.forward_client_key => api_key,
+            None => None,
+        };
+        key.map(|k| vec![("authorization", format!("Bearer {k}"))])
+            .unwrap_or_default()
+    }
+
+    /// `GET /v1/responses/{id}`.
+    pub fn get(&self, api_key: Option<&str>, id: &str) -> Result<Response, ApiError> {
+        let tenant = self.tenant(api_key)?;
+        let turn = self.store(&tenant).turn(id, now())?.ok_or_else(|| missing(id))?;
+        Ok(turn.response)
+    }
+
+    /// `DELETE /v1/responses/{id}`.
+    pub fn delete(&self, api_key: Option<&str>, id: &str) -> Result<Value, ApiError> {
+        let tenant = self.tenant(api_key)?;
+        if !self.store(&tenant).delete(id, now())? {
+            return Err(missing(id));
+        }
+        Ok(json!({"id": id, "object": "response.deleted", "deleted": true}))
+    }
+
+    /// `GET /v1/responses/{id}/input_items`.
+    pub fn list_input_items(
+        &self,
+        api_key: Option<&str>,
+        id: &str,
+        query: &ListQuery,
+    ) -> Result<Value, ApiError> {
+        let tenant = self.tenant(api_key)?;
+        let turn = self.store(&tenant).turn(id, now())?.ok_or_else(|| missing(id))?;
+        page(turn.input, query)
+    }
+
+    /// `GET /v1/models`, passed through from the backend.
+    pub async fn models(&self, api_key: Option<&str>) -> Result<(u16, Vec<u8>), ApiError> {
+        self.tenant(api_key)?;
+        let url = format!("{}/models", self.settings.backend_url);
+        let headers = self.backend_headers(api_key);
+        let (status, mut body) = self.backend.send("GET", &url, &headers, None).await?;
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| ApiError::backend(format!("Reading the backend's model list failed: {e}")))?;
+        if !(200..300).contains(&status) {
+            return Err(status_error(status, &bytes));
+        }
+        Ok((status, bytes))
+    }
+}
+
+fn missing(id: &str) -> ApiError {
+    ApiError::not_found(format!("Response with id '{id}' not found."))
+}
+
+/// The request's input as stored: ids assigned, assistant text normalized,
+/// item references resolved against the earlier conversation.
+fn prepare_input(
+    input: Option<crate::api::request::Input>,
+    history: &[Item],
+) -> Result<Vec<Item>, ApiError> {
+    let items = input.map(|i| i.into_items()).unwrap_or_default();
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let item = match item {
+            Item::ItemReference(reference) => find_item(history, &reference.id)
+                .or_else(|| find_item(&out, &reference.id))
+                .cloned()
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("Item with id '{}' not found.", reference.id))
+                        .with_param(format!("input[{i}].id"))
+                })?,
+            other => other,
+        };
+        out.push(with_id(item));
+    }
+    Ok(out)
+}
+
+/// Gives an input item the id and status a stored item has.
+fn with_id(mut item: Item) -> Item {
+    match &mut item {
+        Item::Message(m) => {
+            m.normalize();
+            m.id.get_or_insert_with(|| new_id("msg"));
+            m.status.get_or_insert(Status::Completed);
+        }
+        Item::FunctionCall(c) => {
+            c.id.get_or_insert_with(|| new_id("fc"));
+            c.status.get_or_insert(Status::Completed);
+        }
+        Item::FunctionCallOutput(o) => {
+            o.id.get_or_insert_with(|| new_id("fco"));
+            o.status.get_or_insert(Status::Completed);
+        }
+        Item::CustomToolCall(c) => {
+            c.id.get_or_insert_with(|| new_id("ctc"));
+        }
+        Item::CustomToolCallOutput(o) => {
+            o.id.get_or_insert_with(|| new_id("ctco"));
+        }
+        Item::Reasoning(r) => {
+            r.id.get_or_insert_with(|| new_id("rs"));
+        }
+        Item::ItemReference(_) | Item::Other(_) => {}
+    }
+    item
+}
+
+/// One page of a list, OpenAI style.
+fn page(items: Vec<Item>, query: &ListQuery) -> Result<Value, ApiError> {
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::invalid_param(
+            "limit",
+            format!("'limit' must be between 1 and 100, got {limit}."),
+        ));
+    }
+    let mut items = items;
+    if query.order.unwrap_or_default() == Order::Desc {
+        items.reverse();
+    }
+    let position = |cursor: &str, param: &str| {
+        items
+            .iter()
+            .position(|item| item.id() == Some(cursor))
+            .ok_or_else(|| {
+                ApiError::invalid_param(param, format!("No item with id '{cursor}' in this list."))
+            })
+    };
+    let start = match &query.after {
+        Some(after) => position(after, "after")? + 1,
+        None => 0,
+    };
+    let end = match &query.before {
+        Some(before) => position(before, "before")?,
+        None => items.len(),
+    };
+    let window: Vec<Item> = items
+        .get(start..end.max(start))
+        .unwrap_or_default()
+        .iter()
+        .take(limit as usize)
+        .cloned()
+        .collect();
+    let has_more = end.max(start) - start > window.len();
+    let first_id = window.first().and_then(Item::id).map(str::to_owned);
+    let last_id = window.last().and_then(Item::id).map(str::to_owned);
+    Ok(json!({
+        "object": "list",
+        "data": window,
+        "first_id": first_id,
+        "last_id": last_id,
+        "has_more": has_more,
+    }))
+}
+
+impl<K: Kv, B: Backend> Exchange<'_, K, B> {
+    /// Streams the backend's answer through the event machine into `sink`,
+    /// stores the response before its terminal event, and returns it with
+    /// the error that ended it, if any.
+    pub async fn run(mut self, sink: &mut impl EventSink) -> (Response, Option<ApiError>) {
+        let events = self.stream.start();
+        if !self.send(sink, events).await {
+            return self.interrupted();
+        }
+        let mut reader = SseReader::default();
+        let mut finished = false;
+        let mut failure = None;
+        'read: while !finished {
+            let payloads = match self.body.next().await {
+                Some(Ok(bytes)) => reader.push(&bytes),
+                Some(Err(e)) => {
+                    failure = Some(ApiError::backend(format!(
+                        "The backend connection failed mid-stream: {e}"
+                    )));
+                    break;
+                }
+                None => {
+                    let last = reader.finish();
+                    if last.is_none() {
+                        break;
+                    }
+                    finished = true;
+                    last.into_iter().collect()
+                }
+            };
+            for payload in payloads {
+                let data = match payload {
+                    SseData::Done => {
+                        finished = true;
+                        break 'read;
+                    }
+                    SseData::Data(data) => data,
+                };
+                let chunk: ChatChunk = match serde_json::from_str(&data) {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        failure = Some(ApiError::backend(format!(
+                            "The backend sent a malformed chunk ({e}): {}",
+                            data.chars().take(200).collect::<String>()
+                        )));
+                        break 'read;
+                    }
+                };
+                let events = self.stream.feed(chunk);
+                if !self.send(sink, events).await {
+                    return self.interrupted();
+                }
+            }
+        }
+        if failure.is_none() && !finished && !self.stream.saw_finish() {
+            failure = Some(ApiError::backend(
+                "The backend closed the stream before the completion was finished.",
+            ));
+        }
+        let events = match &failure {
+            Some(error) => self.stream.fail(error),
+            None => self.stream.finish(),
+        };
+        if let Err(error) = self.save() {
+            let events = self.stream.fail(&error);
+            self.send(sink, events).await;
+            sink.send(DONE_FRAME.to_vec()).await;
+            return (self.stream.into_response(), Some(error));
+        }
+        self.send(sink, events).await;
+        sink.send(DONE_FRAME.to_vec()).await;
+        (self.stream.into_response(), failure)
+    }
+
+    async fn send(&self, sink: &mut impl EventSink, events: Vec<Event>) -> bool {
+        if events.is_empty() || !self.streaming {
+            return true;
+        }
+        let bytes: Vec<u8> = events.iter().flat_map(Event::to_sse).collect();
+        sink.send(bytes).await
+    }
+
+    /// The client went away: keep what was produced, marked incomplete.
+    fn interrupted(mut self) -> (Response, Option<ApiError>) {
+        self.stream.interrupt();
+        let error = self.save().err();
+        (self.stream.into_response(), error)
+    }
+
+    fn save(&self) -> Result<(), ApiError> {
+        if !self.store {
+            return Ok(());
+        }
+        let settings = &self.service.settings;
+        let expires_at = settings.response_ttl_seconds.map(|ttl| now() + ttl);
+        let turn = Turn {
+            response: self.stream.response().clone(),
+            input: self.input.clone(),
+        };
+        ResponseStore::new(&self.service.kv, &self.tenant).save(&turn, self.parent.as_ref(), expires_at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(n: usize) -> Vec<Item> {
+        (0..n)
+            .map(|i| with_id(Item::user_text(format!("m{i}"))))
+            .collect()
+    }
+
+    fn ids(page: &Value) -> Vec<String> {
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["content"][0]["text"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn pages_default_desc_with_cursors() {
+        let list = items(5);
+        let first = page(list.clone(), &ListQuery { limit: Some(2), ..Default::default() }).unwrap();
+        assert_eq!(ids(&first), ["m4", "m3"]);
+        assert_eq!(first["has_more"], true);
+        let after = first["last_id"].as_str().unwrap().to_owned();
+        let second = page(
+            list.clone(),
+            &ListQuery { limit: Some(10), after: Some(after), ..Default::default() },
+        )
+        .unwrap();
+        assert_eq!(ids(&second), ["m2", "m1", "m0"]);
+        assert_eq!(second["has_more"], false);
+        let asc = page(list.clone(), &ListQuery { order: Some(Order::Asc), ..Default::default() })
+            .unwrap();
+        assert_eq!(ids(&asc), ["m0", "m1", "m2", "m3", "m4"]);
+        assert_eq!(
+            page(list, &ListQuery { limit: Some(0), ..Default::default() }).unwrap_err().param.as_deref(),
+            Some("limit")
+        );
+    }
+}

@@ -1,0 +1,116 @@
+use serde_json::json;
+
+use super::*;
+use crate::api::request::CreateRequest;
+use crate::api::response::Response;
+
+fn turn(id: &str, text: &str) -> Turn {
+    let request = CreateRequest::parse(json!({"model": "m", "input": text}).to_string().as_bytes())
+        .unwrap();
+    let mut response = Response::start(id.to_owned(), 1, &request);
+    response.output.push(Item::user_text(format!("echo {text}")));
+    Turn {
+        response,
+        input: request.input.unwrap().into_items(),
+    }
+}
+
+/// Saves a chain of `depth` turns, returning the last id.
+fn chain(store: &ResponseStore<MemoryKv>, depth: usize) -> String {
+    let mut parent: Option<Pointer> = None;
+    let mut id = String::new();
+    for i in 0..depth {
+        id = format!("resp_{i}");
+        store.save(&turn(&id, &format!("turn {i}")), parent.as_ref(), None).unwrap();
+        parent = Some(store.conversation(&id, 0).unwrap().unwrap().pointer);
+    }
+    id
+}
+
+#[test]
+fn save_and_read_back() {
+    let kv = MemoryKv::default();
+    let store = ResponseStore::new(&kv, "t");
+    let t = turn("resp_a", "hi");
+    store.save(&t, None, None).unwrap();
+    assert_eq!(store.turn("resp_a", 0).unwrap(), Some(t));
+    assert!(store.turn("resp_b", 0).unwrap().is_none());
+}
+
+#[test]
+fn continuation_costs_constant_round_trips() {
+    let mut costs = Vec::new();
+    for depth in [1, 10, 50] {
+        let kv = MemoryKv::default();
+        let store = ResponseStore::new(&kv, "t");
+        let last = chain(&store, depth);
+        *kv.round_trips.borrow_mut() = 0;
+        let conversation = store.conversation(&last, 0).unwrap().unwrap();
+        assert_eq!(conversation.turns.len(), depth);
+        store
+            .save(&turn("resp_next", "more"), Some(&conversation.pointer), None)
+            .unwrap();
+        costs.push(*kv.round_trips.borrow());
+    }
+    assert_eq!(costs, [4, 4, 4]);
+}
+
+#[test]
+fn storage_grows_linearly() {
+    let size = |depth| {
+        let kv = MemoryKv::default();
+        chain(&ResponseStore::new(&kv, "t"), depth);
+        let total: usize = kv.values.borrow().values().map(Vec::len).sum();
+        total
+    };
+    let (s10, s40) = (size(10), size(40));
+    // Quadratic growth would make 40 turns ~16x the size of 10.
+    assert!(s40 < s10 * 5, "{s10} -> {s40}");
+}
+
+#[test]
+fn large_turns_are_split() {
+    let kv = MemoryKv::default();
+    let store = ResponseStore::new(&kv, "t");
+    let big = "x".repeat(SLOT_BYTES * 2 + 10);
+    let t = turn("resp_big", &big);
+    store.save(&t, None, None).unwrap();
+    assert!(kv.values.borrow().values().all(|v| v.len() <= SLOT_BYTES));
+    assert_eq!(store.turn("resp_big", 0).unwrap(), Some(t));
+}
+
+#[test]
+fn branches_keep_both_histories() {
+    let kv = MemoryKv::default();
+    let store = ResponseStore::new(&kv, "t");
+    store.save(&turn("resp_root", "root"), None, None).unwrap();
+    let root = store.conversation("resp_root", 0).unwrap().unwrap().pointer;
+    store.save(&turn("resp_a", "a"), Some(&root), None).unwrap();
+    store.save(&turn("resp_b", "b"), Some(&root), None).unwrap();
+    let ids = |id: &str| -> Vec<String> {
+        store.conversation(id, 0).unwrap().unwrap().turns.iter()
+            .map(|t| t.response.id.clone()).collect()
+    };
+    assert_eq!(ids("resp_a"), ["resp_root", "resp_a"]);
+    assert_eq!(ids("resp_b"), ["resp_root", "resp_b"]);
+}
+
+#[test]
+fn tenants_are_isolated_and_expiry_hides() {
+    let kv = MemoryKv::default();
+    ResponseStore::new(&kv, "alice").save(&turn("resp_x", "hi"), None, Some(100)).unwrap();
+    assert!(ResponseStore::new(&kv, "bob").turn("resp_x", 0).unwrap().is_none());
+    let alice = ResponseStore::new(&kv, "alice");
+    assert!(alice.turn("resp_x", 99).unwrap().is_some());
+    assert!(alice.turn("resp_x", 100).unwrap().is_none());
+}
+
+#[test]
+fn delete_removes_pointer_and_turn() {
+    let kv = MemoryKv::default();
+    let store = ResponseStore::new(&kv, "t");
+    store.save(&turn("resp_d", "hi"), None, None).unwrap();
+    assert!(store.delete("resp_d", 0).unwrap());
+    assert!(!store.delete("resp_d", 0).unwrap());
+    assert!(kv.values.borrow().keys().all(|k| !k.contains("/log/") && !k.contains("/resp/")));
+}

@@ -1,0 +1,539 @@
+//! The streaming translation: chat-completions chunks in, Responses events
+//! out, and the Response object they describe.
+//!
+//! [`EventStream`] is a state machine fed one backend chunk at a time. It
+//! opens output items as content appears (reasoning, then message text, then
+//! tool calls), emits their deltas, closes them, and ends with exactly one
+//! terminal event. The non-streaming path runs the same machine and keeps
+//! only the final [`Response`], so both paths produce identical objects.
+
+pub mod events;
+pub mod sse;
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::api::items::{
+    ContentPart, CustomToolCall, FunctionCall, Item, Message, Reasoning, Role, Status, TextPart,
+};
+use crate::api::response::{
+    IncompleteDetails, InputTokensDetails, OutputTokensDetails, Response, ResponseError,
+    ResponseStatus, Usage,
+};
+use crate::chat::{ChatChunk, ChatUsage, ToolCallDelta, ToolKind, ToolMap};
+use crate::error::ApiError;
+use crate::ids::{new_id, now};
+use events::{Event, EventKind, Part};
+
+/// The open reasoning item.
+struct OpenReasoning {
+    index: usize,
+    id: String,
+    text: String,
+}
+
+/// The open assistant message.
+struct OpenMessage {
+    index: usize,
+    id: String,
+    text: String,
+    logprobs: Vec<Value>,
+}
+
+/// A tool call being assembled from fragments, keyed by the backend's index.
+#[derive(Default)]
+struct OpenCall {
+    /// Output position once announced.
+    index: Option<usize>,
+    item_id: String,
+    call_id: String,
+    name: String,
+    arguments: String,
+}
+
+/// Chat-completions chunks → Responses events.
+pub struct EventStream {
+    response: Response,
+    tools: ToolMap,
+    reasoning: Option<OpenReasoning>,
+    message: Option<OpenMessage>,
+    calls: BTreeMap<usize, OpenCall>,
+    finish_reason: Option<String>,
+    usage: Option<ChatUsage>,
+    sequence: u64,
+    pending: Vec<Event>,
+}
+
+impl EventStream {
+    /// A stream for `response` (in progress, no output yet).
+    pub fn new(response: Response, tools: ToolMap) -> Self {
+        EventStream {
+            response,
+            tools,
+            reasoning: None,
+            message: None,
+            calls: BTreeMap::new(),
+            finish_reason: None,
+            usage: None,
+            sequence: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The response as it stands.
+    pub fn response(&self) -> &Response {
+        &self.response
+    }
+
+    /// Whether the backend said why it stopped (a `finish_reason`).
+    pub fn saw_finish(&self) -> bool {
+        self.finish_reason.is_some()
+    }
+
+    /// Consumes the stream, returning the response.
+    pub fn into_response(self) -> Response {
+        self.response
+    }
+
+    /// `response.created` and `response.in_progress`.
+    pub fn start(&mut self) -> Vec<Event> {
+        let snapshot = Box::new(self.response.clone());
+        self.emit(EventKind::Created {
+            response: snapshot.clone(),
+        });
+        self.emit(EventKind::InProgress { response: snapshot });
+        self.take()
+    }
+
+    /// Applies one backend chunk.
+    pub fn feed(&mut self, chunk: ChatChunk) -> Vec<Event> {
+        if let Some(usage) = chunk.usage {
+            self.usage = Some(usage);
+        }
+        for choice in chunk.choices.into_iter().take(1) {
+            let delta = choice.delta;
+            if let Some(text) = delta.reasoning_text() {
+                self.reasoning_delta(text);
+            }
+            let logprobs = choice
+                .logprobs
+                .and_then(|l| l.content)
+                .unwrap_or_default();
+            let text = [delta.content.as_deref(), delta.refusal.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect::<String>();
+            if !text.is_empty() || !logprobs.is_empty() {
+                self.text_delta(&text, logprobs);
+            }
+            for call in delta.tool_calls {
+                self.tool_call_delta(call);
+            }
+            if let Some(reason) = choice.finish_reason {
+                self.finish_reason = Some(reason);
+            }
+        }
+        self.take()
+    }
+
+    /// Closes every open item and emits the terminal event:
+    /// `response.completed`, or `response.incomplete` when the backend hit
+    /// its length limit.
+    pub fn finish(&mut self) -> Vec<Event> {
+        let truncated = matches!(self.finish_reason.as_deref(), Some("length"));
+        let filtered = matches!(self.finish_reason.as_deref(), Some("content_filter"));
+        let item_status = if truncated {
+            Status::Incomplete
+        } else {
+            Status::Completed
+        };
+        self.close_all(item_status);
+        self.response.usage = self.usage.take().map(usage);
+        self.response.completed_at = Some(now());
+        if truncated || filtered {
+            let reason = if truncated {
+                "max_output_tokens"
+            } else {
+                "content_filter"
+            };
+            self.response.status = ResponseStatus::Incomplete;
+            self.response.incomplete_details = Some(IncompleteDetails {
+                reason: reason.to_owned(),
+            });
+            let response = Box::new(self.response.clone());
+            self.emit(EventKind::Incomplete { response });
+        } else {
+            self.response.status = ResponseStatus::Completed;
+            let response = Box::new(self.response.clone());
+            self.emit(EventKind::Completed { response });
+        }
+        self.take()
+    }
+
+    /// Ends the stream with an `error` event and `response.failed`.
+    pub fn fail(&mut self, error: &ApiError) -> Vec<Event> {
+        self.close_all(Status::Incomplete);
+        self.response.usage = self.usage.take().map(usage);
+        self.response.status = ResponseStatus::Failed;
+        let code = error
+            .code
+            .clone()
+            .unwrap_or_else(|| "server_error".to_owned());
+        self.response.error = Some(ResponseError {
+            code: code.clone(),
+            message: error.message.clone(),
+        });
+        self.emit(EventKind::Error {
+            code: Some(code),
+            message: error.message.clone(),
+            param: error.param.clone(),
+        });
+        let response = Box::new(self.response.clone());
+        self.emit(EventKind::Failed { response });
+        self.take()
+    }
+
+    /// Marks the response as cut short because the client went away; no
+    /// events, as nobody is listening.
+    pub fn interrupt(&mut self) {
+        self.close_all(Status::Incomplete);
+        self.pending.clear();
+        self.response.usage = self.usage.take().map(usage);
+        self.response.status = ResponseStatus::Incomplete;
+        self.response.incomplete_details = Some(IncompleteDetails {
+            reason: "interrupted".to_owned(),
+        });
+    }
+
+    fn emit(&mut self, kind: EventKind) {
+        self.pending.push(Event {
+            kind,
+            sequence_number: self.sequence,
+        });
+        self.sequence += 1;
+    }
+
+    fn take(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Appends an item to the output and announces it.
+    fn add_item(&mut self, item: Item) -> usize {
+        let index = self.response.output.len();
+        self.response.output.push(item.clone());
+        self.emit(EventKind::OutputItemAdded {
+            output_index: index,
+            item,
+        });
+        index
+    }
+
+    /// Replaces an item with its final form and closes it.
+    fn done_item(&mut self, index: usize, item: Item) {
+        if let Some(slot) = self.response.output.get_mut(index) {
+            *slot = item.clone();
+        }
+        self.emit(EventKind::OutputItemDone {
+            output_index: index,
+            item,
+        });
+    }
+
+    fn reasoning_delta(&mut self, delta: &str) {
+        if self.message.is_some() {
+            self.close_message(Status::Completed);
+        }
+        if self.reasoning.is_none() {
+            let id = new_id("rs");
+            let index = self.add_item(reasoning_item(&id, "", Status::InProgress));
+            self.emit(EventKind::ContentPartAdded {
+                item_id: id.clone(),
+                output_index: index,
+                content_index: 0,
+                part: Part::reasoning(""),
+            });
+            self.reasoning = Some(OpenReasoning {
+                index,
+                id,
+                text: String::new(),
+            });
+        }
+        let Some(open) = self.reasoning.as_mut() else {
+            return;
+        };
+        open.text.push_str(delta);
+        let (item_id, output_index) = (open.id.clone(), open.index);
+        self.emit(EventKind::ReasoningTextDelta {
+            item_id,
+            output_index,
+            content_index: 0,
+            delta: delta.to_owned(),
+        });
+    }
+
+    fn text_delta(&mut self, delta: &str, logprobs: Vec<Value>) {
+        if self.reasoning.is_some() {
+            self.close_reasoning();
+        }
+        if self.message.is_none() {
+            let id = new_id("msg");
+            let index = self.add_item(message_item(&id, ContentPart::output_text(""), Status::InProgress));
+            self.emit(EventKind::ContentPartAdded {
+                item_id: id.clone(),
+                output_index: index,
+                content_index: 0,
+                part: Part::Content(ContentPart::output_text("")),
+            });
+            self.message = Some(OpenMessage {
+                index,
+                id,
+                text: String::new(),
+                logprobs: Vec::new(),
+            });
+        }
+        let Some(open) = self.message.as_mut() else {
+            return;
+        };
+        open.text.push_str(delta);
+        open.logprobs.extend(logprobs.iter().cloned());
+        let (item_id, output_index) = (open.id.clone(), open.index);
+        self.emit(EventKind::OutputTextDelta {
+            item_id,
+            output_index,
+            content_index: 0,
+            delta: delta.to_owned(),
+            logprobs,
+        });
+    }
+
+    fn tool_call_delta(&mut self, delta: ToolCallDelta) {
+        let key = delta.index.unwrap_or(self.calls.len());
+        let call = self.calls.entry(key).or_default();
+        if let Some(id) = delta.id.filter(|id| !id.is_empty()) {
+            call.call_id = id;
+        }
+        let mut fragment = String::new();
+        if let Some(function) = delta.function {
+            if let Some(name) = function.name {
+                call.name.push_str(&name);
+            }
+            fragment = function.arguments.unwrap_or_default();
+        }
+        if call.index.is_none() && !call.name.is_empty() && !fragment.is_empty() {
+            self.announce_call(key);
+        }
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.arguments.push_str(&fragment);
+        if let (Some(index), false) = (call.index, fragment.is_empty()) {
+            let item_id = call.item_id.clone();
+            if matches!(self.tools.lookup(&call.name), ToolKind::Function { .. }) {
+                self.emit(EventKind::FunctionCallArgumentsDelta {
+                    item_id,
+                    output_index: index,
+                    delta: fragment,
+                });
+            }
+        }
+    }
+
+    /// Opens the output item of a tool call once its name is known.
+    fn announce_call(&mut self, key: usize) {
+        if self.reasoning.is_some() {
+            self.close_reasoning();
+        }
+        if self.message.is_some() {
+            self.close_message(Status::Completed);
+        }
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if call.call_id.is_empty() {
+            call.call_id = new_id("call");
+        }
+        let kind = self.tools.lookup(&call.name);
+        call.item_id = new_id(match kind {
+            ToolKind::Function { .. } => "fc",
+            ToolKind::Custom { .. } => "ctc",
+        });
+        let item = call_item(call, &kind, String::new(), Status::InProgress);
+        let index = self.add_item(item);
+        if let Some(call) = self.calls.get_mut(&key) {
+            call.index = Some(index);
+        }
+    }
+
+    fn close_reasoning(&mut self) {
+        let Some(open) = self.reasoning.take() else {
+            return;
+        };
+        self.emit(EventKind::ReasoningTextDone {
+            item_id: open.id.clone(),
+            output_index: open.index,
+            content_index: 0,
+            text: open.text.clone(),
+        });
+        self.emit(EventKind::ContentPartDone {
+            item_id: open.id.clone(),
+            output_index: open.index,
+            content_index: 0,
+            part: Part::reasoning(open.text.clone()),
+        });
+        let item = reasoning_item(&open.id, &open.text, Status::Completed);
+        self.done_item(open.index, item);
+    }
+
+    fn close_message(&mut self, status: Status) {
+        let Some(open) = self.message.take() else {
+            return;
+        };
+        let part = ContentPart::OutputText {
+            text: open.text.clone(),
+            annotations: Vec::new(),
+            logprobs: open.logprobs.clone(),
+        };
+        self.emit(EventKind::OutputTextDone {
+            item_id: open.id.clone(),
+            output_index: open.index,
+            content_index: 0,
+            text: open.text.clone(),
+            logprobs: open.logprobs,
+        });
+        self.emit(EventKind::ContentPartDone {
+            item_id: open.id.clone(),
+            output_index: open.index,
+            content_index: 0,
+            part: Part::Content(part.clone()),
+        });
+        self.done_item(open.index, message_item(&open.id, part, status));
+    }
+
+    fn close_calls(&mut self, status: Status) {
+        let keys: Vec<usize> = self.calls.keys().copied().collect();
+        for key in keys {
+            let announced = self.calls.get(&key).is_some_and(|c| c.index.is_some());
+            let named = self.calls.get(&key).is_some_and(|c| !c.name.is_empty());
+            if !announced && named {
+                self.announce_call(key);
+            }
+        }
+        for (_, call) in std::mem::take(&mut self.calls) {
+            let Some(index) = call.index else { continue };
+            let kind = self.tools.lookup(&call.name);
+            match &kind {
+                ToolKind::Function { name, .. } => {
+                    self.emit(EventKind::FunctionCallArgumentsDone {
+                        item_id: call.item_id.clone(),
+                        output_index: index,
+                        name: name.clone(),
+                        arguments: call.arguments.clone(),
+                    });
+                }
+                ToolKind::Custom { .. } => {
+                    let input = custom_input(&call.arguments);
+                    self.emit(EventKind::CustomToolCallInputDelta {
+                        item_id: call.item_id.clone(),
+                        output_index: index,
+                        delta: input.clone(),
+                    });
+                    self.emit(EventKind::CustomToolCallInputDone {
+                        item_id: call.item_id.clone(),
+                        output_index: index,
+                        input,
+                    });
+                }
+            }
+            let item = call_item(&call, &kind, call.arguments.clone(), status);
+            self.done_item(index, item);
+        }
+    }
+
+    fn close_all(&mut self, status: Status) {
+        self.close_reasoning();
+        self.close_message(status);
+        self.close_calls(status);
+    }
+}
+
+fn reasoning_item(id: &str, text: &str, status: Status) -> Item {
+    Item::Reasoning(Reasoning {
+        id: Some(id.to_owned()),
+        summary: Vec::new(),
+        content: Some(vec![TextPart {
+            kind: "reasoning_text".to_owned(),
+            text: text.to_owned(),
+        }]),
+        encrypted_content: None,
+        status: Some(status),
+    })
+}
+
+fn message_item(id: &str, part: ContentPart, status: Status) -> Item {
+    Item::Message(Message {
+        id: Some(id.to_owned()),
+        role: Role::Assistant,
+        content: vec![part],
+        status: Some(status),
+        phase: None,
+    })
+}
+
+fn call_item(call: &OpenCall, kind: &ToolKind, arguments: String, status: Status) -> Item {
+    match kind {
+        ToolKind::Function { name, namespace } => Item::FunctionCall(FunctionCall {
+            id: Some(call.item_id.clone()),
+            call_id: call.call_id.clone(),
+            name: name.clone(),
+            arguments,
+            namespace: namespace.clone(),
+            status: Some(status),
+        }),
+        ToolKind::Custom { name } => Item::CustomToolCall(CustomToolCall {
+            id: Some(call.item_id.clone()),
+            call_id: call.call_id.clone(),
+            name: name.clone(),
+            input: custom_input(&arguments),
+            namespace: None,
+            status: Some(status),
+        }),
+    }
+}
+
+/// The raw input of a custom tool from the `{"input": "..."}` arguments the
+/// backend produced; arguments of another shape are passed on verbatim.
+fn custom_input(arguments: &str) -> String {
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(Value::Object(map)) => match map.get("input") {
+            Some(Value::String(input)) => input.clone(),
+            _ => arguments.to_owned(),
+        },
+        _ => arguments.to_owned(),
+    }
+}
+
+fn usage(chat: ChatUsage) -> Usage {
+    let detail = |v: &Option<Value>, key: &str| {
+        v.as_ref()
+            .and_then(|d| d.get(key))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    Usage {
+        input_tokens: chat.prompt_tokens,
+        input_tokens_details: InputTokensDetails {
+            cached_tokens: detail(&chat.prompt_tokens_details, "cached_tokens"),
+        },
+        output_tokens: chat.completion_tokens,
+        output_tokens_details: OutputTokensDetails {
+            reasoning_tokens: detail(&chat.completion_tokens_details, "reasoning_tokens"),
+        },
+        total_tokens: chat
+            .total_tokens
+            .unwrap_or(chat.prompt_tokens + chat.completion_tokens),
+    }
+}
+
+#[cfg(test)]
+mod tests;

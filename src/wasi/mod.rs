@@ -1,0 +1,26 @@
+//! The thin layer between the service and the host: `wasi:keyvalue`,
+//! outbound `wasi:http` and `wasi:config`. Nothing here knows the Responses
+//! API; everything here is host I/O.
+
+mod backend;
+mod kv;
+
+pub use backend::WasiBackend;
+pub use kv::WasiKv;
+
+use crate::config::Settings;
+use crate::error::ApiError;
+use crate::service::Service;
+use spin_sdk::wit::wasi::config::store as config;
+
+/// The service wired to the host: settings read once, the default bucket
+/// opened once.
+pub fn service() -> Result<Service<WasiKv, WasiBackend>, ApiError> {
+    let pairs = config::get_all()
+        .map_err(|e| ApiError::server(format!("Reading configuration failed: {e:?}")))?;
+    Ok(Service {
+        settings: Settings::from_pairs(pairs)?,
+        kv: WasiKv::open()?,
+        backend: WasiBackend,
+    })
+}
