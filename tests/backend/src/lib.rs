@@ -15,7 +15,8 @@
 //! - `render`: chat-completions JSON, as stream chunks or one object;
 //! - `respond`: playing a reply out over HTTP (delays, gates, faults);
 //! - `body`: the streaming response body;
-//! - `record`: [`RecordedRequest`].
+//! - `record`: [`RecordedRequest`];
+//! - `control`: scripting over HTTP (`POST /_scripted/replies`) for non-Rust clients.
 //!
 //! # Scripting a streamed tool call
 //!
@@ -78,6 +79,7 @@
 //! body at all.
 
 mod body;
+mod control;
 mod record;
 mod render;
 mod reply;

@@ -358,6 +358,7 @@ async fn handle(
     let outcome = match (&parts.method, recorded.path.as_str()) {
         (&Method::POST, "/v1/chat/completions") => chat_completions(&shared, &recorded).await,
         (&Method::GET, "/v1/models") => Some(models(&shared)),
+        (&Method::POST, "/_scripted/replies") => Some(script(&shared, &recorded)),
         _ => Some(not_found(&recorded)),
     };
     outcome.ok_or(ConnectionClosed)
@@ -408,6 +409,21 @@ fn models(shared: &Shared) -> Response<ScriptBody> {
         })
         .collect();
     json_response(StatusCode::OK, &json!({ "object": "list", "data": data }))
+}
+
+/// `POST /_scripted/replies`: queues replies described in JSON.
+fn script(shared: &Shared, request: &RecordedRequest) -> Response<ScriptBody> {
+    match crate::control::replies_from_json(&request.body) {
+        Ok(replies) => {
+            let count = replies.len();
+            shared.lock().queue.extend(replies);
+            json_response(StatusCode::OK, &serde_json::json!({ "queued": count }))
+        }
+        Err(message) => json_response(
+            StatusCode::BAD_REQUEST,
+            &error_body(&message, "invalid_request_error", None, None),
+        ),
+    }
 }
 
 fn not_found(request: &RecordedRequest) -> Response<ScriptBody> {

@@ -1,0 +1,277 @@
+//! Everything done before the first request: the wasmtime `Engine` (pooling
+//! allocator, copy-on-write memory images), compiling the component or
+//! loading it from the on-disk cache, the `Linker` with every interface the
+//! component imports, and the pre-instantiated component.
+//!
+//! The engine, its instance pool and the compiled components are shared by
+//! every server in the process, so servers started side by side (as tests do)
+//! compile a component once and draw on one pool. Each request then only pays
+//! for a fresh `Store` and an instantiation, see [`Runtime::new_store`] and
+//! [`Runtime::instance_slot`].
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wasmtime::component::{Component, InstancePre, Linker};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::bindings::EdgeResponsesPre;
+use crate::config::{self, ConfigValues};
+use crate::keyvalue::{self, KeyValue};
+use crate::state::InstanceState;
+
+/// Component instances that may be alive at once in the process. Requests
+/// beyond this wait for a slot instead of failing.
+pub(crate) const MAX_INSTANCES: u32 = 128;
+
+/// Generous per-component upper bounds for a Rust `wasm32-wasip2` component
+/// (main module, WASI adapter, and the small shim modules components carry).
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+const MEMORIES_PER_COMPONENT: u32 = 2;
+const TABLES_PER_COMPONENT: u32 = 4;
+
+/// Largest linear memory a guest may grow to.
+const MAX_MEMORY_BYTES: usize = 1 << 30;
+
+/// The compiled, linked component, ready to instantiate.
+pub(crate) struct Runtime {
+    proxy: ProxyPre<InstanceState>,
+    responses: Option<EdgeResponsesPre<InstanceState>>,
+    kv: KeyValue,
+    config: ConfigValues,
+    slots: Arc<Semaphore>,
+}
+
+impl Runtime {
+    /// Compiles (or loads from `cache_dir`) the component at `wasm` and links
+    /// it against the host's interfaces. Blocking: compilation takes seconds.
+    pub(crate) fn load(
+        wasm: &Path,
+        cache_dir: &Path,
+        kv: KeyValue,
+        config: ConfigValues,
+    ) -> anyhow::Result<Self> {
+        let shared = Shared::get()?;
+        let component = shared.component(wasm, cache_dir)?;
+        let pre = linker(&shared.engine)?
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("linking {}", wasm.display()))?;
+        let proxy = ProxyPre::new(pre.clone())
+            .map_err(anyhow::Error::from)
+            .context("the component does not export wasi:http/incoming-handler")?;
+        Ok(Self {
+            proxy,
+            responses: responses_pre(pre),
+            kv,
+            config,
+            slots: shared.slots.clone(),
+        })
+    }
+
+    /// A store for one instance, with fresh per-instance state.
+    pub(crate) fn new_store(&self) -> Store<InstanceState> {
+        let state = InstanceState::new(self.kv.clone(), self.config.clone());
+        Store::new(self.proxy.engine(), state)
+    }
+
+    /// Waits until an instance may be created; hold the permit while the
+    /// instance lives.
+    pub(crate) async fn instance_slot(&self) -> anyhow::Result<OwnedSemaphorePermit> {
+        Ok(self.slots.clone().acquire_owned().await?)
+    }
+
+    pub(crate) fn proxy(&self) -> &ProxyPre<InstanceState> {
+        &self.proxy
+    }
+
+    pub(crate) fn responses(&self) -> Option<&EdgeResponsesPre<InstanceState>> {
+        self.responses.as_ref()
+    }
+
+    pub(crate) fn keyvalue(&self) -> &KeyValue {
+        &self.kv
+    }
+}
+
+/// The process-wide engine, its instance slots, and the components it has
+/// compiled, by cache key.
+struct Shared {
+    engine: Engine,
+    slots: Arc<Semaphore>,
+    components: Mutex<HashMap<String, Component>>,
+}
+
+impl Shared {
+    fn get() -> anyhow::Result<&'static Shared> {
+        static SHARED: OnceLock<Shared> = OnceLock::new();
+        if let Some(shared) = SHARED.get() {
+            return Ok(shared);
+        }
+        let shared = Shared {
+            engine: new_engine()?,
+            slots: Arc::new(Semaphore::new(MAX_INSTANCES as usize)),
+            components: Mutex::default(),
+        };
+        Ok(SHARED.get_or_init(|| shared))
+    }
+
+    /// The compiled component at `wasm`: compiled earlier in this process,
+    /// cached in `cache_dir`, or compiled now. Loads are serialized so that
+    /// servers starting together compile a component only once.
+    fn component(&self, wasm: &Path, cache_dir: &Path) -> anyhow::Result<Component> {
+        let bytes = std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;
+        let key = cache_key(&self.engine, &bytes);
+        // The map is only inserted into, so a poisoned lock is still valid.
+        let mut components = self
+            .components
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let cached = cache_dir.join(format!("{key}.cwasm"));
+        if let Some(component) = components.get(&key) {
+            if !cached.is_file() {
+                cache_quietly(component, &cached);
+            }
+            return Ok(component.clone());
+        }
+        let component = load_component(&self.engine, wasm, &bytes, &cached)?;
+        components.insert(key, component.clone());
+        Ok(component)
+    }
+}
+
+fn responses_pre(pre: InstancePre<InstanceState>) -> Option<EdgeResponsesPre<InstanceState>> {
+    match EdgeResponsesPre::new(pre) {
+        Ok(pre) => Some(pre),
+        Err(err) => {
+            tracing::warn!("typed calls disabled: no edge:responses/responses export ({err:#})");
+            None
+        }
+    }
+}
+
+/// An engine with the pooling allocator, or the on-demand allocator where the
+/// pool's address space cannot be reserved (e.g. under a tight `ulimit -v`).
+fn new_engine() -> anyhow::Result<Engine> {
+    let mut config = wasmtime::Config::new();
+    config.memory_init_cow(true);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_limits()));
+    match Engine::new(&config) {
+        Ok(engine) => Ok(engine),
+        Err(err) => {
+            tracing::warn!("pooling allocator unavailable, allocating on demand: {err:#}");
+            config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+            Ok(Engine::new(&config)?)
+        }
+    }
+}
+
+fn pooling_limits() -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(MAX_INSTANCES)
+        .total_core_instances(MAX_INSTANCES * CORE_INSTANCES_PER_COMPONENT)
+        .total_memories(MAX_INSTANCES * MEMORIES_PER_COMPONENT)
+        .total_tables(MAX_INSTANCES * TABLES_PER_COMPONENT)
+        .total_stacks(MAX_INSTANCES)
+        .max_memory_size(MAX_MEMORY_BYTES);
+    pool
+}
+
+/// A linker with WASI p2, `wasi:http`, and this crate's `wasi:keyvalue` and
+/// `wasi:config`.
+fn linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    keyvalue::add_to_linker(&mut linker, InstanceState::keyvalue)?;
+    config::add_to_linker(&mut linker, InstanceState::config)?;
+    Ok(linker)
+}
+
+/// The compiled component: from `cached` when this engine compiled these
+/// exact bytes before, otherwise compiled now and written there.
+fn load_component(
+    engine: &Engine,
+    wasm: &Path,
+    bytes: &[u8],
+    cached: &Path,
+) -> anyhow::Result<Component> {
+    if cached.is_file() {
+        // SAFETY: `deserialize_file` trusts the file to be wasmtime's own
+        // output for a compatible engine and maps it into memory. The file
+        // was written by `store_in_cache` below from `Component::serialize`,
+        // its name covers the wasm bytes and the engine's compatibility hash,
+        // and it is only ever replaced by an atomic rename (never modified in
+        // place), so a mapped copy cannot change underneath us.
+        match unsafe { Component::deserialize_file(engine, cached) } {
+            Ok(component) => return Ok(component),
+            Err(err) => tracing::warn!("ignoring cached {}: {err:#}", cached.display()),
+        }
+    }
+    tracing::info!("compiling {}", wasm.display());
+    let component = Component::new(engine, bytes)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("compiling {}", wasm.display()))?;
+    cache_quietly(&component, cached);
+    Ok(component)
+}
+
+/// [`store_in_cache`], logging failure: the cache only saves time.
+fn cache_quietly(component: &Component, path: &Path) {
+    if let Err(err) = store_in_cache(component, path) {
+        tracing::warn!("not caching the compiled component: {err:#}");
+    }
+}
+
+/// Hex SHA-256 of the wasm bytes and of everything that makes compiled code
+/// compatible with an engine (wasmtime version, target, settings).
+fn cache_key(engine: &Engine, wasm: &[u8]) -> String {
+    let mut hasher = Sha256Hasher(Sha256::new());
+    hasher.0.update(wasm);
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    let digest = hasher.0.finalize();
+    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Writes the serialized component next to `path` and renames it into
+/// place, so concurrent writers and readers only ever see whole files.
+fn store_in_cache(component: &Component, path: &Path) -> anyhow::Result<()> {
+    static UNIQUE: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().context("cache path has no directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let serialized = component.serialize()?;
+    let temp = PathBuf::from(format!(
+        "{}.{}-{}.tmp",
+        path.display(),
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&temp, serialized).with_context(|| format!("writing {}", temp.display()))?;
+    std::fs::rename(&temp, path).map_err(|err| {
+        let _ = std::fs::remove_file(&temp);
+        anyhow::Error::new(err).context(format!("renaming into {}", path.display()))
+    })
+}
+
+/// Feeds `Hash` implementations into a SHA-256 digest.
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        let digest = self.0.clone().finalize();
+        let mut first = [0; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_le_bytes(first)
+    }
+}

@@ -1,0 +1,260 @@
+//! Inbound HTTP: the accept loop, handing each request to a fresh instance of
+//! the component's `wasi:http/incoming-handler`, and graceful shutdown.
+//!
+//! The response body is the channel the guest writes its `outgoing-body`
+//! into, passed to hyper as is, so bytes reach the client as soon as the
+//! guest flushes them (server-sent events rely on this). Failures before the
+//! guest has produced a response become a 500 with an OpenAI-shaped error
+//! body; failures after that can only cut the body short, and are logged.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::WasiHttpView;
+
+use crate::engine::Runtime;
+
+/// How long in-flight requests may run on after shutdown begins.
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Pause after a failed `accept` (e.g. out of file descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Serves connections from `listener` until `stop` fires (or its sender is
+/// dropped), then waits up to [`SHUTDOWN_GRACE`] for open connections.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    runtime: Arc<Runtime>,
+    stop: oneshot::Receiver<()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).keep_alive(true);
+    let mut stop = stop;
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let local = stream.local_addr().ok();
+                    let runtime = runtime.clone();
+                    let service = service_fn(move |request| {
+                        let runtime = runtime.clone();
+                        async move {
+                            Ok::<_, Infallible>(handle(&runtime, request, peer, local).await)
+                        }
+                    });
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    let connection = graceful.watch(connection);
+                    tokio::spawn(async move {
+                        if let Err(err) = connection.await {
+                            tracing::debug!(%peer, "connection closed with an error: {err}");
+                        }
+                    });
+                }
+                Err(err) => {
+                    tracing::warn!("accepting a connection failed: {err}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown: gave up waiting for in-flight requests");
+    }
+}
+
+/// The response to one request; never fails, errors become 500s.
+async fn handle(
+    runtime: &Runtime,
+    mut request: Request<Incoming>,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+) -> Response<HyperOutgoingBody> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    add_routing_headers(&mut request, peer, local);
+    match run_handler(runtime, request).await {
+        Ok(response) => response,
+        Err(err) => {
+            tracing::error!(%method, %path, "request failed: {err:#}");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The server had an error while processing your request.",
+            )
+        }
+    }
+}
+
+/// Instantiates the component and calls its `incoming-handler` on a task of
+/// its own, which keeps running (writing the body) after the response head
+/// has been returned.
+async fn run_handler(
+    runtime: &Runtime,
+    request: Request<Incoming>,
+) -> anyhow::Result<Response<HyperOutgoingBody>> {
+    let slot = runtime.instance_slot().await?;
+    let mut store = runtime.new_store();
+    let (sender, receiver) = oneshot::channel();
+    let request = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, request)?;
+    let outparam = store.data_mut().http().new_response_outparam(sender)?;
+    let proxy = runtime.proxy().clone();
+    let guest: JoinHandle<anyhow::Result<()>> = tokio::spawn(async move {
+        let _slot = slot;
+        let instance = proxy.instantiate_async(&mut store).await?;
+        instance
+            .wasi_http_incoming_handler()
+            .call_handle(&mut store, request, outparam)
+            .await?;
+        Ok(())
+    });
+    match receiver.await {
+        Ok(Ok(response)) => {
+            tokio::spawn(log_guest_outcome(guest));
+            Ok(response)
+        }
+        Ok(Err(code)) => {
+            tokio::spawn(log_guest_outcome(guest));
+            Err(anyhow!("the component answered with error code {code:?}"))
+        }
+        Err(_) => Err(guest_failure(guest).await),
+    }
+}
+
+/// Why the guest finished without setting a response.
+async fn guest_failure(guest: JoinHandle<anyhow::Result<()>>) -> anyhow::Error {
+    match guest.await {
+        Ok(Ok(())) => anyhow!("the component returned without setting a response"),
+        Ok(Err(err)) => err.context("the component failed before responding"),
+        Err(err) => anyhow::Error::new(err).context("the component's task failed"),
+    }
+}
+
+/// Logs a guest that fails after its response head went out; its body has
+/// been cut short.
+async fn log_guest_outcome(guest: JoinHandle<anyhow::Result<()>>) {
+    match guest.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::error!("the component failed while streaming a response: {err:#}"),
+        Err(err) => tracing::error!("the component's task failed: {err}"),
+    }
+}
+
+/// Fills in what the guest expects to find on every request: a `Host`, and
+/// the `spin-*` routing headers `spin up` sets for a component on the
+/// catch-all route `/...`.
+fn add_routing_headers(
+    request: &mut Request<Incoming>,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+) {
+    if !request.headers().contains_key(HOST) && request.uri().authority().is_none() {
+        if let Some(value) = local.and_then(|addr| HeaderValue::from_str(&addr.to_string()).ok()) {
+            request.headers_mut().insert(HOST, value);
+        }
+    }
+    let host = request
+        .headers()
+        .get(HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("localhost")
+        .to_owned();
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    let path = request.uri().path().to_owned();
+    let headers = [
+        ("spin-full-url", format!("http://{host}{path_and_query}")),
+        ("spin-path-info", path),
+        ("spin-matched-route", "/...".to_owned()),
+        ("spin-raw-component-route", "/...".to_owned()),
+        ("spin-component-route", String::new()),
+        ("spin-base-path", "/".to_owned()),
+        ("spin-client-addr", peer.to_string()),
+    ];
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            request
+                .headers_mut()
+                .insert(HeaderName::from_static(name), value);
+        }
+    }
+}
+
+/// A response with OpenAI's error envelope.
+pub(crate) fn error_response(status: StatusCode, message: &str) -> Response<HyperOutgoingBody> {
+    let body = format!(
+        r#"{{"error":{{"message":{},"type":"server_error","param":null,"code":null}}}}"#,
+        serde_json::Value::from(message)
+    );
+    let body = Full::new(Bytes::from(body))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Binds `addr`, with context naming the address on failure.
+pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn error_body_is_an_openai_error_envelope() {
+        let response = error_response(StatusCode::INTERNAL_SERVER_ERROR, "it \"broke\"");
+        assert_eq!(response.status(), 500);
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(
+            json,
+            serde_json::json!({"error": {
+                "message": "it \"broke\"",
+                "type": "server_error",
+                "param": null,
+                "code": null,
+            }})
+        );
+    }
+}

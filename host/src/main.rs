@@ -1,0 +1,135 @@
+//! `edge-responses-host`: command-line flags to a [`Config`], then serve until
+//! Ctrl-C (or SIGTERM).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use edge_responses_host::config::{parse_variable, variables_from_env};
+use edge_responses_host::{Config, Server, DEFAULT_COMPONENT, DEFAULT_LISTEN, DEFAULT_STATE_DIR};
+use tracing_subscriber::EnvFilter;
+
+/// Serves the edge-responses component (the OpenAI Responses API) over HTTP.
+///
+/// Config values for the component come from `EDGE_RESPONSES_<NAME>`
+/// environment variables (e.g. EDGE_RESPONSES_BACKEND_URL sets `backend_url`),
+/// overridden by `--var` and the convenience flags below.
+#[derive(Parser, Debug)]
+#[command(name = "edge-responses-host", version)]
+struct Flags {
+    /// Address to listen on.
+    #[arg(long, env = "EDGE_RESPONSES_LISTEN", default_value_t = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+
+    /// The component to serve.
+    #[arg(long, env = "EDGE_RESPONSES_COMPONENT", default_value = DEFAULT_COMPONENT)]
+    component: PathBuf,
+
+    /// Key-value database file [default: <state-dir>/sqlite_key_value.db].
+    #[arg(long, env = "EDGE_RESPONSES_STORE")]
+    store: Option<PathBuf>,
+
+    /// Directory for the key-value database and the compiled-component cache.
+    #[arg(long, env = "EDGE_RESPONSES_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+
+    /// A config value for the component (repeatable).
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_variable)]
+    vars: Vec<(String, String)>,
+
+    /// Base URL of the OpenAI-compatible backend (config `backend_url`).
+    #[arg(long)]
+    backend_url: Option<String>,
+
+    /// API key sent to the backend (config `backend_api_key`).
+    #[arg(long)]
+    backend_api_key: Option<String>,
+
+    /// Comma-separated API keys clients may use (config `api_keys`).
+    #[arg(long)]
+    api_keys: Option<String>,
+}
+
+impl Flags {
+    /// The component's config values: environment, then `--var`, then the
+    /// convenience flags, later sources winning.
+    fn variables(&self) -> BTreeMap<String, String> {
+        let mut variables = variables_from_env(std::env::vars());
+        variables.extend(self.vars.iter().cloned());
+        let named = [
+            ("backend_url", &self.backend_url),
+            ("backend_api_key", &self.backend_api_key),
+            ("api_keys", &self.api_keys),
+        ];
+        for (name, value) in named {
+            if let Some(value) = value {
+                variables.insert(name.to_owned(), value.clone());
+            }
+        }
+        variables
+    }
+
+    fn into_config(self) -> Config {
+        Config {
+            variables: self.variables(),
+            component: self.component,
+            listen: self.listen,
+            state_dir: self.state_dir,
+            store: self.store,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Flags::parse().into_config();
+    let backend = config
+        .variables
+        .get("backend_url")
+        .cloned()
+        .unwrap_or_else(|| "not set".to_owned());
+    let server = Server::start(config).await?;
+    println!(
+        "edge-responses listening on {} (backend: {backend}, store: {})",
+        server.url(),
+        server.store_path().display()
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or, on Unix, SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {err}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(err) => {
+                tracing::error!("cannot listen for SIGTERM: {err}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

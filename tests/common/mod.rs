@@ -1,0 +1,168 @@
+//! The integration-test harness: the built component served by the host,
+//! in-process on an ephemeral loopback port with a temporary store, in front
+//! of the scripted chat-completions backend.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use edge_responses_host::{Config, Server};
+use scripted_backend::Backend;
+use serde_json::Value;
+
+/// The component the tests run. Built by `scripts/test` (or
+/// `cargo build -p edge-responses --target wasm32-wasip2 --profile component`).
+pub fn component() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/wasm32-wasip2/component/edge_responses.wasm");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p edge-responses --target wasm32-wasip2 --profile component` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A backend and a host serving the component against it.
+pub struct Harness {
+    pub backend: Backend,
+    pub server: Server,
+    pub client: reqwest::Client,
+    pub state: tempfile::TempDir,
+    variables: BTreeMap<String, String>,
+}
+
+impl Harness {
+    /// An open service (no API keys).
+    pub async fn start() -> Harness {
+        Self::with_variables(&[]).await
+    }
+
+    /// A service with extra `wasi:config` values.
+    pub async fn with_variables(extra: &[(&str, &str)]) -> Harness {
+        let backend = Backend::start().expect("backend starts");
+        let state = tempfile::tempdir().expect("temp dir");
+        let mut variables = BTreeMap::from([("backend_url".to_owned(), backend.url())]);
+        for (k, v) in extra {
+            variables.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let server = serve(state.path(), &variables).await;
+        Harness {
+            backend,
+            server,
+            client: reqwest::Client::new(),
+            state,
+            variables,
+        }
+    }
+
+    /// Stops the host and starts a new one on the same store.
+    pub async fn restart(self) -> Harness {
+        let Harness {
+            backend,
+            server,
+            client,
+            state,
+            variables,
+        } = self;
+        server.shutdown().await;
+        let server = serve(state.path(), &variables).await;
+        Harness {
+            backend,
+            server,
+            client,
+            state,
+            variables,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server.url())
+    }
+
+    /// POSTs JSON; returns the status and the parsed body.
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send(self.client.post(self.url(path)).json(body)).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: &str) -> (u16, Value) {
+        let request = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        self.send(request).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(self.client.get(self.url(path))).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.send(self.client.delete(self.url(path))).await
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.send().await.expect("request reaches the host");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {text}"));
+        (status, body)
+    }
+
+    /// POSTs a streaming request and returns its SSE frames as `(event, data)`.
+    pub async fn stream(&self, body: &Value) -> Vec<(String, String)> {
+        let response = self
+            .client
+            .post(self.url("/v1/responses"))
+            .json(body)
+            .send()
+            .await
+            .expect("request reaches the host");
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.expect("body");
+        parse_sse(&text)
+    }
+}
+
+async fn serve(state: &Path, variables: &BTreeMap<String, String>) -> Server {
+    let mut config = Config::new(component());
+    config.listen = "127.0.0.1:0".parse().expect("address");
+    config.state_dir = state.to_path_buf();
+    config.variables = variables.clone();
+    Server::start(config).await.expect("host starts")
+}
+
+/// Splits an SSE body into `(event, data)` frames; `event` is empty for
+/// frames without an `event:` line (such as `data: [DONE]`).
+pub fn parse_sse(text: &str) -> Vec<(String, String)> {
+    text.split("\n\n")
+        .filter(|frame| !frame.trim().is_empty())
+        .map(|frame| {
+            let mut event = String::new();
+            let mut data = Vec::new();
+            for line in frame.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    event = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data.push(v);
+                }
+            }
+            (event, data.join("\n"))
+        })
+        .collect()
+}
+
+/// The text of a Response's output messages.
+pub fn output_text(response: &Value) -> String {
+    response["output"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|item| item["type"] == "message")
+        .flat_map(|item| item["content"].as_array().cloned().unwrap_or_default())
+        .filter_map(|part| part["text"].as_str().map(str::to_owned))
+        .collect()
+}
