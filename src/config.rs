@@ -8,11 +8,16 @@
 //! | `response_ttl_seconds` | how long stored responses live (default 30 days; 0 = forever) |
 //! | `forward_client_key` | `true` to send the client's key to the backend when `backend_api_key` is unset |
 //! | `backend_reasoning` | `true` to pass earlier reasoning to the backend as `reasoning_content` |
+//! | `backend_timeout_seconds` | longest wait for the backend's first byte, and between two pieces of its answer (default 300) |
 
 use crate::error::ApiError;
 
 /// Default time-to-live of stored responses: 30 days, like OpenAI.
 pub const DEFAULT_TTL_SECONDS: i64 = 30 * 24 * 3600;
+
+/// Default backend timeout: generous, as a large prompt can take minutes
+/// before its first token.
+pub const DEFAULT_BACKEND_TIMEOUT_SECONDS: u64 = 300;
 
 /// The component's configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,6 +29,7 @@ pub struct Settings {
     pub response_ttl_seconds: Option<i64>,
     pub forward_client_key: bool,
     pub backend_reasoning: bool,
+    pub backend_timeout_seconds: u64,
 }
 
 impl Settings {
@@ -31,6 +37,7 @@ impl Settings {
     pub fn from_pairs<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Result<Self, ApiError> {
         let mut settings = Settings {
             response_ttl_seconds: Some(DEFAULT_TTL_SECONDS),
+            backend_timeout_seconds: DEFAULT_BACKEND_TIMEOUT_SECONDS,
             ..Settings::default()
         };
         for (key, value) in pairs {
@@ -51,6 +58,11 @@ impl Settings {
                         ApiError::server(format!("response_ttl_seconds must be a number, got '{value}'"))
                     })?;
                     settings.response_ttl_seconds = (ttl > 0).then_some(ttl);
+                }
+                "backend_timeout_seconds" if !value.is_empty() => {
+                    settings.backend_timeout_seconds = value.parse().map_err(|_| {
+                        ApiError::server(format!("backend_timeout_seconds must be a number, got '{value}'"))
+                    })?;
                 }
                 "forward_client_key" => settings.forward_client_key = truthy(&value),
                 "backend_reasoning" => settings.backend_reasoning = truthy(&value),

@@ -69,7 +69,10 @@ pub struct Exchange<'s, K: Kv, B: Backend> {
     service: &'s Service<K, B>,
     tenant: String,
     stream: EventStream,
-    body: B::Body,
+    /// The backend's answer; `None` when it failed before answering.
+    body: Option<B::Body>,
+    /// A backend failure before the stream began.
+    failure: Option<ApiError>,
     input: Vec<Item>,
     parent: Option<Pointer>,
     store: bool,
@@ -122,17 +125,29 @@ impl<K: Kv, B: Backend> Service<K, B> {
         let mut headers = self.backend_headers(api_key);
         headers.push(("content-type", "application/json".to_owned()));
         headers.push(("accept", "text/event-stream".to_owned()));
-        let (status, mut reply) = self.backend.send("POST", &url, &headers, Some(payload)).await?;
-        if !(200..300).contains(&status) {
-            let body = reply.collect().await.unwrap_or_default();
-            return Err(status_error(status, &body));
+        let (body, failure) = match self.backend.send("POST", &url, &headers, Some(payload)).await {
+            Ok((status, body)) if (200..300).contains(&status) => (Some(body), None),
+            Ok((status, mut body)) => {
+                let bytes = body.collect().await.unwrap_or_default();
+                (None, Some(status_error(status, &bytes)))
+            }
+            Err(error) => (None, Some(error)),
+        };
+        // Client errors, and any failure of a plain request, are answered as
+        // HTTP errors. A stream whose backend failed (5xx, unreachable) ends
+        // in `error` + `response.failed` like a failure mid-stream.
+        if let Some(error) = &failure {
+            if !request.stream() || error.status < 500 {
+                return Err(error.clone());
+            }
         }
         let response = Response::start(new_id("resp"), now(), &request);
         Ok(Exchange {
             service: self,
             tenant,
             stream: EventStream::new(response, tools),
-            body: reply,
+            body,
+            failure,
             input,
             parent,
             store: request.store(),
@@ -322,10 +337,13 @@ impl<K: Kv, B: Backend> Exchange<'_, K, B> {
             return self.interrupted();
         }
         let mut reader = SseReader::default();
+        let mut failure = self.failure.take();
         let mut finished = false;
-        let mut failure = None;
-        'read: while !finished {
-            let payloads = match self.body.next().await {
+        'read: while !finished && failure.is_none() {
+            let Some(body) = self.body.as_mut() else {
+                break;
+            };
+            let payloads = match body.next().await {
                 Some(Ok(bytes)) => reader.push(&bytes),
                 Some(Err(e)) => {
                     failure = Some(ApiError::backend(format!(

@@ -126,3 +126,21 @@ async fn typed_export_shares_the_implementation() {
     let bad = responses.create(None, "{oops").await.unwrap().unwrap_err();
     assert_eq!((bad.status, bad.type_.as_str()), (400, "invalid_request_error"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_timeout_and_refused_connection_are_502() {
+    let h = Harness::with_variables(&[("backend_timeout_seconds", "1")]).await;
+    h.backend.push(Reply::hang(std::time::Duration::from_secs(5)));
+    let (status, body) = h.post("/v1/responses", &json!({"model": "m", "input": "hi"})).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "backend_error");
+    assert!(body["error"]["message"].as_str().unwrap().contains("backend"), "{body}");
+
+    // A port nothing listens on: bind one, then close it.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let url = format!("http://{closed}/v1");
+    let h = Harness::with_variables(&[("backend_url", url.as_str())]).await;
+    let (status, body) = h.post("/v1/responses", &json!({"model": "m", "input": "hi"})).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("refused"), "{body}");
+}

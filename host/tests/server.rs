@@ -13,7 +13,8 @@ use edge_responses_host::{Config, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn component() -> Option<PathBuf> {
+/// The built component; `scripts/test` builds it before the tests run.
+fn component() -> PathBuf {
     let path = std::env::var_os("EDGE_RESPONSES_COMPONENT")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -21,12 +22,12 @@ fn component() -> Option<PathBuf> {
                 .join("..")
                 .join(edge_responses_host::DEFAULT_COMPONENT)
         });
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!("skipping: no component at {}", path.display());
-        None
-    }
+    assert!(
+        path.is_file(),
+        "no component at {}: build it with `cargo build -p edge-responses --target wasm32-wasip2 --profile component`",
+        path.display()
+    );
+    path
 }
 
 async fn start(component: PathBuf, state: &tempfile::TempDir) -> Server {
@@ -65,7 +66,7 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_path_is_a_json_404() {
-    let Some(component) = component() else { return };
+    let component = component();
     let state = tempfile::tempdir().expect("temp dir");
     let server = start(component, &state).await;
 
@@ -85,7 +86,7 @@ async fn unknown_path_is_a_json_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_run_side_by_side() {
-    let Some(component) = component() else { return };
+    let component = component();
     let (first_state, second_state) = (tempfile::tempdir(), tempfile::tempdir());
     let first = start(component.clone(), first_state.as_ref().expect("temp dir")).await;
     let second = start(component, second_state.as_ref().expect("temp dir")).await;
@@ -102,7 +103,7 @@ async fn two_servers_run_side_by_side() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_concurrent_requests_than_instance_slots() {
-    let Some(component) = component() else { return };
+    let component = component();
     let state = tempfile::tempdir().expect("temp dir");
     let server = start(component, &state).await;
 
@@ -123,7 +124,7 @@ async fn more_concurrent_requests_than_instance_slots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_calls_return_api_errors() {
-    let Some(component) = component() else { return };
+    let component = component();
     let state = tempfile::tempdir().expect("temp dir");
     let server = start(component, &state).await;
 

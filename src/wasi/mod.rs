@@ -18,9 +18,14 @@ use spin_sdk::wit::wasi::config::store as config;
 pub fn service() -> Result<Service<WasiKv, WasiBackend>, ApiError> {
     let pairs = config::get_all()
         .map_err(|e| ApiError::server(format!("Reading configuration failed: {e:?}")))?;
+    let settings = Settings::from_pairs(pairs)?;
+    let timeout = std::time::Duration::from_secs(settings.backend_timeout_seconds);
     Ok(Service {
-        settings: Settings::from_pairs(pairs)?,
+        settings,
         kv: WasiKv::open()?,
-        backend: WasiBackend,
+        backend: WasiBackend {
+            first_byte_timeout: timeout,
+            between_bytes_timeout: timeout,
+        },
     })
 }
