@@ -58,7 +58,10 @@ mod tests {
         let s = settings(&["k1", "k2"]);
         assert_eq!(tenant(&s, None).unwrap_err().status, 401);
         assert_eq!(tenant(&s, Some("nope")).unwrap_err().status, 401);
-        let (a, b) = (tenant(&s, Some("k1")).unwrap(), tenant(&s, Some("k2")).unwrap());
+        let (a, b) = (
+            tenant(&s, Some("k1")).unwrap(),
+            tenant(&s, Some("k2")).unwrap(),
+        );
         assert_ne!(a, b);
         assert!(!a.contains("k1"));
     }

@@ -45,14 +45,29 @@ pub fn status_error(status: u16, body: &[u8]) -> ApiError {
     let message = detail
         .and_then(|e| e.get("message").or(Some(e)))
         .and_then(Value::as_str)
-        .or_else(|| parsed.as_ref().and_then(|v| v.get("message")).and_then(Value::as_str))
+        .or_else(|| {
+            parsed
+                .as_ref()
+                .and_then(|v| v.get("message"))
+                .and_then(Value::as_str)
+        })
         .map(str::to_owned)
-        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().chars().take(500).collect());
-    let code = detail
-        .and_then(|e| e.get("code"))
-        .and_then(|c| c.as_str().map(str::to_owned).or_else(|| c.as_i64().map(|n| n.to_string())));
+        .unwrap_or_else(|| {
+            String::from_utf8_lossy(body)
+                .trim()
+                .chars()
+                .take(500)
+                .collect()
+        });
+    let code = detail.and_then(|e| e.get("code")).and_then(|c| {
+        c.as_str()
+            .map(str::to_owned)
+            .or_else(|| c.as_i64().map(|n| n.to_string()))
+    });
     if status >= 500 || !(400..500).contains(&status) {
-        return ApiError::backend(format!("The backend failed with status {status}: {message}"));
+        return ApiError::backend(format!(
+            "The backend failed with status {status}: {message}"
+        ));
     }
     let mentions_model = message.to_ascii_lowercase().contains("model");
     if status == 404 && (mentions_model || code.as_deref() == Some("model_not_found")) {
@@ -87,14 +102,23 @@ mod tests {
     #[test]
     fn client_errors_keep_status_and_message() {
         let e = status_error(400, br#"{"error":{"message":"bad temp","type":"invalid_request_error","param":"temperature","code":null}}"#);
-        assert_eq!((e.status, e.message.as_str(), e.param.as_deref()), (400, "bad temp", Some("temperature")));
+        assert_eq!(
+            (e.status, e.message.as_str(), e.param.as_deref()),
+            (400, "bad temp", Some("temperature"))
+        );
     }
 
     #[test]
     fn unknown_model() {
         let e = status_error(404, br#"{"error":{"message":"model 'x' not found"}}"#);
-        assert_eq!((e.status, e.code.as_deref()), (404, Some("model_not_found")));
-        let ollama = status_error(404, br#"{"error":"model \"x\" not found, try pulling it first"}"#);
+        assert_eq!(
+            (e.status, e.code.as_deref()),
+            (404, Some("model_not_found"))
+        );
+        let ollama = status_error(
+            404,
+            br#"{"error":"model \"x\" not found, try pulling it first"}"#,
+        );
         assert_eq!(ollama.code.as_deref(), Some("model_not_found"));
     }
 

@@ -34,7 +34,9 @@ pub struct Settings {
 
 impl Settings {
     /// Settings from configuration pairs (what `wasi:config/store.get-all` returns).
-    pub fn from_pairs<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Result<Self, ApiError> {
+    pub fn from_pairs<I: IntoIterator<Item = (String, String)>>(
+        pairs: I,
+    ) -> Result<Self, ApiError> {
         let mut settings = Settings {
             response_ttl_seconds: Some(DEFAULT_TTL_SECONDS),
             backend_timeout_seconds: DEFAULT_BACKEND_TIMEOUT_SECONDS,
@@ -44,7 +46,9 @@ impl Settings {
             let value = value.trim().to_owned();
             match key.as_str() {
                 "backend_url" => settings.backend_url = value.trim_end_matches('/').to_owned(),
-                "backend_api_key" => settings.backend_api_key = Some(value).filter(|v| !v.is_empty()),
+                "backend_api_key" => {
+                    settings.backend_api_key = Some(value).filter(|v| !v.is_empty())
+                }
                 "api_keys" => {
                     settings.api_keys = value
                         .split([',', ' ', '\n'])
@@ -55,13 +59,17 @@ impl Settings {
                 }
                 "response_ttl_seconds" if !value.is_empty() => {
                     let ttl: i64 = value.parse().map_err(|_| {
-                        ApiError::server(format!("response_ttl_seconds must be a number, got '{value}'"))
+                        ApiError::server(format!(
+                            "response_ttl_seconds must be a number, got '{value}'"
+                        ))
                     })?;
                     settings.response_ttl_seconds = (ttl > 0).then_some(ttl);
                 }
                 "backend_timeout_seconds" if !value.is_empty() => {
                     settings.backend_timeout_seconds = value.parse().map_err(|_| {
-                        ApiError::server(format!("backend_timeout_seconds must be a number, got '{value}'"))
+                        ApiError::server(format!(
+                            "backend_timeout_seconds must be a number, got '{value}'"
+                        ))
                     })?;
                 }
                 "forward_client_key" => settings.forward_client_key = truthy(&value),
@@ -79,7 +87,10 @@ impl Settings {
 }
 
 fn truthy(value: &str) -> bool {
-    matches!(value.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+    matches!(
+        value.to_ascii_lowercase().as_str(),
+        "1" | "true" | "yes" | "on"
+    )
 }
 
 #[cfg(test)]
@@ -87,7 +98,9 @@ mod tests {
     use super::*;
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -111,8 +124,11 @@ mod tests {
 
     #[test]
     fn zero_ttl_means_forever() {
-        let s = Settings::from_pairs(pairs(&[("backend_url", "x"), ("response_ttl_seconds", "0")]))
-            .unwrap();
+        let s = Settings::from_pairs(pairs(&[
+            ("backend_url", "x"),
+            ("response_ttl_seconds", "0"),
+        ]))
+        .unwrap();
         assert_eq!(s.response_ttl_seconds, None);
     }
 }

@@ -78,6 +78,10 @@ pub struct Exchange<'s, K: Kv, B: Backend> {
     store: bool,
     /// Whether the client asked for an event stream.
     pub streaming: bool,
+    /// `max_tool_calls`: tool calls past it are dropped.
+    max_tool_calls: Option<u64>,
+    /// The backend's tool-call indices let through so far.
+    calls_seen: std::collections::BTreeSet<usize>,
 }
 
 impl<K: Kv, B: Backend> Service<K, B> {
@@ -109,7 +113,7 @@ impl<K: Kv, B: Backend> Service<K, B> {
             }
             None => (Vec::new(), None),
         };
-        let input = prepare_input(request.input.clone(), &history)?;
+        let input = prepare_input(request.input.clone(), &history, &store)?;
         history.extend(input.iter().cloned());
         let tools = ToolMap::new(
             request.tools.as_deref().unwrap_or_default(),
@@ -125,7 +129,11 @@ impl<K: Kv, B: Backend> Service<K, B> {
         let mut headers = self.backend_headers(api_key);
         headers.push(("content-type", "application/json".to_owned()));
         headers.push(("accept", "text/event-stream".to_owned()));
-        let (body, failure) = match self.backend.send("POST", &url, &headers, Some(payload)).await {
+        let (body, failure) = match self
+            .backend
+            .send("POST", &url, &headers, Some(payload))
+            .await
+        {
             Ok((status, body)) if (200..300).contains(&status) => (Some(body), None),
             Ok((status, mut body)) => {
                 let bytes = body.collect().await.unwrap_or_default();
@@ -152,6 +160,8 @@ impl<K: Kv, B: Backend> Service<K, B> {
             parent,
             store: request.store(),
             streaming: request.stream(),
+            max_tool_calls: request.max_tool_calls,
+            calls_seen: Default::default(),
         })
     }
 
@@ -179,7 +189,10 @@ impl<K: Kv, B: Backend> Service<K, B> {
     /// `GET /v1/responses/{id}`.
     pub fn get(&self, api_key: Option<&str>, id: &str) -> Result<Response, ApiError> {
         let tenant = self.tenant(api_key)?;
-        let turn = self.store(&tenant).turn(id, now())?.ok_or_else(|| missing(id))?;
+        let turn = self
+            .store(&tenant)
+            .turn(id, now())?
+            .ok_or_else(|| missing(id))?;
         Ok(turn.response)
     }
 
@@ -200,7 +213,10 @@ impl<K: Kv, B: Backend> Service<K, B> {
         query: &ListQuery,
     ) -> Result<Value, ApiError> {
         let tenant = self.tenant(api_key)?;
-        let turn = self.store(&tenant).turn(id, now())?.ok_or_else(|| missing(id))?;
+        let turn = self
+            .store(&tenant)
+            .turn(id, now())?
+            .ok_or_else(|| missing(id))?;
         page(turn.input, query)
     }
 
@@ -210,10 +226,9 @@ impl<K: Kv, B: Backend> Service<K, B> {
         let url = format!("{}/models", self.settings.backend_url);
         let headers = self.backend_headers(api_key);
         let (status, mut body) = self.backend.send("GET", &url, &headers, None).await?;
-        let bytes = body
-            .collect()
-            .await
-            .map_err(|e| ApiError::backend(format!("Reading the backend's model list failed: {e}")))?;
+        let bytes = body.collect().await.map_err(|e| {
+            ApiError::backend(format!("Reading the backend's model list failed: {e}"))
+        })?;
         if !(200..300).contains(&status) {
             return Err(status_error(status, &bytes));
         }
@@ -226,22 +241,30 @@ fn missing(id: &str) -> ApiError {
 }
 
 /// The request's input as stored: ids assigned, assistant text normalized,
-/// item references resolved against the earlier conversation.
-fn prepare_input(
+/// item references resolved against the earlier conversation, else against
+/// every stored response of the caller.
+fn prepare_input<K: Kv>(
     input: Option<crate::api::request::Input>,
     history: &[Item],
+    store: &ResponseStore<'_, K>,
 ) -> Result<Vec<Item>, ApiError> {
     let items = input.map(|i| i.into_items()).unwrap_or_default();
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let item = match item {
-            Item::ItemReference(reference) => find_item(history, &reference.id)
-                .or_else(|| find_item(&out, &reference.id))
-                .cloned()
-                .ok_or_else(|| {
+            Item::ItemReference(reference) => {
+                let known = find_item(history, &reference.id)
+                    .or_else(|| find_item(&out, &reference.id))
+                    .cloned();
+                let found = match known {
+                    Some(item) => Some(item),
+                    None => store.item(&reference.id, now())?,
+                };
+                found.ok_or_else(|| {
                     ApiError::not_found(format!("Item with id '{}' not found.", reference.id))
                         .with_param(format!("input[{i}].id"))
-                })?,
+                })?
+            }
             other => other,
         };
         out.push(with_id(item));
@@ -378,6 +401,14 @@ impl<K: Kv, B: Backend> Exchange<'_, K, B> {
                         break 'read;
                     }
                 };
+                if let Some(message) = chunk.error_message() {
+                    failure = Some(ApiError::backend(format!(
+                        "The backend reported an error mid-stream: {message}"
+                    )));
+                    break 'read;
+                }
+                let mut chunk = chunk;
+                self.limit_tool_calls(&mut chunk);
                 let events = self.stream.feed(chunk);
                 if !self.send(sink, events).await {
                     return self.interrupted();
@@ -394,7 +425,7 @@ impl<K: Kv, B: Backend> Exchange<'_, K, B> {
             None => self.stream.finish(),
         };
         if let Err(error) = self.save() {
-            let events = self.stream.fail(&error);
+            let events = self.stream.fail_instead(events, &error);
             self.send(sink, events).await;
             sink.send(DONE_FRAME.to_vec()).await;
             return (self.stream.into_response(), Some(error));
@@ -402,6 +433,29 @@ impl<K: Kv, B: Backend> Exchange<'_, K, B> {
         self.send(sink, events).await;
         sink.send(DONE_FRAME.to_vec()).await;
         (self.stream.into_response(), failure)
+    }
+
+    /// Drops the tool calls of a chunk that go past `max_tool_calls`.
+    fn limit_tool_calls(&mut self, chunk: &mut ChatChunk) {
+        let Some(max) = self.max_tool_calls else {
+            return;
+        };
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        for choice in &mut chunk.choices {
+            let seen = &mut self.calls_seen;
+            choice.delta.tool_calls.retain(|call| {
+                // Without an index, each fragment is a call of its own.
+                let index = call.index.unwrap_or(usize::MAX - seen.len());
+                if seen.contains(&index) {
+                    return true;
+                }
+                if seen.len() < max {
+                    seen.insert(index);
+                    return true;
+                }
+                false
+            });
+        }
     }
 
     async fn send(&self, sink: &mut impl EventSink, events: Vec<Event>) -> bool {
@@ -429,7 +483,11 @@ impl<K: Kv, B: Backend> Exchange<'_, K, B> {
             response: self.stream.response().clone(),
             input: self.input.clone(),
         };
-        ResponseStore::new(&self.service.kv, &self.tenant).save(&turn, self.parent.as_ref(), expires_at)
+        ResponseStore::new(&self.service.kv, &self.tenant).save(
+            &turn,
+            self.parent.as_ref(),
+            expires_at,
+        )
     }
 }
 
@@ -455,22 +513,48 @@ mod tests {
     #[test]
     fn pages_default_desc_with_cursors() {
         let list = items(5);
-        let first = page(list.clone(), &ListQuery { limit: Some(2), ..Default::default() }).unwrap();
+        let first = page(
+            list.clone(),
+            &ListQuery {
+                limit: Some(2),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(ids(&first), ["m4", "m3"]);
         assert_eq!(first["has_more"], true);
         let after = first["last_id"].as_str().unwrap().to_owned();
         let second = page(
             list.clone(),
-            &ListQuery { limit: Some(10), after: Some(after), ..Default::default() },
+            &ListQuery {
+                limit: Some(10),
+                after: Some(after),
+                ..Default::default()
+            },
         )
         .unwrap();
         assert_eq!(ids(&second), ["m2", "m1", "m0"]);
         assert_eq!(second["has_more"], false);
-        let asc = page(list.clone(), &ListQuery { order: Some(Order::Asc), ..Default::default() })
-            .unwrap();
+        let asc = page(
+            list.clone(),
+            &ListQuery {
+                order: Some(Order::Asc),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(ids(&asc), ["m0", "m1", "m2", "m3", "m4"]);
         assert_eq!(
-            page(list, &ListQuery { limit: Some(0), ..Default::default() }).unwrap_err().param.as_deref(),
+            page(
+                list,
+                &ListQuery {
+                    limit: Some(0),
+                    ..Default::default()
+                }
+            )
+            .unwrap_err()
+            .param
+            .as_deref(),
             Some("limit")
         );
     }

@@ -29,6 +29,7 @@ async fn openai_python_sdk() {
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
         .arg(&tests)
         .env("EDGE_RESPONSES_BASE_URL", h.server.url())
+        .env("EDGE_RESPONSES_BACKEND_ORIGIN", h.backend.origin())
         .output()
         .await
         .expect("python runs");
@@ -37,6 +38,65 @@ async fn openai_python_sdk() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(output.status.success(), "openai SDK tests failed:\n{report}");
-    assert!(h.backend.chat_requests().len() >= 2, "the SDK calls reached the backend");
+    assert!(
+        output.status.success(),
+        "openai SDK tests failed:\n{report}"
+    );
+    assert!(
+        h.backend.chat_requests().len() >= 2,
+        "the SDK calls reached the backend"
+    );
+
+    // The chain test's last backend request carried every earlier turn.
+    let last_turn = h
+        .backend
+        .chat_requests()
+        .into_iter()
+        .find(|r| {
+            r.messages()
+                .last()
+                .is_some_and(|m| m["content"] == "chain turn 4")
+        })
+        .expect("the chain test ran");
+    let texts: Vec<&str> = last_turn
+        .messages()
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    let expected: Vec<String> = (0..5)
+        .flat_map(|turn| {
+            let text = format!("chain turn {turn}");
+            let answer = format!("Hello! You said: {text}");
+            [text, answer]
+        })
+        .take(9)
+        .collect();
+    assert_eq!(texts, expected);
+}
+
+/// The SDK's authentication errors, against a host with `api_keys`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_sdk_with_api_keys() {
+    let h = Harness::with_variables(&[("api_keys", "sk-sdk-test,sk-sdk-other")]).await;
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_openai_sdk.py");
+    let output = tokio::process::Command::new(python())
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "auth"])
+        .arg(&tests)
+        .env("EDGE_RESPONSES_BASE_URL", h.server.url())
+        .env("EDGE_RESPONSES_BACKEND_ORIGIN", h.backend.origin())
+        .env("EDGE_RESPONSES_API_KEY", "sk-sdk-test")
+        .env("EDGE_RESPONSES_OTHER_KEY", "sk-sdk-other")
+        .output()
+        .await
+        .expect("python runs");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "openai SDK auth tests failed:\n{report}"
+    );
+    assert!(report.contains("3 passed"), "{report}");
 }

@@ -64,6 +64,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The key-value database file; default `<state_dir>/sqlite_key_value.db`.
     pub store: Option<PathBuf>,
+    /// The compiled-component cache; default `<state_dir>/cache`. Servers
+    /// with different state can share one (tests do, to compile once).
+    pub cache: Option<PathBuf>,
     /// `wasi:config` values, e.g. `backend_url`.
     pub variables: BTreeMap<String, String>,
 }
@@ -76,6 +79,7 @@ impl Config {
             listen: DEFAULT_LISTEN,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             store: None,
+            cache: None,
             variables: BTreeMap::new(),
         }
     }
@@ -89,7 +93,9 @@ impl Config {
 
     /// The compiled-component cache directory this config uses.
     pub fn cache_dir(&self) -> PathBuf {
-        self.state_dir.join(CACHE_DIR)
+        self.cache
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join(CACHE_DIR))
     }
 }
 

@@ -77,6 +77,7 @@ impl Flags {
             listen: self.listen,
             state_dir: self.state_dir,
             store: self.store,
+            cache: None,
         }
     }
 }

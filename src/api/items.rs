@@ -75,7 +75,7 @@ pub enum ContentPart {
         image_url: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         file_id: Option<String>,
-        #[serde(default = "default_detail")]
+        #[serde(default = "default_detail", deserialize_with = "detail")]
         detail: String,
     },
     InputFile {
@@ -90,9 +90,9 @@ pub enum ContentPart {
     },
     OutputText {
         text: String,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "or_default")]
         annotations: Vec<Value>,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "or_default")]
         logprobs: Vec<Value>,
     },
     Refusal {
@@ -102,6 +102,20 @@ pub enum ContentPart {
 
 fn default_detail() -> String {
     "auto".to_owned()
+}
+
+/// `detail`, with `null` meaning the default.
+fn detail<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_else(default_detail))
+}
+
+/// A field that other servers may send as `null`: the default then.
+fn or_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 impl ContentPart {
@@ -131,7 +145,7 @@ pub struct FunctionCall {
     pub id: Option<String>,
     pub call_id: String,
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
     pub arguments: String,
     /// The `namespace` tool the function belongs to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -180,7 +194,7 @@ pub struct CustomToolCall {
     pub id: Option<String>,
     pub call_id: String,
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
     pub input: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
@@ -202,7 +216,7 @@ pub struct CustomToolCallOutput {
 pub struct Reasoning {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
     pub summary: Vec<TextPart>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<Vec<TextPart>>,
@@ -302,21 +316,27 @@ fn from<T: serde::de::DeserializeOwned, E: serde::de::Error>(value: Value) -> Re
 /// Message content arrives as a string or as a list of parts.
 mod content {
     use super::ContentPart;
+    use serde::de::Error;
     use serde::{Deserialize, Deserializer};
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Content {
-        Text(String),
-        Parts(Vec<ContentPart>),
-    }
+    use serde_json::Value;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ContentPart>, D::Error> {
-        Ok(match Content::deserialize(d)? {
+        match Value::deserialize(d)? {
             // The role decides input_text vs output_text; see `Message::normalize`.
-            Content::Text(text) => vec![ContentPart::InputText { text }],
-            Content::Parts(parts) => parts,
-        })
+            Value::String(text) => Ok(vec![ContentPart::InputText { text }]),
+            Value::Array(parts) => parts
+                .into_iter()
+                .enumerate()
+                .map(|(j, part)| {
+                    serde_json::from_value(part)
+                        .map_err(|e| D::Error::custom(format!("content[{j}]: {e}")))
+                })
+                .collect(),
+            Value::Null => Ok(Vec::new()),
+            _ => Err(D::Error::custom(
+                "`content` must be a string or a list of content parts",
+            )),
+        }
     }
 }
 
@@ -391,7 +411,9 @@ mod tests {
             "output": [{"type": "input_text", "text": "a"}, {"type": "input_text", "text": "b"}]
         }))
         .unwrap();
-        let Item::FunctionCallOutput(o) = item else { panic!() };
+        let Item::FunctionCallOutput(o) = item else {
+            panic!()
+        };
         assert_eq!(o.output.to_text(), "ab");
     }
 

@@ -14,7 +14,8 @@ use crate::error::ApiError;
 pub struct CreateRequest {
     #[serde(default)]
     pub model: Option<String>,
-    #[serde(default)]
+    /// Parsed apart by [`CreateRequest::parse`], to name the failing item.
+    #[serde(skip)]
     pub input: Option<Input>,
     #[serde(default)]
     pub instructions: Option<String>,
@@ -98,10 +99,13 @@ impl CreateRequest {
                 "The request body must be a JSON object.",
             ));
         }
-        let request: CreateRequest = serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut value = value;
+        let input = value.as_object_mut().and_then(|map| map.remove("input"));
+        let mut request: CreateRequest = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             ApiError::invalid_param(&path, format!("Invalid value for '{path}': {}", e.inner()))
         })?;
+        request.input = parse_input(input)?;
         request.validate()?;
         Ok(request)
     }
@@ -110,9 +114,11 @@ impl CreateRequest {
         match &self.model {
             Some(model) if !model.is_empty() => {}
             _ => {
-                return Err(ApiError::invalid_request("Missing required parameter: 'model'.")
-                    .with_param("model")
-                    .with_code("missing_required_parameter"))
+                return Err(
+                    ApiError::invalid_request("Missing required parameter: 'model'.")
+                        .with_param("model")
+                        .with_code("missing_required_parameter"),
+                )
             }
         }
         if self.input.is_none() && self.previous_response_id.is_none() {
@@ -159,6 +165,29 @@ impl CreateRequest {
     /// The model, validated to be present by [`CreateRequest::parse`].
     pub fn model(&self) -> &str {
         self.model.as_deref().unwrap_or_default()
+    }
+}
+
+/// `input`: a string or a list of items; errors name the item.
+fn parse_input(input: Option<Value>) -> Result<Option<Input>, ApiError> {
+    match input {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(Input::Text(text))),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                serde_json::from_value::<Item>(item).map_err(|e| {
+                    let param = format!("input[{i}]");
+                    ApiError::invalid_param(&param, format!("Invalid value for '{param}': {e}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|items| Some(Input::Items(items))),
+        Some(_) => Err(ApiError::invalid_param(
+            "input",
+            "'input' must be a string or a list of items.",
+        )),
     }
 }
 
@@ -217,7 +246,10 @@ mod tests {
     #[test]
     fn string_input() {
         let r = parse(r#"{"model":"m","input":"hi","unknown_field":{"x":1}}"#).unwrap();
-        assert_eq!(r.input.clone().unwrap().into_items(), vec![Item::user_text("hi")]);
+        assert_eq!(
+            r.input.clone().unwrap().into_items(),
+            vec![Item::user_text("hi")]
+        );
         assert!(r.store());
         assert!(!r.stream());
     }
@@ -257,10 +289,12 @@ mod tests {
     fn metadata_limits() {
         let many: Map<String, Value> = (0..17).map(|i| (format!("k{i}"), "v".into())).collect();
         assert!(validate_metadata(&many).is_err());
-        let long_key: Map<String, Value> = [("k".repeat(65), Value::from("v"))].into_iter().collect();
+        let long_key: Map<String, Value> =
+            [("k".repeat(65), Value::from("v"))].into_iter().collect();
         assert!(validate_metadata(&long_key).is_err());
-        let long_value: Map<String, Value> =
-            [("k".to_owned(), Value::from("v".repeat(513)))].into_iter().collect();
+        let long_value: Map<String, Value> = [("k".to_owned(), Value::from("v".repeat(513)))]
+            .into_iter()
+            .collect();
         assert!(validate_metadata(&long_value).is_err());
         let ok: Map<String, Value> = [("k".to_owned(), Value::from("v"))].into_iter().collect();
         assert!(validate_metadata(&ok).is_ok());

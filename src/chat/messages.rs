@@ -43,7 +43,14 @@ pub fn to_messages(
                 } else {
                     call.arguments.clone()
                 };
-                push_tool_call(&mut out, &mut reasoning, send_reasoning, &call.call_id, name, arguments);
+                push_tool_call(
+                    &mut out,
+                    &mut reasoning,
+                    send_reasoning,
+                    &call.call_id,
+                    name,
+                    arguments,
+                );
             }
             Item::CustomToolCall(call) => {
                 let arguments = json!({ "input": call.input }).to_string();
@@ -187,8 +194,13 @@ mod tests {
     }
 
     fn chat(history: &[Item], send_reasoning: bool) -> Value {
-        serde_json::to_value(to_messages(None, history, &ToolMap::default(), send_reasoning))
-            .unwrap()
+        serde_json::to_value(to_messages(
+            None,
+            history,
+            &ToolMap::default(),
+            send_reasoning,
+        ))
+        .unwrap()
     }
 
     #[test]
@@ -235,7 +247,10 @@ mod tests {
         ]));
         let v = chat(&history, false);
         assert_eq!(v[0], json!({"role": "system", "content": "rules"}));
-        assert_eq!(v[1]["content"][1]["image_url"]["url"], "data:image/png;base64,AAA");
+        assert_eq!(
+            v[1]["content"][1]["image_url"]["url"],
+            "data:image/png;base64,AAA"
+        );
     }
 
     #[test]
@@ -245,7 +260,10 @@ mod tests {
             {"type": "custom_tool_call_output", "call_id": "c9", "output": "done"},
         ]));
         let v = chat(&history, false);
-        assert_eq!(v[0]["tool_calls"][0]["function"]["arguments"], "{\"input\":\"*** Begin Patch\"}");
+        assert_eq!(
+            v[0]["tool_calls"][0]["function"]["arguments"],
+            "{\"input\":\"*** Begin Patch\"}"
+        );
         assert_eq!(v[1]["role"], "tool");
     }
 }

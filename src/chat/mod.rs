@@ -117,6 +117,18 @@ impl ChatRequest {
             tools,
             options.send_reasoning,
         );
+        // `max_tool_calls: 0` leaves the model nothing to call; with 1, one
+        // call at a time.
+        let no_calls = request.max_tool_calls == Some(0);
+        let offered = if no_calls {
+            Vec::new()
+        } else {
+            tools.chat_tools()
+        };
+        let parallel = match request.max_tool_calls {
+            Some(1) => Some(false),
+            _ => request.parallel_tool_calls,
+        };
         let wants_logprobs = request
             .include
             .as_ref()
@@ -127,9 +139,13 @@ impl ChatRequest {
             messages,
             stream: true,
             stream_options: json!({"include_usage": true}),
-            tools: tools.chat_tools(),
-            tool_choice: tools.chat_tool_choice(request.tool_choice.as_ref())?,
-            parallel_tool_calls: request.parallel_tool_calls.filter(|_| !tools.is_empty()),
+            tool_choice: if no_calls {
+                None
+            } else {
+                tools.chat_tool_choice(request.tool_choice.as_ref())?
+            },
+            parallel_tool_calls: parallel.filter(|_| !offered.is_empty()),
+            tools: offered,
             temperature: request.temperature,
             top_p: request.top_p,
             frequency_penalty: request.frequency_penalty,
@@ -168,10 +184,13 @@ fn response_format(text: Option<&Value>) -> Result<Option<Value>, ApiError> {
                 ApiError::invalid_request("Missing required parameter: 'text.format.name'.")
                     .with_param("text.format.name")
             })?;
-            let schema = format.get("schema").filter(|s| s.is_object()).ok_or_else(|| {
-                ApiError::invalid_request("Missing required parameter: 'text.format.schema'.")
-                    .with_param("text.format.schema")
-            })?;
+            let schema = format
+                .get("schema")
+                .filter(|s| s.is_object())
+                .ok_or_else(|| {
+                    ApiError::invalid_request("Missing required parameter: 'text.format.schema'.")
+                        .with_param("text.format.schema")
+                })?;
             let mut json_schema = json!({"name": name, "schema": schema});
             for key in ["strict", "description"] {
                 if let Some(v) = format.get(key).filter(|v| !v.is_null()) {
@@ -196,6 +215,24 @@ pub struct ChatChunk {
     pub choices: Vec<ChunkChoice>,
     #[serde(default)]
     pub usage: Option<ChatUsage>,
+    /// An error reported in the middle of a stream (vLLM, LiteLLM and others
+    /// send `data: {"error": {...}}` when generation fails).
+    #[serde(default)]
+    pub error: Option<Value>,
+}
+
+impl ChatChunk {
+    /// The message of an in-stream error, if this chunk is one.
+    pub fn error_message(&self) -> Option<String> {
+        let error = self.error.as_ref().filter(|e| !e.is_null())?;
+        let message = error
+            .get("message")
+            .and_then(Value::as_str)
+            .or_else(|| error.as_str())
+            .map(str::to_owned)
+            .unwrap_or_else(|| error.to_string());
+        Some(message)
+    }
 }
 
 /// The first (and only) choice of a chunk.
@@ -291,7 +328,10 @@ mod tests {
         );
         let missing = json!({"format": {"type": "json_schema", "name": "x"}});
         assert_eq!(
-            response_format(Some(&missing)).unwrap_err().param.as_deref(),
+            response_format(Some(&missing))
+                .unwrap_err()
+                .param
+                .as_deref(),
             Some("text.format.schema")
         );
     }
@@ -303,10 +343,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(chunk.choices[0].delta.reasoning_text(), Some("hm"));
-        let usage_only: ChatChunk =
-            serde_json::from_str(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#)
-                .unwrap();
+        let usage_only: ChatChunk = serde_json::from_str(
+            r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#,
+        )
+        .unwrap();
         assert_eq!(usage_only.usage.unwrap().prompt_tokens, 3);
+        let failed: ChatChunk =
+            serde_json::from_str(r#"{"error":{"message":"out of memory","type":"server_error"}}"#)
+                .unwrap();
+        assert_eq!(failed.error_message().as_deref(), Some("out of memory"));
+        assert_eq!(ChatChunk::default().error_message(), None);
     }
 
     #[test]
@@ -321,8 +367,11 @@ mod tests {
         let chat = ChatRequest::build(&request, &history, &ToolMap::default(), Default::default())
             .unwrap();
         let v = serde_json::to_value(&chat).unwrap();
-        assert_eq!(v["messages"], json!([{"role":"system","content":"be brief"},
-                                         {"role":"user","content":"hi"}]));
+        assert_eq!(
+            v["messages"],
+            json!([{"role":"system","content":"be brief"},
+                                         {"role":"user","content":"hi"}])
+        );
         assert_eq!(v["stream"], true);
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert_eq!(v["max_tokens"], 50);

@@ -48,8 +48,7 @@ pub fn flat_name(namespace: &str, name: &str) -> String {
     }
 }
 
-const FREEFORM_PARAMETERS: &str =
-    r#"{"type":"object","properties":{"input":{"type":"string","description":"The raw input of the tool."}},"required":["input"],"additionalProperties":false}"#;
+const FREEFORM_PARAMETERS: &str = r#"{"type":"object","properties":{"input":{"type":"string","description":"The raw input of the tool."}},"required":["input"],"additionalProperties":false}"#;
 
 impl ToolMap {
     /// Indexes `tools` and resolves `tool_choice` against them.
@@ -171,7 +170,10 @@ impl ToolMap {
                 )),
             };
         }
-        let kind = choice.get("type").and_then(Value::as_str).unwrap_or_default();
+        let kind = choice
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         match kind {
             "function" | "custom" => {
                 let name = choice.get("name").and_then(Value::as_str).ok_or_else(|| {
@@ -187,7 +189,9 @@ impl ToolMap {
                         format!("tool_choice names '{name}', which is not in 'tools'."),
                     ));
                 }
-                Ok(Some(json!({"type": "function", "function": {"name": flat}})))
+                Ok(Some(
+                    json!({"type": "function", "function": {"name": flat}}),
+                ))
             }
             "allowed_tools" => self.restrict(choice),
             _ if hosted.contains(kind) || !kind.is_empty() => Err(ApiError::invalid_param(
@@ -293,7 +297,10 @@ mod tests {
             .iter()
             .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
             .collect();
-        assert_eq!(names, ["get_weather", "apply_patch", "mcp__github__create_issue"]);
+        assert_eq!(
+            names,
+            ["get_weather", "apply_patch", "mcp__github__create_issue"]
+        );
         assert_eq!(
             map.lookup("mcp__github__create_issue"),
             ToolKind::Function {

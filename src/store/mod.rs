@@ -12,6 +12,9 @@
 //!   Redis, DynamoDB or Cosmos.
 //! - `{tenant}/len/{thread}`: the number of slots a thread has allocated,
 //!   advanced with an atomic increment.
+//! - `{tenant}/item/{item id}`: the id of the response whose turn holds an
+//!   item, so `item_reference` inputs resolve without `previous_response_id`.
+//!   Written in the same batch as the turn.
 //!
 //! A continuation appends its turn to its parent's thread when the parent is
 //! the thread's last turn; otherwise (a branch) it starts a new thread and its
@@ -107,6 +110,37 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
         format!("{}/len/{thread}", self.tenant)
     }
 
+    fn item_key(&self, item: &str) -> String {
+        format!("{}/item/{item}", self.tenant)
+    }
+
+    /// The index keys of a turn's items.
+    fn item_keys(&self, turn: &Turn) -> Vec<String> {
+        turn.input
+            .iter()
+            .chain(turn.response.output.iter())
+            .filter(|item| !matches!(item, Item::ItemReference(_)))
+            .filter_map(Item::id)
+            .map(|id| self.item_key(id))
+            .collect()
+    }
+
+    /// A stored item by id, from whichever live response holds it.
+    pub fn item(&self, id: &str, now: i64) -> Result<Option<Item>, ApiError> {
+        let Some(owner) = self.kv.get(&self.item_key(id)).map_err(storage)? else {
+            return Ok(None);
+        };
+        let owner = String::from_utf8_lossy(&owner);
+        let Some(turn) = self.turn(&owner, now)? else {
+            return Ok(None);
+        };
+        let items = turn.input.iter().chain(turn.response.output.iter());
+        Ok(items
+            .into_iter()
+            .find(|item| item.id() == Some(id))
+            .cloned())
+    }
+
     /// The pointer of a live response; `None` if absent or expired.
     fn pointer(&self, id: &str, now: i64) -> Result<Option<Pointer>, ApiError> {
         let Some(bytes) = self.kv.get(&self.pointer_key(id)).map_err(storage)? else {
@@ -114,7 +148,8 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
         };
         let pointer: Pointer = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::server(format!("Stored response {id} is unreadable: {e}")))?;
-        if pointer.expires_at.is_some_and(|t| t <= now) {
+        // Whole seconds: a response lives at least its TTL, at most one second more.
+        if pointer.expires_at.is_some_and(|t| t < now) {
             return Ok(None);
         }
         Ok(Some(pointer))
@@ -186,6 +221,12 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
             .collect();
         let pointer_bytes = serde_json::to_vec(&pointer)
             .map_err(|e| ApiError::server(format!("Pointer could not be encoded: {e}")))?;
+        let owner = turn.response.id.as_bytes();
+        entries.extend(
+            self.item_keys(turn)
+                .into_iter()
+                .map(|key| (key, owner.to_vec())),
+        );
         entries.push((self.pointer_key(&turn.response.id), pointer_bytes));
         self.kv.set_many(entries).map_err(storage)
     }
@@ -201,7 +242,10 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
         let delta = i64::try_from(count).map_err(|_| ApiError::server("Response too large"))?;
         if let Some(parent) = parent {
             let thread = &parent.turn.thread;
-            let end = self.kv.increment(&self.len_key(thread), delta).map_err(storage)?;
+            let end = self
+                .kv
+                .increment(&self.len_key(thread), delta)
+                .map_err(storage)?;
             let end = u64::try_from(end).unwrap_or(0);
             if end.checked_sub(count) == Some(parent.turn.end) {
                 let own = Segment {
@@ -228,7 +272,10 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
     }
 
     fn new_thread(&self, id: &str, delta: i64) -> Result<(Vec<Segment>, Segment), ApiError> {
-        let end = self.kv.increment(&self.len_key(id), delta).map_err(storage)?;
+        let end = self
+            .kv
+            .increment(&self.len_key(id), delta)
+            .map_err(storage)?;
         let end = u64::try_from(end).unwrap_or(0);
         let own = Segment {
             thread: id.to_owned(),
@@ -238,15 +285,22 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
         Ok((vec![own.clone()], own))
     }
 
-    /// Deletes a response: its pointer and its own turn's slots. Returns
-    /// whether it existed.
+    /// Deletes a response: its pointer, its own turn's slots and its items'
+    /// index entries. Returns whether it existed.
     pub fn delete(&self, id: &str, now: i64) -> Result<bool, ApiError> {
         let Some(pointer) = self.pointer(id, now)? else {
             return Ok(false);
         };
+        // A turn that can no longer be read still has its pointer and slots removed.
+        let turns = self
+            .read_turns(std::slice::from_ref(&pointer.turn))
+            .unwrap_or_default();
         let mut keys: Vec<String> = (pointer.turn.start..pointer.turn.end)
             .map(|slot| self.slot_key(&pointer.turn.thread, slot))
             .collect();
+        for turn in &turns {
+            keys.extend(self.item_keys(turn));
+        }
         keys.push(self.pointer_key(id));
         self.kv.delete_many(keys).map_err(storage)?;
         Ok(true)

@@ -5,10 +5,12 @@ use crate::api::request::CreateRequest;
 use crate::api::response::Response;
 
 fn turn(id: &str, text: &str) -> Turn {
-    let request = CreateRequest::parse(json!({"model": "m", "input": text}).to_string().as_bytes())
-        .unwrap();
+    let request =
+        CreateRequest::parse(json!({"model": "m", "input": text}).to_string().as_bytes()).unwrap();
     let mut response = Response::start(id.to_owned(), 1, &request);
-    response.output.push(Item::user_text(format!("echo {text}")));
+    response
+        .output
+        .push(Item::user_text(format!("echo {text}")));
     Turn {
         response,
         input: request.input.unwrap().into_items(),
@@ -21,7 +23,9 @@ fn chain(store: &ResponseStore<MemoryKv>, depth: usize) -> String {
     let mut id = String::new();
     for i in 0..depth {
         id = format!("resp_{i}");
-        store.save(&turn(&id, &format!("turn {i}")), parent.as_ref(), None).unwrap();
+        store
+            .save(&turn(&id, &format!("turn {i}")), parent.as_ref(), None)
+            .unwrap();
         parent = Some(store.conversation(&id, 0).unwrap().unwrap().pointer);
     }
     id
@@ -48,7 +52,11 @@ fn continuation_costs_constant_round_trips() {
         let conversation = store.conversation(&last, 0).unwrap().unwrap();
         assert_eq!(conversation.turns.len(), depth);
         store
-            .save(&turn("resp_next", "more"), Some(&conversation.pointer), None)
+            .save(
+                &turn("resp_next", "more"),
+                Some(&conversation.pointer),
+                None,
+            )
             .unwrap();
         costs.push(*kv.round_trips.borrow());
     }
@@ -88,8 +96,14 @@ fn branches_keep_both_histories() {
     store.save(&turn("resp_a", "a"), Some(&root), None).unwrap();
     store.save(&turn("resp_b", "b"), Some(&root), None).unwrap();
     let ids = |id: &str| -> Vec<String> {
-        store.conversation(id, 0).unwrap().unwrap().turns.iter()
-            .map(|t| t.response.id.clone()).collect()
+        store
+            .conversation(id, 0)
+            .unwrap()
+            .unwrap()
+            .turns
+            .iter()
+            .map(|t| t.response.id.clone())
+            .collect()
     };
     assert_eq!(ids("resp_a"), ["resp_root", "resp_a"]);
     assert_eq!(ids("resp_b"), ["resp_root", "resp_b"]);
@@ -98,11 +112,16 @@ fn branches_keep_both_histories() {
 #[test]
 fn tenants_are_isolated_and_expiry_hides() {
     let kv = MemoryKv::default();
-    ResponseStore::new(&kv, "alice").save(&turn("resp_x", "hi"), None, Some(100)).unwrap();
-    assert!(ResponseStore::new(&kv, "bob").turn("resp_x", 0).unwrap().is_none());
+    ResponseStore::new(&kv, "alice")
+        .save(&turn("resp_x", "hi"), None, Some(100))
+        .unwrap();
+    assert!(ResponseStore::new(&kv, "bob")
+        .turn("resp_x", 0)
+        .unwrap()
+        .is_none());
     let alice = ResponseStore::new(&kv, "alice");
-    assert!(alice.turn("resp_x", 99).unwrap().is_some());
-    assert!(alice.turn("resp_x", 100).unwrap().is_none());
+    assert!(alice.turn("resp_x", 100).unwrap().is_some());
+    assert!(alice.turn("resp_x", 101).unwrap().is_none());
 }
 
 #[test]
@@ -112,5 +131,65 @@ fn delete_removes_pointer_and_turn() {
     store.save(&turn("resp_d", "hi"), None, None).unwrap();
     assert!(store.delete("resp_d", 0).unwrap());
     assert!(!store.delete("resp_d", 0).unwrap());
-    assert!(kv.values.borrow().keys().all(|k| !k.contains("/log/") && !k.contains("/resp/")));
+    assert!(kv
+        .values
+        .borrow()
+        .keys()
+        .all(|k| !k.contains("/log/") && !k.contains("/resp/")));
+    assert!(kv.values.borrow().keys().all(|k| !k.contains("/item/")));
+}
+
+#[test]
+fn items_are_found_by_id() {
+    let kv = MemoryKv::default();
+    let store = ResponseStore::new(&kv, "t");
+    let mut t = turn("resp_i", "hi");
+    if let Item::Message(m) = &mut t.input[0] {
+        m.id = Some("msg_in".into());
+    }
+    if let Item::Message(m) = &mut t.response.output[0] {
+        m.id = Some("msg_out".into());
+    }
+    store.save(&t, None, Some(100)).unwrap();
+    assert_eq!(store.item("msg_in", 0).unwrap().as_ref(), Some(&t.input[0]));
+    assert_eq!(
+        store.item("msg_out", 0).unwrap().as_ref(),
+        Some(&t.response.output[0])
+    );
+    assert!(store.item("msg_nope", 0).unwrap().is_none());
+    assert!(
+        store.item("msg_in", 101).unwrap().is_none(),
+        "expired with its response"
+    );
+    assert!(ResponseStore::new(&kv, "other")
+        .item("msg_in", 0)
+        .unwrap()
+        .is_none());
+}
+
+#[test]
+fn ttl_hides_a_whole_conversation_turn_by_turn() {
+    let kv = MemoryKv::default();
+    let store = ResponseStore::new(&kv, "t");
+    store.save(&turn("resp_1", "a"), None, Some(10)).unwrap();
+    let parent = store.conversation("resp_1", 0).unwrap().unwrap().pointer;
+    store
+        .save(&turn("resp_2", "b"), Some(&parent), Some(20))
+        .unwrap();
+    assert!(store.conversation("resp_1", 10).unwrap().is_some());
+    assert!(store.conversation("resp_1", 11).unwrap().is_none());
+    assert_eq!(
+        store
+            .conversation("resp_2", 11)
+            .unwrap()
+            .unwrap()
+            .turns
+            .len(),
+        2
+    );
+    assert!(store.conversation("resp_2", 21).unwrap().is_none());
+    assert!(
+        !store.delete("resp_2", 21).unwrap(),
+        "an expired response is gone"
+    );
 }

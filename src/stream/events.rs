@@ -144,7 +144,9 @@ impl EventKind {
             EventKind::OutputTextDone { .. } => "response.output_text.done",
             EventKind::ReasoningTextDelta { .. } => "response.reasoning_text.delta",
             EventKind::ReasoningTextDone { .. } => "response.reasoning_text.done",
-            EventKind::FunctionCallArgumentsDelta { .. } => "response.function_call_arguments.delta",
+            EventKind::FunctionCallArgumentsDelta { .. } => {
+                "response.function_call_arguments.delta"
+            }
             EventKind::FunctionCallArgumentsDone { .. } => "response.function_call_arguments.done",
             EventKind::CustomToolCallInputDelta { .. } => "response.custom_tool_call_input.delta",
             EventKind::CustomToolCallInputDone { .. } => "response.custom_tool_call_input.done",
@@ -153,6 +155,20 @@ impl EventKind {
             EventKind::Failed { .. } => "response.failed",
             EventKind::Error { .. } => "error",
         }
+    }
+}
+
+impl EventKind {
+    /// Whether the event belongs to the end of a stream: a terminal event,
+    /// or the `error` event that precedes `response.failed`.
+    pub fn ends_stream(&self) -> bool {
+        matches!(
+            self,
+            EventKind::Completed { .. }
+                | EventKind::Incomplete { .. }
+                | EventKind::Failed { .. }
+                | EventKind::Error { .. }
+        )
     }
 }
 

@@ -116,10 +116,7 @@ impl EventStream {
             if let Some(text) = delta.reasoning_text() {
                 self.reasoning_delta(text);
             }
-            let logprobs = choice
-                .logprobs
-                .and_then(|l| l.content)
-                .unwrap_or_default();
+            let logprobs = choice.logprobs.and_then(|l| l.content).unwrap_or_default();
             let text = [delta.content.as_deref(), delta.refusal.as_deref()]
                 .into_iter()
                 .flatten()
@@ -149,7 +146,7 @@ impl EventStream {
             Status::Completed
         };
         self.close_all(item_status);
-        self.response.usage = self.usage.take().map(usage);
+        self.take_usage();
         self.response.completed_at = Some(now());
         if truncated || filtered {
             let reason = if truncated {
@@ -174,14 +171,15 @@ impl EventStream {
     /// Ends the stream with an `error` event and `response.failed`.
     pub fn fail(&mut self, error: &ApiError) -> Vec<Event> {
         self.close_all(Status::Incomplete);
-        self.response.usage = self.usage.take().map(usage);
+        self.take_usage();
         self.response.status = ResponseStatus::Failed;
+        self.response.incomplete_details = None;
         let code = error
             .code
             .clone()
             .unwrap_or_else(|| "server_error".to_owned());
         self.response.error = Some(ResponseError {
-            code: code.clone(),
+            code: response_error_code(&code).to_owned(),
             message: error.message.clone(),
         });
         self.emit(EventKind::Error {
@@ -194,16 +192,37 @@ impl EventStream {
         self.take()
     }
 
+    /// Turns the unsent end of a stream (what [`finish`](Self::finish) or
+    /// [`fail`](Self::fail) returned) into a failure for `error`: its
+    /// terminal event, and the `error` event before it, give way to `error`
+    /// and `response.failed`, numbered in their place. Used when the
+    /// response could not be stored.
+    pub fn fail_instead(&mut self, mut events: Vec<Event>, error: &ApiError) -> Vec<Event> {
+        while let Some(last) = events.pop_if(|e| e.kind.ends_stream()) {
+            self.sequence = last.sequence_number;
+        }
+        events.extend(self.fail(error));
+        events
+    }
+
     /// Marks the response as cut short because the client went away; no
     /// events, as nobody is listening.
     pub fn interrupt(&mut self) {
         self.close_all(Status::Incomplete);
         self.pending.clear();
-        self.response.usage = self.usage.take().map(usage);
+        self.take_usage();
         self.response.status = ResponseStatus::Incomplete;
         self.response.incomplete_details = Some(IncompleteDetails {
             reason: "interrupted".to_owned(),
         });
+    }
+
+    /// Moves the backend's usage into the response, keeping what an
+    /// earlier ending recorded when there is nothing new.
+    fn take_usage(&mut self) {
+        if let Some(chat) = self.usage.take() {
+            self.response.usage = Some(usage(chat));
+        }
     }
 
     fn emit(&mut self, kind: EventKind) {
@@ -246,7 +265,13 @@ impl EventStream {
         }
         if self.reasoning.is_none() {
             let id = new_id("rs");
-            let index = self.add_item(reasoning_item(&id, "", Status::InProgress));
+            let index = self.add_item(Item::Reasoning(Reasoning {
+                id: Some(id.clone()),
+                summary: Vec::new(),
+                content: Some(Vec::new()),
+                encrypted_content: None,
+                status: Some(Status::InProgress),
+            }));
             self.emit(EventKind::ContentPartAdded {
                 item_id: id.clone(),
                 output_index: index,
@@ -278,7 +303,13 @@ impl EventStream {
         }
         if self.message.is_none() {
             let id = new_id("msg");
-            let index = self.add_item(message_item(&id, ContentPart::output_text(""), Status::InProgress));
+            let index = self.add_item(Item::Message(Message {
+                id: Some(id.clone()),
+                role: Role::Assistant,
+                content: Vec::new(),
+                status: Some(Status::InProgress),
+                phase: None,
+            }));
             self.emit(EventKind::ContentPartAdded {
                 item_id: id.clone(),
                 output_index: index,
@@ -310,12 +341,16 @@ impl EventStream {
     fn tool_call_delta(&mut self, delta: ToolCallDelta) {
         let key = delta.index.unwrap_or(self.calls.len());
         let call = self.calls.entry(key).or_default();
+        // Most backends send the id and the name once; some split them
+        // across chunks, others repeat them whole in every chunk.
         if let Some(id) = delta.id.filter(|id| !id.is_empty()) {
-            call.call_id = id;
+            if call.call_id != id {
+                call.call_id.push_str(&id);
+            }
         }
         let mut fragment = String::new();
         if let Some(function) = delta.function {
-            if let Some(name) = function.name {
+            if let Some(name) = function.name.filter(|name| *name != call.name) {
                 call.name.push_str(&name);
             }
             fragment = function.arguments.unwrap_or_default();
@@ -454,6 +489,18 @@ impl EventStream {
         self.close_reasoning();
         self.close_message(status);
         self.close_calls(status);
+    }
+}
+
+/// The `error.code` of a failed Response. OpenAI's schema allows a fixed
+/// set of codes there (typed clients reject others); the `error` event
+/// carries the specific one.
+fn response_error_code(code: &str) -> &str {
+    const CODES: [&str; 3] = ["server_error", "rate_limit_exceeded", "invalid_prompt"];
+    if CODES.contains(&code) {
+        code
+    } else {
+        "server_error"
     }
 }
 

@@ -87,7 +87,8 @@ mod tests {
 
     #[test]
     fn frames_split_anywhere() {
-        let stream = "data: {\"a\":1}\n\n: comment\n\ndata: {\"b\":\r\ndata: 2}\r\n\r\ndata: [DONE]\n\n";
+        let stream =
+            "data: {\"a\":1}\n\n: comment\n\ndata: {\"b\":\r\ndata: 2}\r\n\r\ndata: [DONE]\n\n";
         for split in 0..stream.len() {
             let mut reader = SseReader::default();
             let mut out = reader.push(&stream.as_bytes()[..split]);

@@ -131,6 +131,9 @@ async fn serve(state: &Path, variables: &BTreeMap<String, String>) -> Server {
     let mut config = Config::new(component());
     config.listen = "127.0.0.1:0".parse().expect("address");
     config.state_dir = state.to_path_buf();
+    // One compiled-code cache for every test binary: the component is
+    // compiled once per build instead of once per binary.
+    config.cache = Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("component-cache"));
     config.variables = variables.clone();
     Server::start(config).await.expect("host starts")
 }
@@ -165,4 +168,39 @@ pub fn output_text(response: &Value) -> String {
         .flat_map(|item| item["content"].as_array().cloned().unwrap_or_default())
         .filter_map(|part| part["text"].as_str().map(str::to_owned))
         .collect()
+}
+
+/// The interpreter used to read the SQLite store and to run the SDK tests:
+/// `EDGE_RESPONSES_PYTHON`, else the project's `.venv`, else `python3`.
+pub fn python() -> String {
+    if let Ok(python) = std::env::var("EDGE_RESPONSES_PYTHON") {
+        return python;
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if venv.exists() {
+        return venv.display().to_string();
+    }
+    "python3".to_owned()
+}
+
+/// `(key, size in bytes)` of every value in a host's key-value store (Spin's
+/// `spin_key_value` table), read with Python's `sqlite3` module.
+pub fn stored_values(store: &Path) -> Vec<(String, usize)> {
+    let script = "import json, sqlite3, sys\n\
+        db = sqlite3.connect(sys.argv[1])\n\
+        rows = db.execute('SELECT key, length(value) FROM spin_key_value').fetchall()\n\
+        print(json.dumps(rows))";
+    let output = std::process::Command::new(python())
+        .args(["-c", script])
+        .arg(store)
+        .output()
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "reading the store failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: Vec<(String, usize)> =
+        serde_json::from_slice(&output.stdout).expect("the script prints JSON");
+    rows
 }

@@ -1,0 +1,319 @@
+//! Access control over the built component: `api_keys`, per-key data, and
+//! which key the backend gets.
+
+mod common;
+
+use common::Harness;
+use serde_json::{json, Value};
+
+const KEY_A: &str = "sk-alice-0123456789";
+const KEY_B: &str = "sk-bob-9876543210";
+
+async fn keyed() -> Harness {
+    Harness::with_variables(&[("api_keys", &format!("{KEY_A},{KEY_B}"))]).await
+}
+
+/// Sends `method path` with `body` as `key`.
+async fn call(
+    h: &Harness,
+    key: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let url = h.url(path);
+    let mut request = match method {
+        "POST" => h.client.post(url),
+        "DELETE" => h.client.delete(url),
+        _ => h.client.get(url),
+    };
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    h.send(request).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_or_wrong_key_is_401_everywhere() {
+    let h = keyed().await;
+    let (status, created) = call(
+        &h,
+        Some(KEY_A),
+        "POST",
+        "/v1/responses",
+        Some(json!({"model": "m", "input": "hi"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let routes = [
+        (
+            "POST",
+            "/v1/responses".to_owned(),
+            Some(json!({"model": "m", "input": "hi"})),
+        ),
+        ("GET", format!("/v1/responses/{id}"), None),
+        ("GET", format!("/v1/responses/{id}/input_items"), None),
+        ("DELETE", format!("/v1/responses/{id}"), None),
+        ("GET", "/v1/models".to_owned(), None),
+    ];
+    let chat_before = h.backend.chat_requests().len();
+    for (method, path, body) in &routes {
+        for key in [None, Some("sk-wrong"), Some("")] {
+            let (status, error) = call(&h, key, method, path, body.clone()).await;
+            assert_eq!(status, 401, "{method} {path} with {key:?}: {error}");
+            assert_eq!(error["error"]["code"], "invalid_api_key");
+            assert!(error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()));
+            assert!(error["error"].get("param").is_some());
+        }
+    }
+    assert_eq!(
+        h.backend.chat_requests().len(),
+        chat_before,
+        "nothing reached the backend"
+    );
+    // A non-bearer scheme is not a key either.
+    let (status, _) = h
+        .send(
+            h.client
+                .get(h.url(&format!("/v1/responses/{id}")))
+                .basic_auth(KEY_A, None::<&str>),
+        )
+        .await;
+    assert_eq!(status, 401);
+    // And the response is still there for its owner.
+    let (status, _) = call(&h, Some(KEY_A), "GET", &format!("/v1/responses/{id}"), None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_is_scoped_per_key() {
+    let h = keyed().await;
+    let (status, created) = call(
+        &h,
+        Some(KEY_A),
+        "POST",
+        "/v1/responses",
+        Some(json!({"model": "m", "input": "alice's secret"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let item_id = {
+        let (_, items) = call(
+            &h,
+            Some(KEY_A),
+            "GET",
+            &format!("/v1/responses/{id}/input_items"),
+            None,
+        )
+        .await;
+        items["data"][0]["id"].as_str().unwrap().to_owned()
+    };
+
+    // Bob sees nothing of it: not found, exactly like an unknown id.
+    let (status, body) = call(&h, Some(KEY_B), "GET", &format!("/v1/responses/{id}"), None).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = call(
+        &h,
+        Some(KEY_B),
+        "GET",
+        &format!("/v1/responses/{id}/input_items"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = call(
+        &h,
+        Some(KEY_B),
+        "DELETE",
+        &format!("/v1/responses/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, body) = call(
+        &h,
+        Some(KEY_B),
+        "POST",
+        "/v1/responses",
+        Some(json!({"model": "m", "input": "x", "previous_response_id": id})),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["param"], "previous_response_id");
+    let (status, body) = call(
+        &h,
+        Some(KEY_B),
+        "POST",
+        "/v1/responses",
+        Some(json!({"model": "m", "input": [{"type": "item_reference", "id": item_id}]})),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+
+    // Bob's failed delete left it alone; Alice still reads, continues and deletes it.
+    let (status, fetched) =
+        call(&h, Some(KEY_A), "GET", &format!("/v1/responses/{id}"), None).await;
+    assert_eq!((status, &fetched), (200, &created));
+    let (status, body) = call(
+        &h,
+        Some(KEY_A),
+        "POST",
+        "/v1/responses",
+        Some(json!({"model": "m", "input": "more", "previous_response_id": id})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        h.backend.last_request().unwrap().messages()[0]["content"],
+        "alice's secret"
+    );
+    let (status, _) = call(
+        &h,
+        Some(KEY_A),
+        "DELETE",
+        &format!("/v1/responses/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // The typed export applies the same scoping.
+    let responses = h.server.responses();
+    let created = responses
+        .create(Some(KEY_B), r#"{"model":"m","input":"bob's"}"#)
+        .await
+        .expect("no trap")
+        .expect("created");
+    let bob_id = serde_json::from_str::<Value>(&created).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(responses.get(Some(KEY_B), &bob_id).await.unwrap().is_ok());
+    assert_eq!(
+        responses
+            .get(Some(KEY_A), &bob_id)
+            .await
+            .unwrap()
+            .unwrap_err()
+            .status,
+        404
+    );
+    assert_eq!(
+        responses
+            .get(None, &bob_id)
+            .await
+            .unwrap()
+            .unwrap_err()
+            .status,
+        401
+    );
+
+    // No stored key or value contains a client key.
+    for (key, _) in common::stored_values(h.server.store_path()) {
+        assert!(!key.contains(KEY_A) && !key.contains(KEY_B), "{key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_gets_the_backend_key_never_the_clients() {
+    let body = json!({"model": "m", "input": "hi"});
+
+    // backend_api_key is what the backend sees.
+    let h =
+        Harness::with_variables(&[("api_keys", KEY_A), ("backend_api_key", "sk-backend")]).await;
+    let (status, _) = call(&h, Some(KEY_A), "POST", "/v1/responses", Some(body.clone())).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        h.backend.last_request().unwrap().header("authorization"),
+        Some("Bearer sk-backend")
+    );
+    let (status, _) = call(&h, Some(KEY_A), "GET", "/v1/models", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        h.backend.last_request().unwrap().header("authorization"),
+        Some("Bearer sk-backend")
+    );
+
+    // No backend key: the backend gets no key at all.
+    let h = Harness::with_variables(&[("api_keys", KEY_A)]).await;
+    call(&h, Some(KEY_A), "POST", "/v1/responses", Some(body.clone())).await;
+    assert_eq!(
+        h.backend.last_request().unwrap().header("authorization"),
+        None
+    );
+
+    // An open service does not pass on whatever key a client sends.
+    let h = Harness::start().await;
+    let (status, _) = call(
+        &h,
+        Some("sk-client"),
+        "POST",
+        "/v1/responses",
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        h.backend.last_request().unwrap().header("authorization"),
+        None
+    );
+
+    // Unless forward_client_key says so.
+    let h = Harness::with_variables(&[("forward_client_key", "true")]).await;
+    call(
+        &h,
+        Some("sk-client"),
+        "POST",
+        "/v1/responses",
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(
+        h.backend.last_request().unwrap().header("authorization"),
+        Some("Bearer sk-client")
+    );
+
+    // A configured backend key still wins over forwarding.
+    let h = Harness::with_variables(&[
+        ("forward_client_key", "true"),
+        ("backend_api_key", "sk-backend"),
+    ])
+    .await;
+    call(&h, Some("sk-client"), "POST", "/v1/responses", Some(body)).await;
+    assert_eq!(
+        h.backend.last_request().unwrap().header("authorization"),
+        Some("Bearer sk-backend")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_service_needs_no_key() {
+    let h = Harness::start().await;
+    let (status, created) = call(
+        &h,
+        None,
+        "POST",
+        "/v1/responses",
+        Some(json!({"model": "m", "input": "hi"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    // Any key, or none, reaches the same open store.
+    let id = created["id"].as_str().unwrap();
+    let (status, _) = call(
+        &h,
+        Some("whatever"),
+        "GET",
+        &format!("/v1/responses/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
