@@ -82,6 +82,10 @@ impl wit::Guest for Component {
             before: query.before,
         };
         let service = wasi::service()?;
-        Ok(to_json(&service.list_input_items(api_key.as_deref(), &id, &query)?))
+        Ok(to_json(&service.list_input_items(
+            api_key.as_deref(),
+            &id,
+            &query,
+        )?))
     }
 }

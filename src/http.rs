@@ -28,19 +28,22 @@ async fn handle(request: IncomingRequest, out: ResponseOutparam) {
         (Method::Post, ["v1", "responses"]) => {
             return create(request, api_key.as_deref(), out).await;
         }
-        (Method::Get, ["v1", "responses", id]) => with_service(|s| {
-            s.get(api_key.as_deref(), id).map(|r| json_body(&r))
-        }),
-        (Method::Delete, ["v1", "responses", id]) => with_service(|s| {
-            s.delete(api_key.as_deref(), id).map(|v| json_body(&v))
-        }),
+        (Method::Get, ["v1", "responses", id]) => {
+            with_service(|s| s.get(api_key.as_deref(), id).map(|r| json_body(&r)))
+        }
+        (Method::Delete, ["v1", "responses", id]) => {
+            with_service(|s| s.delete(api_key.as_deref(), id).map(|v| json_body(&v)))
+        }
         (Method::Get, ["v1", "responses", id, "input_items"]) => with_service(|s| {
             let query = list_query(query)?;
             s.list_input_items(api_key.as_deref(), id, &query)
                 .map(|v| json_body(&v))
         }),
         (Method::Get, ["v1", "models"]) => match wasi::service() {
-            Ok(service) => service.models(api_key.as_deref()).await.map(|(_, body)| body),
+            Ok(service) => service
+                .models(api_key.as_deref())
+                .await
+                .map(|(_, body)| body),
             Err(e) => Err(e),
         },
         (_, ["v1", "responses"])
@@ -70,7 +73,8 @@ async fn create(request: IncomingRequest, api_key: Option<&str>, out: ResponseOu
     let body = match request.into_body().await {
         Ok(body) => body,
         Err(e) => {
-            let error = ApiError::invalid_request(format!("Reading the request body failed: {e:?}"));
+            let error =
+                ApiError::invalid_request(format!("Reading the request body failed: {e:?}"));
             return respond_error(out, &error).await;
         }
     };
@@ -135,7 +139,7 @@ async fn respond_error(out: ResponseOutparam, error: &ApiError) {
 }
 
 fn header(request: &IncomingRequest, name: &str) -> Option<String> {
-    let values = request.headers().get(&name.to_owned());
+    let values = request.headers().get(name);
     values
         .first()
         .map(|v| String::from_utf8_lossy(v).into_owned())
@@ -148,7 +152,10 @@ fn list_query(query: &str) -> Result<ListQuery, ApiError> {
         match key.as_ref() {
             "limit" => {
                 out.limit = Some(value.parse().map_err(|_| {
-                    ApiError::invalid_param("limit", format!("'limit' must be an integer, got '{value}'."))
+                    ApiError::invalid_param(
+                        "limit",
+                        format!("'limit' must be an integer, got '{value}'."),
+                    )
                 })?)
             }
             "order" => {

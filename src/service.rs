@@ -105,10 +105,19 @@ impl<K: Kv, B: Backend> Service<K, B> {
         let store = self.store(&tenant);
         let (mut history, parent) = match &request.previous_response_id {
             Some(id) => {
-                let conversation = store.conversation(id, now())?.ok_or_else(|| {
-                    ApiError::not_found(format!("Previous response with id '{id}' not found."))
-                        .with_param("previous_response_id")
-                })?;
+                let conversation = store
+                    .conversation(id, now())
+                    .and_then(|found| {
+                        found.ok_or_else(|| {
+                            ApiError::not_found(format!(
+                                "Previous response with id '{id}' not found."
+                            ))
+                        })
+                    })
+                    .map_err(|e| match e.status {
+                        404 => e.with_param("previous_response_id"),
+                        _ => e,
+                    })?;
                 (conversation.items(), Some(conversation.pointer))
             }
             None => (Vec::new(), None),

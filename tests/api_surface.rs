@@ -116,7 +116,7 @@ async fn response_has_every_key_and_well_formed_items() {
     assert_eq!(response["text"]["format"], json!({"type": "text"}));
     assert_eq!(
         response["usage"],
-        json!({"input_tokens": 5, "input_tokens_details": {"cached_tokens": 1},
+        json!({"input_tokens": 5, "input_tokens_details": {"cached_tokens": 1, "cache_write_tokens": 0},
                "output_tokens": 2, "output_tokens_details": {"reasoning_tokens": 0},
                "total_tokens": 7})
     );

@@ -427,3 +427,70 @@ async fn responses_expire_after_their_ttl() {
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["param"], "previous_response_id");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn earlier_reasoning_reaches_a_backend_that_takes_it() {
+    let h = Harness::with_variables(&[("backend_reasoning", "true")]).await;
+    h.backend
+        .push(Reply::text("Four.").reasoning("Two plus two."));
+    let first = create(&h, json!({"model": "m", "input": "2+2?"})).await;
+    assert_eq!(first["output"][0]["type"], "reasoning");
+    create(
+        &h,
+        json!({"model": "m", "input": "And 3+3?", "previous_response_id": id(&first)}),
+    )
+    .await;
+    assert_eq!(
+        messages(&h)[1],
+        json!({"role": "assistant", "content": "Four.", "reasoning_content": "Two plus two."})
+    );
+
+    // Without backend_reasoning the reasoning stays out of the replay.
+    let h = Harness::start().await;
+    h.backend
+        .push(Reply::text("Four.").reasoning("Two plus two."));
+    let first = create(&h, json!({"model": "m", "input": "2+2?"})).await;
+    create(
+        &h,
+        json!({"model": "m", "input": "And 3+3?", "previous_response_id": id(&first)}),
+    )
+    .await;
+    assert_eq!(
+        messages(&h)[1],
+        json!({"role": "assistant", "content": "Four."})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_response_in_a_chain() {
+    let h = Harness::start().await;
+    let first = create(&h, json!({"model": "m", "input": "one"})).await;
+    let second = create(
+        &h,
+        json!({"model": "m", "input": "two", "previous_response_id": id(&first)}),
+    )
+    .await;
+    let (status, _) = h.delete(&format!("/v1/responses/{}", id(&first))).await;
+    assert_eq!(status, 200);
+    // The later response is still readable on its own...
+    let (status, fetched) = h.get(&format!("/v1/responses/{}", id(&second))).await;
+    assert_eq!((status, &fetched), (200, &second));
+    // ...but its conversation lost a turn: continuing it is a clear 404.
+    let (status, body) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "three", "previous_response_id": id(&second)}),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["param"], "previous_response_id");
+    // And the deleted response's items cannot be referenced any more.
+    let item = first["output"][0]["id"].as_str().unwrap();
+    let (status, _) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": [{"type": "item_reference", "id": item}]}),
+        )
+        .await;
+    assert_eq!(status, 404);
+}

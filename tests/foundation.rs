@@ -11,8 +11,11 @@ use serde_json::{json, Value};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_calls_backend_stores_and_get_returns_it() {
     let h = Harness::start().await;
-    h.backend.push(Reply::text("Hello from the backend").usage(7, 4));
-    let (status, created) = h.post("/v1/responses", &json!({"model": "m", "input": "hi"})).await;
+    h.backend
+        .push(Reply::text("Hello from the backend").usage(7, 4));
+    let (status, created) = h
+        .post("/v1/responses", &json!({"model": "m", "input": "hi"}))
+        .await;
     assert_eq!(status, 200, "{created}");
     assert_eq!(created["object"], "response");
     assert_eq!(created["status"], "completed");
@@ -31,7 +34,10 @@ async fn create_calls_backend_stores_and_get_returns_it() {
     let sent = h.backend.last_request().expect("backend was called");
     assert_eq!(sent.path, "/v1/chat/completions");
     assert_eq!(sent.body["model"], "m");
-    assert_eq!(sent.body["messages"], json!([{"role": "user", "content": "hi"}]));
+    assert_eq!(
+        sent.body["messages"],
+        json!([{"role": "user", "content": "hi"}])
+    );
     assert_eq!(sent.body["stream"], true);
     assert_eq!(sent.body["stream_options"]["include_usage"], true);
 
@@ -64,7 +70,12 @@ async fn message_input_with_instructions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_responses_survive_a_host_restart() {
     let h = Harness::start().await;
-    let (_, created) = h.post("/v1/responses", &json!({"model": "m", "input": "remember me"})).await;
+    let (_, created) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "remember me"}),
+        )
+        .await;
     let id = created["id"].as_str().unwrap().to_owned();
     let h = h.restart().await;
     let (status, fetched) = h.get(&format!("/v1/responses/{id}")).await;
@@ -81,9 +92,15 @@ async fn errors_have_the_openai_shape() {
     let check = |status: u16, body: &Value, expected: u16| {
         assert_eq!(status, expected, "{body}");
         let error = &body["error"];
-        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
         assert!(error["type"].is_string(), "{body}");
-        assert!(error.get("param").is_some() && error.get("code").is_some(), "{body}");
+        assert!(
+            error.get("param").is_some() && error.get("code").is_some(),
+            "{body}"
+        );
     };
     let (status, body) = h.get("/v1/nothing-here").await;
     check(status, &body, 404);
@@ -124,23 +141,46 @@ async fn typed_export_shares_the_implementation() {
     let missing = responses.get(None, "resp_nope").await.unwrap().unwrap_err();
     assert_eq!(missing.status, 404);
     let bad = responses.create(None, "{oops").await.unwrap().unwrap_err();
-    assert_eq!((bad.status, bad.type_.as_str()), (400, "invalid_request_error"));
+    assert_eq!(
+        (bad.status, bad.type_.as_str()),
+        (400, "invalid_request_error")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_timeout_and_refused_connection_are_502() {
     let h = Harness::with_variables(&[("backend_timeout_seconds", "1")]).await;
-    h.backend.push(Reply::hang(std::time::Duration::from_secs(5)));
-    let (status, body) = h.post("/v1/responses", &json!({"model": "m", "input": "hi"})).await;
+    h.backend
+        .push(Reply::hang(std::time::Duration::from_secs(5)));
+    let (status, body) = h
+        .post("/v1/responses", &json!({"model": "m", "input": "hi"}))
+        .await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"]["code"], "backend_error");
-    assert!(body["error"]["message"].as_str().unwrap().contains("backend"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("backend"),
+        "{body}"
+    );
 
     // A port nothing listens on: bind one, then close it.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let url = format!("http://{closed}/v1");
     let h = Harness::with_variables(&[("backend_url", url.as_str())]).await;
-    let (status, body) = h.post("/v1/responses", &json!({"model": "m", "input": "hi"})).await;
+    let (status, body) = h
+        .post("/v1/responses", &json!({"model": "m", "input": "hi"}))
+        .await;
     assert_eq!(status, 502, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("refused"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("refused"),
+        "{body}"
+    );
 }

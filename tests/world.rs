@@ -54,7 +54,10 @@ fn imports_are_standard_wasi_only() {
         "wasi:config/store@0.2.0-draft-2024-09-27",
     ];
     for name in required {
-        assert!(imports.contains(name), "missing import {name}; imports: {imports:#?}");
+        assert!(
+            imports.contains(name),
+            "missing import {name}; imports: {imports:#?}"
+        );
     }
     let basics = ["wasi:cli/", "wasi:io/", "wasi:random/", "wasi:clocks/"];
     for name in &imports {
@@ -85,7 +88,11 @@ fn typed_interface_matches_the_wit_source() {
         .exports
         .iter()
         .find_map(|(key, _)| match key {
-            WorldKey::Interface(id) if resolve.id_of(*id).as_deref() == Some("edge:responses/responses@0.1.0") => Some(*id),
+            WorldKey::Interface(id)
+                if resolve.id_of(*id).as_deref() == Some("edge:responses/responses@0.1.0") =>
+            {
+                Some(*id)
+            }
             _ => None,
         })
         .expect("responses is exported");
@@ -122,5 +129,9 @@ fn typed_interface_matches_the_wit_source() {
         .map(|(_, id)| *id)
         .expect("edge:responses package");
     let iface = source.packages[package].interfaces["responses"];
-    assert_eq!(signature(&source, iface), built, "wit/ and the built component differ");
+    assert_eq!(
+        signature(&source, iface),
+        built,
+        "wit/ and the built component differ"
+    );
 }

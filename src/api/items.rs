@@ -397,6 +397,25 @@ mod tests {
     }
 
     #[test]
+    fn nulls_from_other_servers_mean_defaults() {
+        let item: Item = serde_json::from_value(json!({
+            "type": "message", "role": "assistant", "id": null, "status": null, "phase": null,
+            "content": [{"type": "output_text", "text": "x", "annotations": null, "logprobs": null}]
+        }))
+        .unwrap();
+        let Item::Message(m) = item else { panic!() };
+        assert_eq!(m.content, vec![ContentPart::output_text("x")]);
+        let image: ContentPart = serde_json::from_value(
+            json!({"type": "input_image", "image_url": "u", "detail": null}),
+        )
+        .unwrap();
+        assert!(matches!(image, ContentPart::InputImage { detail, .. } if detail == "auto"));
+        let reasoning: Item =
+            serde_json::from_value(json!({"type": "reasoning", "summary": null})).unwrap();
+        assert!(matches!(reasoning, Item::Reasoning(r) if r.summary.is_empty()));
+    }
+
+    #[test]
     fn unknown_item_kinds_are_kept() {
         let raw = json!({"type": "web_search_call", "id": "ws_1", "status": "completed"});
         let item: Item = serde_json::from_value(raw.clone()).unwrap();

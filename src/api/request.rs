@@ -268,6 +268,12 @@ mod tests {
         let err = parse(r#"{"model":"m","input":[{"role":"user","content":5}]}"#).unwrap_err();
         assert_eq!(err.status, 400);
         assert!(err.param.unwrap().starts_with("input"));
+        let err =
+            parse(r#"{"model":"m","input":[{"role":"user","content":"ok"},{"type":"message"}]}"#)
+                .unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("input[1]"));
+        let err = parse(r#"{"model":"m","input":7}"#).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("input"));
     }
 
     #[test]

@@ -84,6 +84,10 @@ pub struct Usage {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputTokensDetails {
     pub cached_tokens: u64,
+    /// Tokens written to the prompt cache; chat-completions backends do not
+    /// report them, so this is 0, but typed clients require the key.
+    #[serde(default)]
+    pub cache_write_tokens: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -571,6 +571,7 @@ fn usage(chat: ChatUsage) -> Usage {
         input_tokens: chat.prompt_tokens,
         input_tokens_details: InputTokensDetails {
             cached_tokens: detail(&chat.prompt_tokens_details, "cached_tokens"),
+            cache_write_tokens: 0,
         },
         output_tokens: chat.completion_tokens,
         output_tokens_details: OutputTokensDetails {

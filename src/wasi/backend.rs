@@ -50,9 +50,9 @@ impl Backend for WasiBackend {
         let future = outgoing_handler::handle(request, Some(self.options()))
             .map_err(|e| unreachable_backend(url, &e))?;
         if let Some(body) = body {
-            sink.send(body)
-                .await
-                .map_err(|e| ApiError::backend(format!("Sending to the backend at {url} failed: {e}")))?;
+            sink.send(body).await.map_err(|e| {
+                ApiError::backend(format!("Sending to the backend at {url} failed: {e}"))
+            })?;
         }
         drop(sink);
         let response = Incoming(future)
@@ -95,7 +95,9 @@ fn unreachable_backend(url: &str, error: &ErrorCode) -> ApiError {
         ErrorCode::DnsError(_) => "its host name did not resolve".to_owned(),
         other => format!("{other:?}"),
     };
-    ApiError::backend(format!("The backend at {url} could not be reached: {what}."))
+    ApiError::backend(format!(
+        "The backend at {url} could not be reached: {what}."
+    ))
 }
 
 /// Waits for the host to deliver the answer's head.
@@ -118,8 +120,16 @@ impl Future for Incoming {
     }
 }
 
-fn outgoing(method: &str, url: &str, headers: &[(&str, String)]) -> Result<OutgoingRequest, ApiError> {
-    let invalid = || ApiError::server(format!("The configured backend_url is not a valid URL: {url}"));
+fn outgoing(
+    method: &str,
+    url: &str,
+    headers: &[(&str, String)],
+) -> Result<OutgoingRequest, ApiError> {
+    let invalid = || {
+        ApiError::server(format!(
+            "The configured backend_url is not a valid URL: {url}"
+        ))
+    };
     let (scheme, rest) = url.split_once("://").ok_or_else(invalid)?;
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
@@ -130,7 +140,11 @@ fn outgoing(method: &str, url: &str, headers: &[(&str, String)]) -> Result<Outgo
         "https" => Scheme::Https,
         _ => return Err(invalid()),
     };
-    let method = if method == "GET" { Method::Get } else { Method::Post };
+    let method = if method == "GET" {
+        Method::Get
+    } else {
+        Method::Post
+    };
     let fields: Vec<(String, Vec<u8>)> = headers
         .iter()
         .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))

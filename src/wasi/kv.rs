@@ -13,7 +13,10 @@ pub struct WasiKv {
 impl WasiKv {
     pub fn open() -> Result<Self, ApiError> {
         let bucket = store::open("default").map_err(|e| {
-            ApiError::server(format!("Opening the key-value store failed: {}", describe(&e)))
+            ApiError::server(format!(
+                "Opening the key-value store failed: {}",
+                describe(&e)
+            ))
         })?;
         Ok(Self { bucket })
     }
@@ -21,7 +24,9 @@ impl WasiKv {
 
 fn describe(e: &store::Error) -> String {
     match e {
-        store::Error::NoSuchStore => "no such store (is `key_value_stores = [\"default\"]` set?)".into(),
+        store::Error::NoSuchStore => {
+            "no such store (is `key_value_stores = [\"default\"]` set?)".into()
+        }
         store::Error::AccessDenied => "access denied".into(),
         store::Error::Other(message) => message.clone(),
     }

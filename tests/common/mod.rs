@@ -186,21 +186,12 @@ pub fn python() -> String {
 /// `(key, size in bytes)` of every value in a host's key-value store (Spin's
 /// `spin_key_value` table), read with Python's `sqlite3` module.
 pub fn stored_values(store: &Path) -> Vec<(String, usize)> {
-    let script = "import json, sqlite3, sys\n\
-        db = sqlite3.connect(sys.argv[1])\n\
-        rows = db.execute('SELECT key, length(value) FROM spin_key_value').fetchall()\n\
-        print(json.dumps(rows))";
-    let output = std::process::Command::new(python())
-        .args(["-c", script])
-        .arg(store)
-        .output()
-        .expect("python runs");
-    assert!(
-        output.status.success(),
-        "reading the store failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let rows: Vec<(String, usize)> =
-        serde_json::from_slice(&output.stdout).expect("the script prints JSON");
-    rows
+    let db = rusqlite::Connection::open(store).expect("the store opens");
+    let mut query = db
+        .prepare("SELECT key, length(value) FROM spin_key_value")
+        .expect("the store has Spin's table");
+    let rows = query
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .expect("the table reads");
+    rows.map(|row| row.expect("a row")).collect()
 }

@@ -30,7 +30,10 @@ fn reply_from_json(spec: &Value) -> Result<Reply, String> {
             .and_then(Value::as_u64)
             .and_then(|s| u16::try_from(s).ok())
             .ok_or("error.status must be an HTTP status")?;
-        let mut reply = Reply::error(status, str_field(error, "message").unwrap_or("scripted error"));
+        let mut reply = Reply::error(
+            status,
+            str_field(error, "message").unwrap_or("scripted error"),
+        );
         if let Some(code) = str_field(error, "code") {
             reply = reply.code(code);
         }
@@ -40,7 +43,12 @@ fn reply_from_json(spec: &Value) -> Result<Reply, String> {
     if let Some(reasoning) = str_field(spec, "reasoning") {
         reply = reply.reasoning(reasoning);
     }
-    for call in spec.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+    for call in spec
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let id = str_field(call, "id").ok_or("tool_calls[].id is required")?;
         let name = str_field(call, "name").ok_or("tool_calls[].name is required")?;
         reply = reply.tool_call(id, name, str_field(call, "arguments").unwrap_or("{}"));
@@ -48,7 +56,11 @@ fn reply_from_json(spec: &Value) -> Result<Reply, String> {
     if let Some(reason) = str_field(spec, "finish_reason") {
         reply = reply.finish_reason(reason);
     }
-    if let Some([prompt, completion]) = spec.get("usage").and_then(Value::as_array).map(Vec::as_slice) {
+    if let Some([prompt, completion]) = spec
+        .get("usage")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+    {
         let tokens = |v: &Value| v.as_u64().ok_or("usage must be two integers");
         reply = reply.usage(tokens(prompt)?, tokens(completion)?);
     }

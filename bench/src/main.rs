@@ -1,0 +1,771 @@
+//! `cargo run --release -p bench`: what edge-responses adds on top of its
+//! chat-completions backend, measured side by side in one run.
+//!
+//! The scripted backend (instant replies, request log off) runs on a thread
+//! of its own; the host serves the built component in this process on a
+//! multi-threaded runtime; the load generator runs on the main thread. All
+//! three listen and connect on loopback only. Each edge-responses number is
+//! paired with the same work sent straight to the backend: the exact
+//! `/v1/chat/completions` body the component sent for that request, captured
+//! from the backend's log, so the difference is what edge-responses adds.
+//!
+//! Results go to stdout, and to `bench/results.json` and `bench/results.md`
+//! (a `--quick` run writes to `target/bench-quick/` instead, so a smoke run
+//! never replaces the recorded results; `--json PATH` picks the JSON file and
+//! the markdown goes beside it).
+
+mod client;
+mod report;
+mod stats;
+mod system;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use edge_responses_host::{Config, KvStats, Server, DEFAULT_COMPONENT, STORE_FILE};
+use scripted_backend::{Backend, Reply, DEFAULT_MODEL};
+use serde_json::{json, Value};
+
+use client::{run_concurrent, run_for, Conn, Probe, Sample, Watch};
+use report::{format_count, Report, Row, Section, Target, Unit};
+use stats::Percentiles;
+use system::RssSampler;
+
+/// Command that builds the component.
+const BUILD_COMMAND: &str =
+    "cargo build -p edge-responses --target wasm32-wasip2 --profile component";
+
+/// What the instant backend answers every request with (streamed word by
+/// word).
+const REPLY_TEXT: &str = "Hello! This is a short benchmark reply.";
+
+/// Connections used for every concurrent phase.
+const CONCURRENCY: usize = 16;
+
+/// Conversation depths whose continuation cost is measured.
+const DEPTHS: [usize; 3] = [1, 10, 100];
+
+/// The hidden flag the bench re-runs itself with to fill the compiled
+/// component cache in a separate process.
+const COMPILE_ONLY_FLAG: &str = "--compile-only";
+
+const USAGE: &str = "usage: bench [--quick] [--json PATH]
+
+  --quick      short smoke run (well under a minute); results go to
+               target/bench-quick/ unless --json is given
+  --json PATH  write the JSON results to PATH (markdown beside it, .md)
+
+Needs the component: cargo build -p edge-responses --target wasm32-wasip2 --profile component";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Options {
+    quick: bool,
+    json: Option<PathBuf>,
+    compile_only: bool,
+}
+
+impl Options {
+    fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Options> {
+        let mut options = Options {
+            quick: false,
+            json: None,
+            compile_only: false,
+        };
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => options.quick = true,
+                "--json" => {
+                    let path = args.next().context("--json needs a path")?;
+                    options.json = Some(PathBuf::from(path));
+                }
+                COMPILE_ONLY_FLAG => options.compile_only = true,
+                "-h" | "--help" => {
+                    println!("{USAGE}");
+                    std::process::exit(0);
+                }
+                other => bail!("unknown argument {other:?}\n\n{USAGE}"),
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// How many requests each phase sends.
+struct Plan {
+    mode: &'static str,
+    warmup: usize,
+    sequential: usize,
+    concurrent_per_conn: usize,
+    /// The concurrent phase alternates this many blocks of each target.
+    concurrent_blocks: usize,
+    streaming: usize,
+    throughput: Duration,
+    chain: usize,
+    continuation: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                mode: "quick",
+                warmup: 64,
+                sequential: 100,
+                concurrent_per_conn: 8,
+                concurrent_blocks: 2,
+                streaming: 60,
+                throughput: Duration::from_secs(1),
+                chain: *DEPTHS.last().unwrap_or(&1),
+                continuation: 20,
+            }
+        } else {
+            Plan {
+                mode: "full",
+                warmup: 400,
+                sequential: 1000,
+                concurrent_per_conn: 100,
+                concurrent_blocks: 5,
+                streaming: 500,
+                throughput: Duration::from_secs(8),
+                chain: *DEPTHS.last().unwrap_or(&1),
+                continuation: 200,
+            }
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let options = Options::parse(std::env::args().skip(1))?;
+    let root = workspace_root();
+    let component = root.join(DEFAULT_COMPONENT);
+    if !component.is_file() {
+        bail!(
+            "{} is missing; build the component first:\n\n    {BUILD_COMMAND}\n",
+            component.display()
+        );
+    }
+    // The compiled component is cached here across runs; every run gets a
+    // fresh key-value store in a temporary directory.
+    let state_dir = root.join("target/bench-state");
+    if options.compile_only {
+        return compile_only(&component, &state_dir);
+    }
+    let plan = Plan::new(options.quick);
+    let json_path = options.json.clone().unwrap_or_else(|| {
+        if options.quick {
+            root.join("target/bench-quick/results.json")
+        } else {
+            root.join("bench/results.json")
+        }
+    });
+
+    progress("compiling the component, or loading it from the cache");
+    fill_compile_cache()?;
+
+    let component_bytes = std::fs::metadata(&component)?.len();
+    let rss_before_host = system::rss_bytes();
+
+    let backend = Backend::start_in_thread()?;
+    backend.set_recording(false);
+    backend.set_default(Reply::text(REPLY_TEXT));
+
+    let store = tempfile::tempdir().context("creating a temporary store directory")?;
+    let host_runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let server = host_runtime.block_on(Server::start(host_config(
+        &component,
+        &state_dir,
+        store.path(),
+        &backend,
+    )))?;
+    let rss_idle = system::rss_bytes();
+    progress(&format!(
+        "host on {}, backend on {}",
+        server.url(),
+        backend.url()
+    ));
+
+    let client_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let measured = client_runtime.block_on(measure(&plan, &backend, &server));
+    host_runtime.block_on(server.shutdown());
+    let measured = measured?;
+
+    let memory = Memory {
+        component_bytes,
+        rss_before_host,
+        rss_idle,
+        rss_peak: measured.rss_peak,
+    };
+    let report = build_report(&plan, &measured, &memory);
+    print!("{}", report.to_text());
+
+    let markdown_path = json_path.with_extension("md");
+    if let Some(dir) = json_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let json = serde_json::to_string_pretty(&report.to_json())? + "\n";
+    std::fs::write(&json_path, json).with_context(|| format!("writing {}", json_path.display()))?;
+    std::fs::write(&markdown_path, report.to_markdown())
+        .with_context(|| format!("writing {}", markdown_path.display()))?;
+    progress(&format!(
+        "wrote {} and {}; {} target(s) missed",
+        json_path.display(),
+        markdown_path.display(),
+        report.misses()
+    ));
+    Ok(())
+}
+
+/// The workspace this bench belongs to.
+fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+fn progress(message: &str) {
+    eprintln!("[bench] {message}");
+}
+
+fn host_config(component: &Path, state_dir: &Path, store_dir: &Path, backend: &Backend) -> Config {
+    let mut config = Config::new(component);
+    config.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    config.state_dir = state_dir.to_path_buf();
+    config.store = Some(store_dir.join(STORE_FILE));
+    config
+        .variables
+        .insert("backend_url".to_owned(), backend.url());
+    config
+}
+
+/// Starts the host once in a child process, so the measured process loads
+/// the compiled component from the cache and its memory figures do not
+/// include the compiler's.
+fn fill_compile_cache() -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating the bench executable")?;
+    let status = std::process::Command::new(exe)
+        .arg(COMPILE_ONLY_FLAG)
+        .status()
+        .context("running the bench to compile the component")?;
+    if !status.success() {
+        bail!("compiling the component failed ({status})");
+    }
+    Ok(())
+}
+
+/// The child side of [`fill_compile_cache`].
+fn compile_only(component: &Path, state_dir: &Path) -> anyhow::Result<()> {
+    let store = tempfile::tempdir()?;
+    let backend = Backend::start_in_thread()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let config = host_config(component, state_dir, store.path(), &backend);
+        Server::start(config).await?.shutdown().await;
+        anyhow::Ok(())
+    })
+}
+
+/// Key-value calls per request, by kind.
+#[derive(Debug, Clone)]
+struct KvPerRequest {
+    total: f64,
+    by_kind: Vec<(&'static str, f64)>,
+}
+
+impl KvPerRequest {
+    fn between(before: &KvStats, after: &KvStats, requests: usize) -> KvPerRequest {
+        let delta = after.since(before);
+        let per = |count: u64| count as f64 / requests.max(1) as f64;
+        KvPerRequest {
+            total: per(delta.total()),
+            by_kind: delta
+                .fields()
+                .into_iter()
+                .filter(|(_, count)| *count > 0)
+                .map(|(name, count)| (name, per(count)))
+                .collect(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.by_kind
+            .iter()
+            .map(|(name, count)| format!("{name}={}", format_count(*count)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn to_json(&self) -> Value {
+        let by_kind: serde_json::Map<String, Value> = self
+            .by_kind
+            .iter()
+            .map(|(name, count)| ((*name).to_owned(), json!(count)))
+            .collect();
+        json!({ "total": self.total, "by_kind": by_kind })
+    }
+}
+
+/// Paired latencies: through edge-responses and straight to the backend.
+#[derive(Debug, Clone, Copy)]
+struct Pair {
+    edge: Percentiles,
+    backend: Percentiles,
+}
+
+impl Pair {
+    fn of(edge: &[Sample], backend: &[Sample], pick: fn(&Sample) -> Duration) -> Pair {
+        Pair {
+            edge: Percentiles::of(edge.iter().map(pick)),
+            backend: Percentiles::of(backend.iter().map(pick)),
+        }
+    }
+
+    fn to_json(self) -> Value {
+        json!({ "edge_responses": self.edge.to_json(), "backend_alone": self.backend.to_json() })
+    }
+}
+
+struct Continuation {
+    depth: usize,
+    latency: Pair,
+    kv: KvPerRequest,
+    chat_request_bytes: usize,
+}
+
+struct Measured {
+    sequential: Pair,
+    concurrent: Pair,
+    kv_create: KvPerRequest,
+    ttft: Pair,
+    stream_total: Pair,
+    edge_rps: f64,
+    backend_rps: f64,
+    throughput_requests: (u64, u64),
+    continuations: Vec<Continuation>,
+    rss_peak: u64,
+}
+
+struct Memory {
+    component_bytes: u64,
+    rss_before_host: u64,
+    rss_idle: u64,
+    rss_peak: u64,
+}
+
+/// Sends `probe` through edge-responses once with the backend's request log
+/// on, and returns the chat-completions body the component sent.
+async fn capture_chat_request(
+    backend: &Backend,
+    conn: &mut Conn,
+    probe: &Probe,
+) -> anyhow::Result<Vec<u8>> {
+    backend.clear_requests();
+    backend.set_recording(true);
+    let sent = conn.exchange(probe).await;
+    backend.set_recording(false);
+    let request = backend.chat_requests().pop();
+    backend.clear_requests();
+    sent?;
+    Ok(request
+        .context("the component sent no chat-completions request")?
+        .raw_body)
+}
+
+/// Alternates `edge` and `direct` on one connection each, `count` times.
+async fn alternate(
+    count: usize,
+    edge_conn: &mut Conn,
+    edge: &Probe,
+    direct_conn: &mut Conn,
+    direct: &Probe,
+) -> anyhow::Result<(Vec<Sample>, Vec<Sample>)> {
+    let mut edge_samples = Vec::with_capacity(count);
+    let mut direct_samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        edge_samples.push(edge_conn.exchange(edge).await?);
+        direct_samples.push(direct_conn.exchange(direct).await?);
+    }
+    Ok((edge_samples, direct_samples))
+}
+
+fn response_id(sample: &Sample) -> anyhow::Result<String> {
+    let response: Value = serde_json::from_slice(&sample.body).context("response is not JSON")?;
+    response["id"]
+        .as_str()
+        .map(str::to_owned)
+        .context("response has no id")
+}
+
+fn total(sample: &Sample) -> Duration {
+    sample.total
+}
+
+fn first_token(sample: &Sample) -> Duration {
+    sample.first.unwrap_or(sample.total)
+}
+
+async fn measure(plan: &Plan, backend: &Backend, server: &Server) -> anyhow::Result<Measured> {
+    let edge_addr = server.addr();
+    let backend_addr = backend.addr();
+    let mut edge_conn = Conn::connect(edge_addr).await?;
+    let mut direct_conn = Conn::connect(backend_addr).await?;
+
+    let create = json!({ "model": DEFAULT_MODEL, "input": "Say hi" });
+    let create_stream = json!({ "model": DEFAULT_MODEL, "input": "Say hi", "stream": true });
+    let edge = Probe::responses(&create);
+    let edge_stream = Probe::responses(&create_stream);
+    let direct = Probe::chat(
+        capture_chat_request(backend, &mut edge_conn, &edge).await?,
+        Watch::Nothing,
+    );
+    let direct_stream = Probe::chat(
+        capture_chat_request(backend, &mut edge_conn, &edge_stream).await?,
+        Watch::ChatContent,
+    );
+
+    progress(&format!(
+        "warming up ({} requests per target and concurrency)",
+        plan.warmup
+    ));
+    let edge_conns = Conn::connect_many(edge_addr, CONCURRENCY).await?;
+    let direct_conns = Conn::connect_many(backend_addr, CONCURRENCY).await?;
+    let per_conn = plan.warmup.div_ceil(CONCURRENCY);
+    let (mut edge_conns, _) = run_concurrent(edge_conns, per_conn, &edge).await?;
+    let (mut direct_conns, _) = run_concurrent(direct_conns, per_conn, &direct).await?;
+    alternate(
+        plan.warmup / 4,
+        &mut edge_conn,
+        &edge,
+        &mut direct_conn,
+        &direct,
+    )
+    .await?;
+    alternate(
+        plan.warmup / 4,
+        &mut edge_conn,
+        &edge_stream,
+        &mut direct_conn,
+        &direct_stream,
+    )
+    .await?;
+
+    progress(&format!(
+        "non-streaming latency, concurrency 1 ({} requests per target)",
+        plan.sequential
+    ));
+    let kv_before = server.kv_stats();
+    let (edge_samples, direct_samples) = alternate(
+        plan.sequential,
+        &mut edge_conn,
+        &edge,
+        &mut direct_conn,
+        &direct,
+    )
+    .await?;
+    let kv_create = KvPerRequest::between(&kv_before, &server.kv_stats(), plan.sequential);
+    let sequential = Pair::of(&edge_samples, &direct_samples, total);
+
+    progress(&format!(
+        "non-streaming latency, concurrency {CONCURRENCY} ({} requests per target)",
+        plan.concurrent_per_conn * CONCURRENCY
+    ));
+    let block = plan.concurrent_per_conn.div_ceil(plan.concurrent_blocks);
+    let (mut edge_samples, mut direct_samples) = (Vec::new(), Vec::new());
+    for _ in 0..plan.concurrent_blocks {
+        let (conns, mut samples) = run_concurrent(edge_conns, block, &edge).await?;
+        edge_conns = conns;
+        edge_samples.append(&mut samples);
+        let (conns, mut samples) = run_concurrent(direct_conns, block, &direct).await?;
+        direct_conns = conns;
+        direct_samples.append(&mut samples);
+    }
+    let concurrent = Pair::of(&edge_samples, &direct_samples, total);
+
+    progress(&format!(
+        "streaming time to first token ({} requests per target)",
+        plan.streaming
+    ));
+    let (edge_samples, direct_samples) = alternate(
+        plan.streaming,
+        &mut edge_conn,
+        &edge_stream,
+        &mut direct_conn,
+        &direct_stream,
+    )
+    .await?;
+    let ttft = Pair::of(&edge_samples, &direct_samples, first_token);
+    let stream_total = Pair::of(&edge_samples, &direct_samples, total);
+
+    progress(&format!(
+        "throughput at concurrency {CONCURRENCY} ({:?} per target)",
+        plan.throughput
+    ));
+    let sampler = RssSampler::start();
+    let (edge_conns, edge_done, edge_elapsed) = run_for(edge_conns, plan.throughput, &edge).await?;
+    let rss_peak = sampler.finish();
+    let (direct_conns, direct_done, direct_elapsed) =
+        run_for(direct_conns, plan.throughput, &direct).await?;
+    drop((edge_conns, direct_conns));
+
+    progress(&format!(
+        "building a conversation {} responses deep",
+        plan.chain
+    ));
+    let mut chain: Vec<String> = Vec::with_capacity(plan.chain);
+    for turn in 1..=plan.chain {
+        let mut body =
+            json!({ "model": DEFAULT_MODEL, "input": format!("Question number {turn}") });
+        if let Some(previous) = chain.last() {
+            body["previous_response_id"] = json!(previous);
+        }
+        let sample = edge_conn
+            .exchange(&Probe::responses(&body).keeping_body())
+            .await?;
+        chain.push(response_id(&sample)?);
+    }
+
+    let mut continuations = Vec::new();
+    for depth in DEPTHS {
+        progress(&format!(
+            "continuation at depth {depth} ({} requests per target)",
+            plan.continuation
+        ));
+        let previous = chain
+            .get(depth - 1)
+            .context("the conversation is not that deep")?;
+        let body = json!({
+            "model": DEFAULT_MODEL,
+            "input": "One more question",
+            "previous_response_id": previous,
+        });
+        let edge = Probe::responses(&body);
+        let chat = capture_chat_request(backend, &mut edge_conn, &edge).await?;
+        let chat_request_bytes = chat.len();
+        let direct = Probe::chat(chat, Watch::Nothing);
+        alternate(
+            plan.continuation / 10,
+            &mut edge_conn,
+            &edge,
+            &mut direct_conn,
+            &direct,
+        )
+        .await?;
+        let kv_before = server.kv_stats();
+        let (edge_samples, direct_samples) = alternate(
+            plan.continuation,
+            &mut edge_conn,
+            &edge,
+            &mut direct_conn,
+            &direct,
+        )
+        .await?;
+        continuations.push(Continuation {
+            depth,
+            latency: Pair::of(&edge_samples, &direct_samples, total),
+            kv: KvPerRequest::between(&kv_before, &server.kv_stats(), plan.continuation),
+            chat_request_bytes,
+        });
+    }
+
+    Ok(Measured {
+        sequential,
+        concurrent,
+        kv_create,
+        ttft,
+        stream_total,
+        edge_rps: edge_done as f64 / edge_elapsed.as_secs_f64(),
+        backend_rps: direct_done as f64 / direct_elapsed.as_secs_f64(),
+        throughput_requests: (edge_done, direct_done),
+        continuations,
+        rss_peak,
+    })
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn build_report(plan: &Plan, m: &Measured, memory: &Memory) -> Report {
+    let added = |pair: &Pair, p99: bool| {
+        if p99 {
+            pair.edge.p99 - pair.backend.p99
+        } else {
+            pair.edge.p50 - pair.backend.p50
+        }
+    };
+    let latency_row = |label: String, pair: &Pair, p99: bool| {
+        let (edge, backend) = if p99 {
+            (pair.edge.p99, pair.backend.p99)
+        } else {
+            (pair.edge.p50, pair.backend.p50)
+        };
+        Row::compare(label, Unit::Millis, edge, backend)
+    };
+
+    let seq_p50 = added(&m.sequential, false);
+    let seq_p99 = added(&m.sequential, true);
+    let latency = Section {
+        title: "Added latency, non-streaming: POST /v1/responses vs the same chat request straight to the backend".to_owned(),
+        rows: vec![
+            latency_row("concurrency 1, p50".to_owned(), &m.sequential, false)
+                .target(Target::new("added <= 1 ms", seq_p50 <= 1.0))
+                .note(format!("{} requests each", m.sequential.edge.count)),
+            latency_row("concurrency 1, p99".to_owned(), &m.sequential, true)
+                .target(Target::new("added <= 5 ms", seq_p99 <= 5.0)),
+            latency_row(format!("concurrency {CONCURRENCY}, p50"), &m.concurrent, false)
+                .note(format!("{} requests each", m.concurrent.edge.count)),
+            latency_row(format!("concurrency {CONCURRENCY}, p99"), &m.concurrent, true),
+            Row::value("key-value calls per new response", Unit::Count, m.kv_create.total)
+                .note(m.kv_create.describe()),
+        ],
+    };
+
+    let ttft_p50 = added(&m.ttft, false);
+    let ttft = Section {
+        title: "Added time to first token, streaming: first response.output_text.delta vs first content chunk".to_owned(),
+        rows: vec![
+            latency_row("concurrency 1, p50".to_owned(), &m.ttft, false)
+                .target(Target::new("added <= 1 ms", ttft_p50 <= 1.0))
+                .note(format!("{} requests each", m.ttft.edge.count)),
+            latency_row("concurrency 1, p99".to_owned(), &m.ttft, true),
+            latency_row("whole stream, p50".to_owned(), &m.stream_total, false),
+        ],
+    };
+
+    let ratio = m.edge_rps / m.backend_rps;
+    let throughput = Section {
+        title: format!("Throughput at concurrency {CONCURRENCY}, instant backend"),
+        rows: vec![Row {
+            added: None,
+            ..Row::compare(
+                "requests per second",
+                Unit::PerSecond,
+                m.edge_rps,
+                m.backend_rps,
+            )
+        }
+        .target(Target::new(">= 0.5x backend", ratio >= 0.5))
+        .note(format!(
+            "{ratio:.2}x the backend; {:?} each, {} and {} requests",
+            plan.throughput, m.throughput_requests.0, m.throughput_requests.1
+        ))],
+    };
+
+    let mut continuation_rows = Vec::new();
+    for c in &m.continuations {
+        continuation_rows.push(
+            latency_row(format!("depth {}, p50", c.depth), &c.latency, false).note(format!(
+                "p99 {:.3} ms vs {:.3} ms; chat request {:.1} KiB",
+                c.latency.edge.p99,
+                c.latency.backend.p99,
+                c.chat_request_bytes as f64 / 1024.0
+            )),
+        );
+        continuation_rows.push(
+            Row::value(
+                format!("depth {}, key-value calls", c.depth),
+                Unit::Count,
+                c.kv.total,
+            )
+            .note(c.kv.describe()),
+        );
+    }
+    let shallow = m.continuations.first();
+    let deep = m.continuations.last();
+    if let (Some(shallow), Some(deep)) = (shallow, deep) {
+        let shallow_added = added(&shallow.latency, false);
+        let deep_added = added(&deep.latency, false);
+        let growth = deep_added / shallow_added;
+        continuation_rows.push(
+            Row::value(
+                format!("added p50, depth {} / depth {}", deep.depth, shallow.depth),
+                Unit::Ratio,
+                growth,
+            )
+            .target(Target::new("<= 1.5x", growth <= 1.5)),
+        );
+    }
+    let continuation = Section {
+        title: "Continuation (previous_response_id) against conversation depth, backend time subtracted".to_owned(),
+        rows: continuation_rows,
+    };
+
+    let component_kib = memory.component_bytes as f64 / 1024.0;
+    let memory_section = Section {
+        title: "Size and memory (resident set of this process: host, backend and load generator)"
+            .to_owned(),
+        rows: vec![
+            Row::value("component .wasm", Unit::KiB, component_kib)
+                .target(Target::new("< 1 MiB", memory.component_bytes < 1 << 20))
+                .note(format!("{} bytes", memory.component_bytes)),
+            Row::value(
+                "resident, before the host starts",
+                Unit::MiB,
+                memory.rss_before_host as f64 / MIB,
+            ),
+            Row::value(
+                "resident, host idle",
+                Unit::MiB,
+                memory.rss_idle as f64 / MIB,
+            ),
+            Row::value(
+                "resident, peak under load",
+                Unit::MiB,
+                memory.rss_peak as f64 / MIB,
+            )
+            .note("sampled every 10 ms during the edge-responses throughput phase"),
+        ],
+    };
+
+    let details = json!({
+        "latency_concurrency_1": m.sequential.to_json(),
+        "latency_concurrency_16": m.concurrent.to_json(),
+        "kv_per_new_response": m.kv_create.to_json(),
+        "time_to_first_token": m.ttft.to_json(),
+        "stream_total": m.stream_total.to_json(),
+        "throughput": {
+            "seconds_per_target": plan.throughput.as_secs_f64(),
+            "edge_responses_rps": m.edge_rps,
+            "backend_alone_rps": m.backend_rps,
+            "edge_responses_requests": m.throughput_requests.0,
+            "backend_alone_requests": m.throughput_requests.1,
+        },
+        "continuation": m.continuations.iter().map(|c| json!({
+            "depth": c.depth,
+            "latency": c.latency.to_json(),
+            "kv_per_request": c.kv.to_json(),
+            "chat_request_bytes": c.chat_request_bytes,
+        })).collect::<Vec<_>>(),
+        "memory": {
+            "component_bytes": memory.component_bytes,
+            "rss_before_host_bytes": memory.rss_before_host,
+            "rss_idle_bytes": memory.rss_idle,
+            "rss_peak_bytes": memory.rss_peak,
+        },
+        "reply_text": REPLY_TEXT,
+        "concurrency": CONCURRENCY,
+    });
+
+    Report {
+        date: system::utc_now(),
+        cpu: system::cpu_model(),
+        cores: system::cores(),
+        mode: plan.mode,
+        sections: vec![latency, ttft, throughput, continuation, memory_section],
+        details,
+    }
+}
