@@ -19,6 +19,17 @@ pub const DEFAULT_TTL_SECONDS: i64 = 30 * 24 * 3600;
 /// before its first token.
 pub const DEFAULT_BACKEND_TIMEOUT_SECONDS: u64 = 300;
 
+/// Every configuration key the component reads.
+pub const KEYS: &[&str] = &[
+    "backend_url",
+    "backend_api_key",
+    "api_keys",
+    "response_ttl_seconds",
+    "forward_client_key",
+    "backend_reasoning",
+    "backend_timeout_seconds",
+];
+
 /// The component's configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {

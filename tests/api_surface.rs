@@ -9,40 +9,7 @@ use scripted_backend::Reply;
 use serde_json::{json, Value};
 
 /// Keys of the Response object that must always be present.
-const RESPONSE_KEYS: &[&str] = &[
-    "id",
-    "object",
-    "created_at",
-    "completed_at",
-    "status",
-    "error",
-    "incomplete_details",
-    "model",
-    "previous_response_id",
-    "instructions",
-    "output",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "text",
-    "temperature",
-    "top_p",
-    "presence_penalty",
-    "frequency_penalty",
-    "top_logprobs",
-    "max_output_tokens",
-    "max_tool_calls",
-    "reasoning",
-    "truncation",
-    "usage",
-    "store",
-    "background",
-    "service_tier",
-    "metadata",
-    "user",
-    "safety_identifier",
-    "prompt_cache_key",
-];
+const RESPONSE_KEYS: &[&str] = edge_responses::api::response::Response::KEYS;
 
 async fn create(h: &Harness, body: Value) -> Value {
     let (status, response) = h.post("/v1/responses", &body).await;

@@ -6,30 +6,21 @@ mod common;
 
 use std::path::Path;
 
-use common::Harness;
+use common::{python, Harness};
 
-fn python() -> String {
-    if let Ok(python) = std::env::var("EDGE_RESPONSES_PYTHON") {
-        return python;
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "{} is missing: run scripts/test, which creates it",
-        venv.display()
-    );
-    venv.display().to_string()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openai_python_sdk() {
-    let h = Harness::start().await;
-    let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python");
+/// Runs pytest over `target` (relative to tests/python) against `h`, with
+/// extra pytest arguments and environment; returns pytest's report.
+async fn pytest(h: &Harness, target: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(target);
     let output = tokio::process::Command::new(python())
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .args(args)
         .arg(&tests)
         .env("EDGE_RESPONSES_BASE_URL", h.server.url())
         .env("EDGE_RESPONSES_BACKEND_ORIGIN", h.backend.origin())
+        .envs(env.iter().copied())
         .output()
         .await
         .expect("python runs");
@@ -42,6 +33,13 @@ async fn openai_python_sdk() {
         output.status.success(),
         "openai SDK tests failed:\n{report}"
     );
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_sdk() {
+    let h = Harness::start().await;
+    pytest(&h, "", &[], &[]).await;
     assert!(
         h.backend.chat_requests().len() >= 2,
         "the SDK calls reached the backend"
@@ -78,25 +76,10 @@ async fn openai_python_sdk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_python_sdk_with_api_keys() {
     let h = Harness::with_variables(&[("api_keys", "sk-sdk-test,sk-sdk-other")]).await;
-    let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_openai_sdk.py");
-    let output = tokio::process::Command::new(python())
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "auth"])
-        .arg(&tests)
-        .env("EDGE_RESPONSES_BASE_URL", h.server.url())
-        .env("EDGE_RESPONSES_BACKEND_ORIGIN", h.backend.origin())
-        .env("EDGE_RESPONSES_API_KEY", "sk-sdk-test")
-        .env("EDGE_RESPONSES_OTHER_KEY", "sk-sdk-other")
-        .output()
-        .await
-        .expect("python runs");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success(),
-        "openai SDK auth tests failed:\n{report}"
-    );
+    let env = [
+        ("EDGE_RESPONSES_API_KEY", "sk-sdk-test"),
+        ("EDGE_RESPONSES_OTHER_KEY", "sk-sdk-other"),
+    ];
+    let report = pytest(&h, "test_openai_sdk.py", &["-k", "auth"], &env).await;
     assert!(report.contains("3 passed"), "{report}");
 }

@@ -96,6 +96,43 @@ pub struct OutputTokensDetails {
 }
 
 impl Response {
+    /// Every key of the serialized object: the union of what OpenAI's and
+    /// the Open Responses schemas require.
+    pub const KEYS: &'static [&'static str] = &[
+        "id",
+        "object",
+        "created_at",
+        "completed_at",
+        "status",
+        "error",
+        "incomplete_details",
+        "model",
+        "previous_response_id",
+        "instructions",
+        "output",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "text",
+        "temperature",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "top_logprobs",
+        "max_output_tokens",
+        "max_tool_calls",
+        "reasoning",
+        "truncation",
+        "usage",
+        "store",
+        "background",
+        "service_tier",
+        "metadata",
+        "user",
+        "safety_identifier",
+        "prompt_cache_key",
+    ];
+
     /// A response in progress for `request`, echoing its parameters.
     pub fn start(id: String, created_at: i64, request: &CreateRequest) -> Self {
         Response {
@@ -188,42 +225,10 @@ mod tests {
         let request = CreateRequest::parse(br#"{"model":"m","input":"hi"}"#).unwrap();
         let response = Response::start("resp_1".into(), 1_700_000_000, &request);
         let value = serde_json::to_value(&response).unwrap();
-        for key in [
-            "id",
-            "object",
-            "created_at",
-            "completed_at",
-            "status",
-            "error",
-            "incomplete_details",
-            "model",
-            "previous_response_id",
-            "instructions",
-            "output",
-            "tools",
-            "tool_choice",
-            "parallel_tool_calls",
-            "text",
-            "temperature",
-            "top_p",
-            "presence_penalty",
-            "frequency_penalty",
-            "top_logprobs",
-            "max_output_tokens",
-            "max_tool_calls",
-            "reasoning",
-            "truncation",
-            "usage",
-            "store",
-            "background",
-            "service_tier",
-            "metadata",
-            "user",
-            "safety_identifier",
-            "prompt_cache_key",
-        ] {
+        for key in Response::KEYS {
             assert!(value.get(key).is_some(), "missing {key}");
         }
+        assert_eq!(value.as_object().unwrap().len(), Response::KEYS.len());
         assert!(value["created_at"].is_i64());
         assert_eq!(value["tools"], json!([]));
         assert_eq!(value["text"]["format"]["type"], "text");
