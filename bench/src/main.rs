@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 use client::{run_concurrent, run_for, Conn, Probe, Sample, Watch};
 use report::{format_count, Report, Row, Section, Target, Unit};
 use stats::Percentiles;
-use system::RssSampler;
+use system::{CpuTimes, RssSampler};
 
 /// Command that builds the component.
 const BUILD_COMMAND: &str =
@@ -47,6 +47,10 @@ const CONCURRENCY: usize = 16;
 
 /// Conversation depths whose continuation cost is measured.
 const DEPTHS: [usize; 3] = [1, 10, 100];
+
+/// The backend's thread name as `/proc` shows it (cut to 15 bytes), to
+/// count its CPU time apart from the host's.
+const BACKEND_THREAD: &str = "scripted-backen";
 
 /// The hidden flag the bench re-runs itself with to fill the compiled
 /// component cache in a separate process.
@@ -134,13 +138,13 @@ impl Plan {
             Plan {
                 mode: "full",
                 warmup: 400,
-                sequential: 1000,
-                concurrent_per_conn: 100,
+                sequential: 2000,
+                concurrent_per_conn: 150,
                 concurrent_blocks: 5,
                 streaming: 500,
-                throughput: Duration::from_secs(8),
+                throughput: Duration::from_secs(10),
                 chain: *DEPTHS.last().unwrap_or(&1),
-                continuation: 200,
+                continuation: 300,
             }
         }
     }
@@ -175,11 +179,12 @@ fn run() -> anyhow::Result<()> {
     fill_compile_cache()?;
 
     let component_bytes = std::fs::metadata(&component)?.len();
-    let rss_before_host = system::rss_bytes();
+    let load_average = system::load_average();
 
     let backend = Backend::start_in_thread()?;
     backend.set_recording(false);
     backend.set_default(Reply::text(REPLY_TEXT));
+    let rss_before_host = system::rss_bytes();
 
     let store = tempfile::tempdir().context("creating a temporary store directory")?;
     let host_runtime = tokio::runtime::Builder::new_multi_thread()
@@ -211,7 +216,7 @@ fn run() -> anyhow::Result<()> {
         rss_idle,
         rss_peak: measured.rss_peak,
     };
-    let report = build_report(&plan, &measured, &memory);
+    let report = build_report(&plan, &measured, &memory, load_average);
     print!("{}", report.to_text());
 
     let markdown_path = json_path.with_extension("md");
@@ -357,8 +362,53 @@ struct Measured {
     edge_rps: f64,
     backend_rps: f64,
     throughput_requests: (u64, u64),
+    cpu: CpuPerRequest,
     continuations: Vec<Continuation>,
     rss_peak: u64,
+}
+
+/// CPU milliseconds per request in the throughput phase, by thread group.
+#[derive(Debug, Clone, Copy)]
+struct CpuPerRequest {
+    /// Everything but the backend and the load generator, while requests
+    /// went through edge-responses.
+    host: f64,
+    /// The backend thread while requests went through edge-responses.
+    backend_behind_host: f64,
+    /// The backend thread while requests went straight to it.
+    backend: f64,
+    client_edge: f64,
+    client_direct: f64,
+}
+
+impl CpuPerRequest {
+    /// From `(backend, main thread, rest)` CPU times of each phase.
+    fn new(
+        edge_phase: (Duration, Duration, Duration),
+        edge_requests: u64,
+        direct_phase: (Duration, Duration, Duration),
+        direct_requests: u64,
+    ) -> CpuPerRequest {
+        let per =
+            |time: Duration, requests: u64| time.as_secs_f64() * 1000.0 / requests.max(1) as f64;
+        CpuPerRequest {
+            host: per(edge_phase.2, edge_requests),
+            backend_behind_host: per(edge_phase.0, edge_requests),
+            backend: per(direct_phase.0, direct_requests),
+            client_edge: per(edge_phase.1, edge_requests),
+            client_direct: per(direct_phase.1, direct_requests),
+        }
+    }
+
+    fn to_json(self) -> Value {
+        json!({
+            "host_ms": self.host,
+            "backend_behind_host_ms": self.backend_behind_host,
+            "backend_alone_ms": self.backend,
+            "load_generator_edge_ms": self.client_edge,
+            "load_generator_direct_ms": self.client_direct,
+        })
+    }
 }
 
 struct Memory {
@@ -516,12 +566,21 @@ async fn measure(plan: &Plan, backend: &Backend, server: &Server) -> anyhow::Res
         "throughput at concurrency {CONCURRENCY} ({:?} per target)",
         plan.throughput
     ));
-    let sampler = RssSampler::start();
+    let sampler = RssSampler::start()?;
+    let cpu_start = CpuTimes::now(BACKEND_THREAD);
     let (edge_conns, edge_done, edge_elapsed) = run_for(edge_conns, plan.throughput, &edge).await?;
+    let cpu_middle = CpuTimes::now(BACKEND_THREAD);
     let rss_peak = sampler.finish();
     let (direct_conns, direct_done, direct_elapsed) =
         run_for(direct_conns, plan.throughput, &direct).await?;
+    let cpu_end = CpuTimes::now(BACKEND_THREAD);
     drop((edge_conns, direct_conns));
+    let cpu = CpuPerRequest::new(
+        cpu_middle.since(&cpu_start),
+        edge_done,
+        cpu_end.since(&cpu_middle),
+        direct_done,
+    );
 
     progress(&format!(
         "building a conversation {} responses deep",
@@ -592,6 +651,7 @@ async fn measure(plan: &Plan, backend: &Backend, server: &Server) -> anyhow::Res
         edge_rps: edge_done as f64 / edge_elapsed.as_secs_f64(),
         backend_rps: direct_done as f64 / direct_elapsed.as_secs_f64(),
         throughput_requests: (edge_done, direct_done),
+        cpu,
         continuations,
         rss_peak,
     })
@@ -599,7 +659,7 @@ async fn measure(plan: &Plan, backend: &Backend, server: &Server) -> anyhow::Res
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-fn build_report(plan: &Plan, m: &Measured, memory: &Memory) -> Report {
+fn build_report(plan: &Plan, m: &Measured, memory: &Memory, load_average: String) -> Report {
     let added = |pair: &Pair, p99: bool| {
         if p99 {
             pair.edge.p99 - pair.backend.p99
@@ -662,6 +722,14 @@ fn build_report(plan: &Plan, m: &Measured, memory: &Memory) -> Report {
         .note(format!(
             "{ratio:.2}x the backend; {:?} each, {} and {} requests",
             plan.throughput, m.throughput_requests.0, m.throughput_requests.1
+        )),
+        Row {
+            added: None,
+            ..Row::compare("CPU time per request", Unit::Millis, m.cpu.host, m.cpu.backend)
+        }
+        .note(format!(
+            "host threads vs the backend thread; the backend behind the host {:.3} ms, load generator {:.3} / {:.3} ms",
+            m.cpu.backend_behind_host, m.cpu.client_edge, m.cpu.client_direct
         ))],
     };
 
@@ -713,7 +781,7 @@ fn build_report(plan: &Plan, m: &Measured, memory: &Memory) -> Report {
                 .target(Target::new("< 1 MiB", memory.component_bytes < 1 << 20))
                 .note(format!("{} bytes", memory.component_bytes)),
             Row::value(
-                "resident, before the host starts",
+                "resident, backend and load generator only",
                 Unit::MiB,
                 memory.rss_before_host as f64 / MIB,
             ),
@@ -743,6 +811,7 @@ fn build_report(plan: &Plan, m: &Measured, memory: &Memory) -> Report {
             "backend_alone_rps": m.backend_rps,
             "edge_responses_requests": m.throughput_requests.0,
             "backend_alone_requests": m.throughput_requests.1,
+            "cpu_per_request": m.cpu.to_json(),
         },
         "continuation": m.continuations.iter().map(|c| json!({
             "depth": c.depth,
@@ -764,6 +833,7 @@ fn build_report(plan: &Plan, m: &Measured, memory: &Memory) -> Report {
         date: system::utc_now(),
         cpu: system::cpu_model(),
         cores: system::cores(),
+        load_average,
         mode: plan.mode,
         sections: vec![latency, ttft, throughput, continuation, memory_section],
         details,

@@ -159,6 +159,8 @@ pub struct Report {
     pub date: String,
     pub cpu: String,
     pub cores: usize,
+    /// Load averages when the run started.
+    pub load_average: String,
     pub mode: &'static str,
     pub sections: Vec<Section>,
     /// Raw measurements, for the JSON file only.
@@ -179,7 +181,10 @@ impl Report {
     fn header_lines(&self) -> [String; 2] {
         [
             format!("edge-responses benchmark, {} run, {}", self.mode, self.date),
-            format!("machine: {} ({} cores)", self.cpu, self.cores),
+            format!(
+                "machine: {} ({} cores), load average at start {}",
+                self.cpu, self.cores, self.load_average
+            ),
         ]
     }
 
@@ -248,7 +253,7 @@ impl Report {
         json!({
             "date": self.date,
             "mode": self.mode,
-            "machine": { "cpu": self.cpu, "cores": self.cores },
+            "machine": { "cpu": self.cpu, "cores": self.cores, "load_average": self.load_average },
             "sections": sections,
             "details": self.details,
         })
@@ -273,6 +278,7 @@ mod tests {
             date: "2026-01-01T00:00:00Z".into(),
             cpu: "cpu".into(),
             cores: 2,
+            load_average: "0.00 0.00 0.00".into(),
             mode: "quick",
             sections: vec![Section {
                 title: "latency".into(),

@@ -1,6 +1,7 @@
 //! Facts about the machine and this process: CPU model, core count, the
 //! date, and resident memory (sampled in the background for a peak).
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -18,6 +19,20 @@ pub fn cpu_model() -> String {
                 .find(|line| line.starts_with("model name"))
                 .and_then(|line| line.split_once(':'))
                 .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The 1, 5 and 15 minute load averages from `/proc/loadavg`: other work
+/// on the machine skews every number.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|line| {
+            line.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
         })
         .unwrap_or_else(|| "unknown".to_owned())
 }
@@ -40,6 +55,93 @@ pub fn rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// Name of the [`RssSampler`] thread, so its CPU time can be told apart.
+const SAMPLER_THREAD: &str = "rss-sampler";
+
+/// Kernel clock ticks per second in `/proc/*/stat` (`USER_HZ`, 100 on every
+/// mainstream Linux architecture).
+const USER_HZ: f64 = 100.0;
+
+/// CPU time this process has used, split by who used it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTimes {
+    /// The whole process, exited threads included (10 ms resolution).
+    pub process: Duration,
+    /// The thread whose name starts with `thread_prefix`.
+    pub named: Duration,
+    /// The main thread (the load generator).
+    pub main: Duration,
+    /// The memory sampler.
+    pub sampler: Duration,
+}
+
+impl CpuTimes {
+    /// Reads the counters now; `thread_prefix` names the thread to count
+    /// apart (as `/proc` shows it: at most 15 bytes).
+    pub fn now(thread_prefix: &str) -> CpuTimes {
+        let mut times = CpuTimes {
+            process: process_cpu(),
+            ..CpuTimes::default()
+        };
+        let pid = std::process::id().to_string();
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return times;
+        };
+        for task in tasks.flatten() {
+            let dir = task.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            let comm = comm.trim_end();
+            let used = thread_cpu(&dir);
+            if task.file_name().to_str() == Some(pid.as_str()) {
+                times.main += used;
+            } else if comm == SAMPLER_THREAD {
+                times.sampler += used;
+            } else if comm.starts_with(thread_prefix) {
+                times.named += used;
+            }
+        }
+        times
+    }
+
+    /// The time used since `earlier`: `(named thread, main thread, the rest
+    /// of the process)`.
+    pub fn since(&self, earlier: &CpuTimes) -> (Duration, Duration, Duration) {
+        let named = self.named.saturating_sub(earlier.named);
+        let main = self.main.saturating_sub(earlier.main);
+        let sampler = self.sampler.saturating_sub(earlier.sampler);
+        let rest = self
+            .process
+            .saturating_sub(earlier.process)
+            .saturating_sub(named + main + sampler);
+        (named, main, rest)
+    }
+}
+
+/// User plus system time of the whole process, from `/proc/self/stat`.
+fn process_cpu() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the line, the 12th and 13th after the name.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|field| field.parse::<u64>().ok())
+        .sum();
+    Duration::from_secs_f64(ticks as f64 / USER_HZ)
+}
+
+/// Time one thread has run, in nanoseconds, from its `schedstat`.
+fn thread_cpu(task_dir: &Path) -> Duration {
+    std::fs::read_to_string(task_dir.join("schedstat"))
+        .ok()
+        .and_then(|line| line.split_whitespace().next()?.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos)
+}
+
 /// Samples [`rss_bytes`] on a thread of its own until stopped, keeping the
 /// peak.
 pub struct RssSampler {
@@ -48,18 +150,21 @@ pub struct RssSampler {
 }
 
 impl RssSampler {
-    pub fn start() -> RssSampler {
+    pub fn start() -> anyhow::Result<RssSampler> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
+        let sample = move || {
             let mut peak = rss_bytes();
             while !flag.load(Ordering::Relaxed) {
                 std::thread::sleep(RSS_SAMPLE_INTERVAL);
                 peak = peak.max(rss_bytes());
             }
             peak
-        });
-        RssSampler { stop, thread }
+        };
+        let thread = std::thread::Builder::new()
+            .name(SAMPLER_THREAD.to_owned())
+            .spawn(sample)?;
+        Ok(RssSampler { stop, thread })
     }
 
     /// Stops sampling; the peak resident set size in bytes.
@@ -118,5 +223,26 @@ mod tests {
     #[test]
     fn reads_own_memory() {
         assert!(rss_bytes() > 0);
+    }
+
+    #[test]
+    fn counts_cpu_time_by_thread() {
+        let before = CpuTimes::now("cpu-burner");
+        let burner = std::thread::Builder::new()
+            .name("cpu-burner".to_owned())
+            .spawn(|| {
+                let start = std::time::Instant::now();
+                let mut x = 0u64;
+                while start.elapsed() < Duration::from_millis(100) {
+                    x = x.wrapping_add(std::hint::black_box(1));
+                }
+                let after = CpuTimes::now("cpu-burner");
+                std::hint::black_box(x);
+                after
+            })
+            .expect("thread");
+        let after = burner.join().expect("joins");
+        let (named, _main, _rest) = after.since(&before);
+        assert!(named >= Duration::from_millis(50), "{named:?}");
     }
 }

@@ -53,6 +53,12 @@ pub(crate) async fn serve(
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Event streams are many small writes: without this,
+                    // Nagle's algorithm holds each one back until the
+                    // client's delayed ACK (~40 ms).
+                    if let Err(err) = stream.set_nodelay(true) {
+                        tracing::debug!("TCP_NODELAY on {peer}: {err}");
+                    }
                     let local = stream.local_addr().ok();
                     let runtime = runtime.clone();
                     let service = service_fn(move |request| {
