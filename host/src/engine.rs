@@ -180,7 +180,13 @@ fn pooling_limits() -> PoolingAllocationConfig {
         .total_memories(MAX_INSTANCES * MEMORIES_PER_COMPONENT)
         .total_tables(MAX_INSTANCES * TABLES_PER_COMPONENT)
         .total_stacks(MAX_INSTANCES)
-        .max_memory_size(MAX_MEMORY_BYTES);
+        .max_memory_size(MAX_MEMORY_BYTES)
+        // Reset a finished instance's memory by zeroing what it touched
+        // instead of unmapping it: no page-table flush on every request and
+        // no fresh page faults on the next one.
+        .linear_memory_keep_resident(8 << 20)
+        .table_keep_resident(64 << 10)
+        .pagemap_scan(wasmtime::Enabled::Auto);
     pool
 }
 

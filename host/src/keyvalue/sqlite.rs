@@ -73,6 +73,9 @@ pub enum SwapOutcome {
 pub struct SqliteStore {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// Writers take turns here rather than in SQLite's busy handler, which
+    /// sleeps, and each holds a pooled connection instead of opening one.
+    writer: Mutex<()>,
 }
 
 impl SqliteStore {
@@ -86,6 +89,7 @@ impl SqliteStore {
         let store = Self {
             path: path.to_owned(),
             idle: Mutex::new(Vec::new()),
+            writer: Mutex::new(()),
         };
         let conn = store.connect()?;
         conn.execute(SCHEMA, [])?;
@@ -100,12 +104,12 @@ impl SqliteStore {
 
     /// Sets `key` to `value`, replacing any previous value.
     pub fn set(&self, store: &str, key: &str, value: &[u8]) -> StoreResult<()> {
-        self.with_connection(|conn| upsert_value(conn, store, key, value))
+        self.with_writer(|conn| upsert_value(conn, store, key, value))
     }
 
     /// Removes `key`; removing a missing key is not an error.
     pub fn delete(&self, store: &str, key: &str) -> StoreResult<()> {
-        self.with_connection(|conn| {
+        self.with_writer(|conn| {
             conn.prepare_cached(DELETE_KEY)?
                 .execute(params![store, key])?;
             Ok(())
@@ -225,12 +229,28 @@ impl SqliteStore {
         behavior: TransactionBehavior,
         work: impl FnOnce(&rusqlite::Transaction<'_>) -> StoreResult<T>,
     ) -> StoreResult<T> {
-        self.with_connection(|conn| {
+        let run = |conn: &mut Connection| {
             let tx = conn.transaction_with_behavior(behavior)?;
             let result = work(&tx)?;
             tx.commit()?;
             Ok(result)
-        })
+        };
+        match behavior {
+            TransactionBehavior::Deferred => self.with_connection(run),
+            _ => self.with_writer(run),
+        }
+    }
+
+    /// Runs a write, one writer at a time.
+    fn with_writer<T>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let _turn = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.with_connection(work)
     }
 
     fn with_connection<T>(
