@@ -8,7 +8,7 @@
 
 use serde_json::{json, Value};
 
-use super::tools::{flat_name, ToolMap};
+use super::tools::flat_name;
 use super::{ChatContent, ChatFunction, ChatMessage, ChatToolCall};
 use crate::api::items::{ContentPart, Item, Message, Role};
 
@@ -16,7 +16,6 @@ use crate::api::items::{ContentPart, Item, Message, Role};
 pub fn to_messages(
     instructions: Option<&str>,
     history: &[Item],
-    _tools: &ToolMap,
     send_reasoning: bool,
 ) -> Vec<ChatMessage> {
     let mut out = Vec::with_capacity(history.len() + 1);
@@ -194,13 +193,7 @@ mod tests {
     }
 
     fn chat(history: &[Item], send_reasoning: bool) -> Value {
-        serde_json::to_value(to_messages(
-            None,
-            history,
-            &ToolMap::default(),
-            send_reasoning,
-        ))
-        .unwrap()
+        serde_json::to_value(to_messages(None, history, send_reasoning)).unwrap()
     }
 
     #[test]

@@ -114,7 +114,6 @@ impl ChatRequest {
         let messages = to_messages(
             request.instructions.as_deref(),
             history,
-            tools,
             options.send_reasoning,
         );
         // `max_tool_calls: 0` leaves the model nothing to call; with 1, one
@@ -142,7 +141,7 @@ impl ChatRequest {
             tool_choice: if no_calls {
                 None
             } else {
-                tools.chat_tool_choice(request.tool_choice.as_ref())?
+                tools.chat_tool_choice()
             },
             parallel_tool_calls: parallel.filter(|_| !offered.is_empty()),
             tools: offered,

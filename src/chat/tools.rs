@@ -240,16 +240,19 @@ impl ToolMap {
     }
 
     /// `tool_choice` for the backend (already resolved by [`ToolMap::new`]).
-    pub fn chat_tool_choice(&self, _requested: Option<&Value>) -> Result<Option<Value>, ApiError> {
-        if self.chat_tools().is_empty() {
-            return Ok(None);
+    pub fn chat_tool_choice(&self) -> Option<Value> {
+        if self.is_empty() {
+            return None;
         }
-        Ok(self.choice.clone())
+        self.choice.clone()
     }
 
     /// Whether no tool is offered to the model.
     pub fn is_empty(&self) -> bool {
-        self.chat_tools().is_empty()
+        match &self.allowed {
+            Some(allowed) => allowed.is_empty(),
+            None => self.functions.is_empty(),
+        }
     }
 
     /// What a function name the backend used stands for.
@@ -330,7 +333,7 @@ mod tests {
                             "tools": [{"type": "function", "name": "get_weather"}]});
         let map = ToolMap::new(&tools(), Some(&choice)).unwrap();
         assert_eq!(map.chat_tools().len(), 1);
-        assert_eq!(map.chat_tool_choice(None).unwrap(), Some(json!("required")));
+        assert_eq!(map.chat_tool_choice(), Some(json!("required")));
     }
 
     #[test]
@@ -338,7 +341,7 @@ mod tests {
         let choice = json!({"type": "function", "name": "get_weather"});
         let map = ToolMap::new(&tools(), Some(&choice)).unwrap();
         assert_eq!(
-            map.chat_tool_choice(None).unwrap(),
+            map.chat_tool_choice(),
             Some(json!({"type": "function", "function": {"name": "get_weather"}}))
         );
         let unknown = json!({"type": "function", "name": "nope"});
