@@ -16,6 +16,22 @@ async fn create(h: &Harness, body: Value) -> Value {
     response
 }
 
+/// The response can be neither read, listed nor continued.
+async fn assert_gone(h: &Harness, id: &str) {
+    let (status, body) = h.get(&format!("/v1/responses/{id}")).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = h.get(&format!("/v1/responses/{id}/input_items")).await;
+    assert_eq!(status, 404);
+    let (status, body) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "x", "previous_response_id": id}),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["param"], "previous_response_id");
+}
+
 fn id(response: &Value) -> String {
     response["id"].as_str().expect("an id").to_owned()
 }
@@ -361,18 +377,7 @@ async fn store_false_writes_nothing_and_cannot_be_continued() {
     assert!(stored_values(h.server.store_path()).is_empty());
 
     let id = id(&response);
-    let (status, body) = h.get(&format!("/v1/responses/{id}")).await;
-    assert_eq!(status, 404, "{body}");
-    let (status, _) = h.get(&format!("/v1/responses/{id}/input_items")).await;
-    assert_eq!(status, 404);
-    let (status, body) = h
-        .post(
-            "/v1/responses",
-            &json!({"model": "m", "input": "x", "previous_response_id": id}),
-        )
-        .await;
-    assert_eq!(status, 404, "{body}");
-    assert_eq!(body["error"]["param"], "previous_response_id");
+    assert_gone(&h, &id).await;
 
     // store:false may still continue a stored response, without saving itself.
     let stored = create(&h, json!({"model": "m", "input": "kept"})).await;
@@ -414,18 +419,7 @@ async fn responses_expire_after_their_ttl() {
     // Expiry counts whole seconds: a one-second TTL keeps a response for one
     // to two seconds, so two seconds later it is gone.
     tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
-    let (status, body) = h.get(&format!("/v1/responses/{id}")).await;
-    assert_eq!(status, 404, "{body}");
-    let (status, _) = h.get(&format!("/v1/responses/{id}/input_items")).await;
-    assert_eq!(status, 404);
-    let (status, body) = h
-        .post(
-            "/v1/responses",
-            &json!({"model": "m", "input": "x", "previous_response_id": id}),
-        )
-        .await;
-    assert_eq!(status, 404, "{body}");
-    assert_eq!(body["error"]["param"], "previous_response_id");
+    assert_gone(&h, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
