@@ -62,7 +62,7 @@ const USAGE: &str = "usage: bench [--quick] [--json PATH]
                target/bench-quick/ unless --json is given
   --json PATH  write the JSON results to PATH (markdown beside it, .md)
 
-Needs the component: cargo build -p edge-responses --target wasm32-wasip2 --profile component";
+Builds the component first (cargo build -p edge-responses --target wasm32-wasip2 --profile component).";
 
 fn main() -> ExitCode {
     match run() {
@@ -150,10 +150,35 @@ impl Plan {
     }
 }
 
+/// Builds the component (a no-op when it is up to date), so the bench runs
+/// from a clean clone with one command and always measures current code.
+fn build_component(root: &Path) -> anyhow::Result<()> {
+    progress(&format!("building the component: {BUILD_COMMAND}"));
+    // Best effort: the target may already be there, or rustup absent.
+    let _ = std::process::Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .current_dir(root)
+        .stdout(std::process::Stdio::null())
+        .status();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(BUILD_COMMAND.split_whitespace().skip(1))
+        .current_dir(root)
+        .status()
+        .context("running cargo to build the component")?;
+    if !status.success() {
+        bail!("building the component failed: {BUILD_COMMAND}");
+    }
+    Ok(())
+}
+
 fn run() -> anyhow::Result<()> {
     let options = Options::parse(std::env::args().skip(1))?;
     let root = workspace_root();
     let component = root.join(DEFAULT_COMPONENT);
+    if !options.compile_only {
+        build_component(&root)?;
+    }
     if !component.is_file() {
         bail!(
             "{} is missing; build the component first:\n\n    {BUILD_COMMAND}\n",
