@@ -68,7 +68,23 @@ pub struct Turn {
 #[derive(Debug, Clone)]
 pub struct Conversation {
     pub pointer: Pointer,
-    pub turns: Vec<Turn>,
+    pub turns: Vec<TurnItems>,
+}
+
+/// What replaying a stored turn needs: its input, and its response's id and
+/// output. Reading only these skips the rest of each stored Response, which
+/// is most of the work of a deep replay.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TurnItems {
+    pub input: Vec<Item>,
+    pub response: TurnOutput,
+}
+
+/// The id and output of a stored response.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TurnOutput {
+    pub id: String,
+    pub output: Vec<Item>,
 }
 
 impl Conversation {
@@ -156,7 +172,10 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
     }
 
     /// Reads the slots of `segments` with one batch read and parses the turns.
-    fn read_turns(&self, segments: &[Segment]) -> Result<Vec<Turn>, ApiError> {
+    fn read_turns<T: serde::de::DeserializeOwned>(
+        &self,
+        segments: &[Segment],
+    ) -> Result<Vec<T>, ApiError> {
         let keys: Vec<String> = segments
             .iter()
             .flat_map(|s| (s.start..s.end).map(move |slot| (s.thread.as_str(), slot)))
@@ -173,7 +192,7 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
             bytes.extend_from_slice(&value);
         }
         serde_json::Deserializer::from_slice(&bytes)
-            .into_iter::<Turn>()
+            .into_iter::<T>()
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ApiError::server(format!("Stored conversation is unreadable: {e}")))
     }
