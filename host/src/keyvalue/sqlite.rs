@@ -7,7 +7,7 @@
 //! blocking thread pool.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -69,6 +69,61 @@ pub enum SwapOutcome {
     Changed(Option<Vec<u8>>),
 }
 
+/// How often the write-ahead log is folded back into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// A connection in WAL mode whose writes never checkpoint: that work (and its
+/// `fsync`) would otherwise land on whichever request crosses the
+/// threshold. [`Checkpointer`] does it off the request path.
+fn open_connection(path: &Path) -> StoreResult<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    Ok(conn)
+}
+
+/// Checkpoints the write-ahead log on its own thread until dropped.
+struct Checkpointer {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> StoreResult<Self> {
+        let conn = open_connection(path)?;
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-checkpoint".to_owned())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    if let Err(err) =
+                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::debug!("checkpointing the key-value store failed: {err}");
+                    }
+                }
+            })
+            .map_err(|err| StoreError(format!("starting the checkpoint thread: {err}")))?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A SQLite database file holding the values of every key-value store.
 pub struct SqliteStore {
     path: PathBuf,
@@ -76,6 +131,7 @@ pub struct SqliteStore {
     /// Writers take turns here rather than in SQLite's busy handler, which
     /// sleeps, and each holds a pooled connection instead of opening one.
     writer: Mutex<()>,
+    _checkpointer: Checkpointer,
 }
 
 impl SqliteStore {
@@ -86,13 +142,14 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|err| StoreError(format!("creating {}: {err}", dir.display())))?;
         }
+        let conn = open_connection(path)?;
+        conn.execute(SCHEMA, [])?;
         let store = Self {
             path: path.to_owned(),
             idle: Mutex::new(Vec::new()),
             writer: Mutex::new(()),
+            _checkpointer: Checkpointer::start(path)?,
         };
-        let conn = store.connect()?;
-        conn.execute(SCHEMA, [])?;
         store.release(conn);
         Ok(store)
     }
@@ -287,11 +344,7 @@ impl SqliteStore {
     }
 
     fn connect(&self) -> StoreResult<Connection> {
-        let conn = Connection::open(&self.path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        Ok(conn)
+        open_connection(&self.path)
     }
 }
 
