@@ -195,14 +195,17 @@ impl<K: Kv, B: Backend> Service<K, B> {
             .unwrap_or_default()
     }
 
+    /// The caller's stored turn of response `id`, or 404.
+    fn stored_turn(&self, api_key: Option<&str>, id: &str) -> Result<Turn, ApiError> {
+        let tenant = self.tenant(api_key)?;
+        self.store(&tenant)
+            .turn(id, now())?
+            .ok_or_else(|| missing(id))
+    }
+
     /// `GET /v1/responses/{id}`.
     pub fn get(&self, api_key: Option<&str>, id: &str) -> Result<Response, ApiError> {
-        let tenant = self.tenant(api_key)?;
-        let turn = self
-            .store(&tenant)
-            .turn(id, now())?
-            .ok_or_else(|| missing(id))?;
-        Ok(turn.response)
+        Ok(self.stored_turn(api_key, id)?.response)
     }
 
     /// `DELETE /v1/responses/{id}`.
@@ -221,12 +224,7 @@ impl<K: Kv, B: Backend> Service<K, B> {
         id: &str,
         query: &ListQuery,
     ) -> Result<Value, ApiError> {
-        let tenant = self.tenant(api_key)?;
-        let turn = self
-            .store(&tenant)
-            .turn(id, now())?
-            .ok_or_else(|| missing(id))?;
-        page(turn.input, query)
+        page(self.stored_turn(api_key, id)?.input, query)
     }
 
     /// `GET /v1/models`, passed through from the backend.

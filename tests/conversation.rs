@@ -16,6 +16,15 @@ async fn create(h: &Harness, body: Value) -> Value {
     response
 }
 
+/// A create request continuing `previous`, if any.
+fn chain_request(input: impl Into<Value>, previous: Option<&str>) -> Value {
+    let mut request = json!({"model": "m", "input": input.into()});
+    if let Some(previous) = previous {
+        request["previous_response_id"] = json!(previous);
+    }
+    request
+}
+
 /// The response can be neither read, listed nor continued.
 async fn assert_gone(h: &Harness, id: &str) {
     let (status, body) = h.get(&format!("/v1/responses/{id}")).await;
@@ -153,10 +162,7 @@ async fn chains_of_any_depth_replay_every_turn() {
     let h = Harness::start().await;
     let mut previous: Option<String> = None;
     for turn in 0..15 {
-        let mut request = json!({"model": "m", "input": format!("turn {turn}")});
-        if let Some(previous) = &previous {
-            request["previous_response_id"] = json!(previous);
-        }
+        let request = chain_request(format!("turn {turn}"), previous.as_deref());
         let response = create(&h, request).await;
         let sent = messages(&h);
         assert_eq!(sent.len(), 2 * turn + 1, "turn {turn}");
@@ -213,10 +219,7 @@ async fn continuation_cost(depth: usize) -> KvStats {
     let h = Harness::start().await;
     let mut previous: Option<String> = None;
     for turn in 0..depth {
-        let mut request = json!({"model": "m", "input": format!("message number {turn}")});
-        if let Some(previous) = &previous {
-            request["previous_response_id"] = json!(previous);
-        }
+        let request = chain_request(format!("message number {turn}"), previous.as_deref());
         previous = Some(id(&create(&h, request).await));
     }
     let before = h.server.kv_stats();
@@ -260,10 +263,7 @@ async fn stored_bytes_grow_linearly() {
     let mut previous: Option<String> = None;
     let mut sizes = Vec::new();
     for turn in 1..=40 {
-        let mut request = json!({"model": "m", "input": format!("message number {turn:03}")});
-        if let Some(previous) = &previous {
-            request["previous_response_id"] = json!(previous);
-        }
+        let request = chain_request(format!("message number {turn:03}"), previous.as_deref());
         previous = Some(id(&create(&h, request).await));
         if turn == 10 || turn == 40 {
             sizes.push(total(&h));
@@ -325,10 +325,7 @@ async fn readable_and_continuable_as_soon_as_the_request_returns() {
     let h = Harness::start().await;
     let mut previous: Option<String> = None;
     for turn in 0..5 {
-        let mut request = json!({"model": "m", "input": format!("t{turn}")});
-        if let Some(previous) = &previous {
-            request["previous_response_id"] = json!(previous);
-        }
+        let request = chain_request(format!("t{turn}"), previous.as_deref());
         let created = create(&h, request).await;
         let id = id(&created);
         // No waiting: the very next requests see it.
