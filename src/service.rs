@@ -11,15 +11,15 @@
 use serde_json::{json, Value};
 
 use crate::api::items::{Item, Status};
-use crate::api::request::CreateRequest;
+use crate::api::request::{CreateRequest, Input};
 use crate::api::response::Response;
 use crate::auth;
 use crate::backend::{status_error, Backend, BodyStream};
-use crate::chat::{BackendOptions, ChatChunk, ChatRequest, ToolMap};
+use crate::chat::{ChatChunk, ChatRequest, Rendered, ToolMap};
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::ids::{new_id, now};
-use crate::store::{find_item, Kv, Pointer, ResponseStore, Turn};
+use crate::store::{find_item, Conversation, KeptChat, Kv, Pointer, ResponseStore, Turn};
 use crate::stream::events::{Event, DONE_FRAME};
 use crate::stream::sse::{SseData, SseReader};
 use crate::stream::EventStream;
@@ -103,35 +103,44 @@ impl<K: Kv, B: Backend> Service<K, B> {
         let tenant = self.tenant(api_key)?;
         let request = CreateRequest::parse(body)?;
         let store = self.store(&tenant);
-        let (mut history, parent) = match &request.previous_response_id {
-            Some(id) => {
-                let conversation = store
-                    .conversation(id, now())
-                    .and_then(|found| {
-                        found.ok_or_else(|| {
-                            ApiError::not_found(format!(
-                                "Previous response with id '{id}' not found."
-                            ))
-                        })
-                    })
-                    .map_err(|e| match e.status {
-                        404 => e.with_param("previous_response_id"),
-                        _ => e,
-                    })?;
-                (conversation.items(), Some(conversation.pointer))
-            }
-            None => (Vec::new(), None),
+        let conversation = match &request.previous_response_id {
+            Some(id) => Some(self.previous(&store, id)?),
+            None => None,
+        };
+        let parent = conversation.as_ref().map(|c| c.pointer.clone());
+        let send_reasoning = self.settings.backend_reasoning;
+        // References are resolved against the conversation's items; without
+        // them the items are only read if the turns kept no messages.
+        let references = request.input.as_ref().is_some_and(Input::has_references);
+        let mut history = match &conversation {
+            Some(conversation) if references => conversation.items()?,
+            _ => Vec::new(),
         };
         let input = prepare_input(request.input.clone(), &history, &store)?;
-        history.extend(input.iter().cloned());
+        let rendered = Rendered::new(&input, send_reasoning);
+        let kept = match &conversation {
+            None => Some(Vec::new()),
+            Some(_) if rendered.leading_call => None,
+            Some(conversation) => conversation.kept_chat(send_reasoning)?,
+        };
+        let (kept, rendered) = match (kept, conversation) {
+            (Some(kept), _) => (kept, rendered.messages),
+            (None, conversation) => {
+                if history.is_empty() {
+                    history = conversation
+                        .map(|c| c.items())
+                        .transpose()?
+                        .unwrap_or_default();
+                }
+                history.extend(input.iter().cloned());
+                (Vec::new(), Rendered::new(&history, send_reasoning).messages)
+            }
+        };
         let tools = ToolMap::new(
             request.tools.as_deref().unwrap_or_default(),
             request.tool_choice.as_ref(),
         )?;
-        let options = BackendOptions {
-            send_reasoning: self.settings.backend_reasoning,
-        };
-        let chat = ChatRequest::build(&request, &history, &tools, options)?;
+        let chat = ChatRequest::build(&request, kept, rendered, &tools)?;
         let payload = serde_json::to_vec(&chat)
             .map_err(|e| ApiError::server(format!("Backend request could not be encoded: {e}")))?;
         let url = format!("{}/chat/completions", self.settings.backend_url);
@@ -172,6 +181,22 @@ impl<K: Kv, B: Backend> Service<K, B> {
             max_tool_calls: request.max_tool_calls,
             calls_seen: Default::default(),
         })
+    }
+
+    /// The stored conversation `previous_response_id` names, or 404 on that
+    /// parameter.
+    fn previous(&self, store: &ResponseStore<'_, K>, id: &str) -> Result<Conversation, ApiError> {
+        store
+            .conversation(id, now())
+            .and_then(|found| {
+                found.ok_or_else(|| {
+                    ApiError::not_found(format!("Previous response with id '{id}' not found."))
+                })
+            })
+            .map_err(|e| match e.status {
+                404 => e.with_param("previous_response_id"),
+                _ => e,
+            })
     }
 
     /// A non-streaming create: the finished Response, or the error that
@@ -277,6 +302,26 @@ fn prepare_input<K: Kv>(
         out.push(with_id(item));
     }
     Ok(out)
+}
+
+/// The chat messages `turn` renders to, kept with it when they read the
+/// same whatever turns come before and after.
+fn kept_chat(turn: &Turn, send_reasoning: bool) -> Result<Option<KeptChat>, ApiError> {
+    let items = turn.input.iter().chain(&turn.response.output);
+    let rendered = Rendered::new(items, send_reasoning);
+    if !rendered.self_contained() {
+        return Ok(None);
+    }
+    let messages = rendered
+        .messages
+        .iter()
+        .map(serde_json::value::to_raw_value)
+        .collect::<Result<_, _>>()
+        .map_err(|e| ApiError::server(format!("Chat messages could not be encoded: {e}")))?;
+    Ok(Some(KeptChat {
+        reasoning: send_reasoning,
+        messages,
+    }))
 }
 
 /// Gives an input item the id and status a stored item has.
@@ -490,8 +535,10 @@ impl<K: Kv, B: Backend> Exchange<'_, K, B> {
             response: self.stream.response().clone(),
             input: self.input.clone(),
         };
+        let chat = kept_chat(&turn, settings.backend_reasoning)?;
         ResponseStore::new(&self.service.kv, &self.tenant).save(
             &turn,
+            chat.as_ref(),
             self.parent.as_ref(),
             expires_at,
         )

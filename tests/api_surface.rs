@@ -839,7 +839,13 @@ async fn codex_style_stateless_request() {
     let body = sent(&h);
     assert_eq!(body["prompt_cache_key"], "conv-123");
     assert_eq!(body["reasoning_effort"], "medium");
-    assert_eq!(body["messages"].as_array().unwrap().len(), 6, "{body}");
+    // The commentary and the patch call it announces are one assistant
+    // message; the reasoning before them is not passed on.
+    let messages = body["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 5, "{body}");
+    assert_eq!(messages[3]["content"], "Looking.");
+    assert_eq!(messages[3]["tool_calls"][0]["id"], "call_1");
+    assert!(messages[3].get("reasoning_content").is_none());
     let delta = h.server.kv_stats().since(&before);
     assert_eq!(
         delta.set + delta.set_many + delta.increment,

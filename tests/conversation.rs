@@ -452,6 +452,42 @@ async fn earlier_reasoning_reaches_a_backend_that_takes_it() {
     );
 }
 
+/// Turns keep their chat messages so a replay need not re-read their items;
+/// where the kept messages would read differently from the items (a call
+/// that joins the answer before it, another reasoning setting), the replay
+/// renders the items instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_read_the_same_whether_kept_or_rendered() {
+    let h = Harness::start().await;
+    h.backend.push(Reply::text("Let me look.").reasoning("Use the tool."));
+    let first = create(&h, chain_request("Find it.", None)).await;
+    // The client replays the call it made itself after the stored answer.
+    let input = json!([
+        {"type": "function_call", "call_id": "c1", "name": "find", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "found"},
+    ]);
+    let second = create(&h, chain_request(input, Some(&id(&first)))).await;
+    let answer = json!({"role": "assistant", "content": "Let me look.", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "find", "arguments": "{}"}}]});
+    let tool = json!({"role": "tool", "content": "found", "tool_call_id": "c1"});
+    assert_eq!(
+        messages(&h),
+        [json!({"role": "user", "content": "Find it."}), answer.clone(), tool.clone()]
+    );
+    create(&h, chain_request("Thanks.", Some(&id(&second)))).await;
+    let third = messages(&h);
+    assert_eq!(third[1], answer);
+    assert_eq!(third[2], tool);
+
+    // Another reasoning setting: the earlier turns are rendered again.
+    let h = h.restart_with(&[("backend_reasoning", "true")]).await;
+    create(&h, chain_request("Bye.", Some(&id(&second)))).await;
+    let mut with_reasoning = answer.clone();
+    with_reasoning["reasoning_content"] = json!("Use the tool.");
+    assert_eq!(messages(&h)[1], with_reasoning);
+    assert_eq!(messages(&h).len(), 5, "{:?}", messages(&h));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_response_in_a_chain() {
     let h = Harness::start().await;

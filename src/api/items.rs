@@ -8,8 +8,10 @@
 //! Producing is strict: every item we emit carries `id` and `status`, and
 //! `output_text` parts always carry `annotations` and `logprobs`.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// One conversation item.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -284,28 +286,78 @@ impl Item {
 
 impl<'de> Deserialize<'de> for Item {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let value = Value::deserialize(deserializer)?;
-        let kind = match value.get("type") {
+        deserializer.deserialize_map(ItemVisitor)
+    }
+}
+
+/// Reads an item straight into its type when `type` is its first field,
+/// which holds for everything this server stores and for what the OpenAI
+/// SDKs send; any other order is buffered first.
+struct ItemVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ItemVisitor {
+    type Value = Item;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an item object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Item, A::Error> {
+        let Some(first) = map.next_key::<Cow<'de, str>>()? else {
+            return Item::from_fields(Map::new());
+        };
+        if first != "type" {
+            let mut fields = Map::new();
+            fields.insert(first.into_owned(), map.next_value()?);
+            while let Some((key, value)) = map.next_entry::<String, Value>()? {
+                fields.insert(key, value);
+            }
+            return Item::from_fields(fields);
+        }
+        let kind = map.next_value::<Cow<'de, str>>()?;
+        let rest = serde::de::value::MapAccessDeserializer::new(map);
+        Ok(match kind.as_ref() {
+            "message" => Item::Message(Message::deserialize(rest)?),
+            "function_call" => Item::FunctionCall(FunctionCall::deserialize(rest)?),
+            "function_call_output" => {
+                Item::FunctionCallOutput(FunctionCallOutput::deserialize(rest)?)
+            }
+            "custom_tool_call" => Item::CustomToolCall(CustomToolCall::deserialize(rest)?),
+            "custom_tool_call_output" => {
+                Item::CustomToolCallOutput(CustomToolCallOutput::deserialize(rest)?)
+            }
+            "reasoning" => Item::Reasoning(Reasoning::deserialize(rest)?),
+            "item_reference" => Item::ItemReference(ItemReference::deserialize(rest)?),
+            _ => {
+                let mut fields = Map::deserialize(rest)?;
+                fields.insert("type".to_owned(), Value::String(kind.into_owned()));
+                Item::Other(Value::Object(fields))
+            }
+        })
+    }
+}
+
+impl Item {
+    /// An item from its fields in any order: `type` decides the kind, and a
+    /// message may come without one (the Chat Completions habit).
+    fn from_fields<E: serde::de::Error>(fields: Map<String, Value>) -> Result<Item, E> {
+        let kind = match fields.get("type") {
             Some(Value::String(kind)) => kind.clone(),
-            Some(_) => return Err(D::Error::custom("item `type` must be a string")),
-            // Messages may come without `type` (the Chat Completions habit).
-            None if value.get("role").is_some() => "message".to_owned(),
-            None => return Err(D::Error::custom("item has neither `type` nor `role`")),
+            Some(_) => return Err(E::custom("item `type` must be a string")),
+            None if fields.contains_key("role") => "message".to_owned(),
+            None => return Err(E::custom("item has neither `type` nor `role`")),
         };
-        let typed = |v: Value| -> Result<Item, D::Error> {
-            Ok(match kind.as_str() {
-                "message" => Item::Message(from(v)?),
-                "function_call" => Item::FunctionCall(from(v)?),
-                "function_call_output" => Item::FunctionCallOutput(from(v)?),
-                "custom_tool_call" => Item::CustomToolCall(from(v)?),
-                "custom_tool_call_output" => Item::CustomToolCallOutput(from(v)?),
-                "reasoning" => Item::Reasoning(from(v)?),
-                "item_reference" => Item::ItemReference(from(v)?),
-                _ => Item::Other(v),
-            })
-        };
-        typed(value)
+        let value = Value::Object(fields);
+        Ok(match kind.as_str() {
+            "message" => Item::Message(from(value)?),
+            "function_call" => Item::FunctionCall(from(value)?),
+            "function_call_output" => Item::FunctionCallOutput(from(value)?),
+            "custom_tool_call" => Item::CustomToolCall(from(value)?),
+            "custom_tool_call_output" => Item::CustomToolCallOutput(from(value)?),
+            "reasoning" => Item::Reasoning(from(value)?),
+            "item_reference" => Item::ItemReference(from(value)?),
+            _ => Item::Other(value),
+        })
     }
 }
 
@@ -316,26 +368,48 @@ fn from<T: serde::de::DeserializeOwned, E: serde::de::Error>(value: Value) -> Re
 /// Message content arrives as a string or as a list of parts.
 mod content {
     use super::ContentPart;
-    use serde::de::Error;
-    use serde::{Deserialize, Deserializer};
-    use serde_json::Value;
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::Deserializer;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ContentPart>, D::Error> {
-        match Value::deserialize(d)? {
-            // The role decides input_text vs output_text; see `Message::normalize`.
-            Value::String(text) => Ok(vec![ContentPart::InputText { text }]),
-            Value::Array(parts) => parts
-                .into_iter()
-                .enumerate()
-                .map(|(j, part)| {
-                    serde_json::from_value(part)
-                        .map_err(|e| D::Error::custom(format!("content[{j}]: {e}")))
-                })
-                .collect(),
-            Value::Null => Ok(Vec::new()),
-            _ => Err(D::Error::custom(
-                "`content` must be a string or a list of content parts",
-            )),
+        d.deserialize_any(ContentVisitor)
+    }
+
+    struct ContentVisitor;
+
+    impl<'de> Visitor<'de> for ContentVisitor {
+        type Value = Vec<ContentPart>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string or a list of content parts")
+        }
+
+        // The role decides input_text vs output_text; see `Message::normalize`.
+        fn visit_str<E: Error>(self, text: &str) -> Result<Self::Value, E> {
+            self.visit_string(text.to_owned())
+        }
+
+        fn visit_string<E: Error>(self, text: String) -> Result<Self::Value, E> {
+            Ok(vec![ContentPart::InputText { text }])
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut parts = Vec::with_capacity(seq.size_hint().unwrap_or(1));
+            while let Some(part) = seq
+                .next_element()
+                .map_err(|e| A::Error::custom(format!("content[{}]: {e}", parts.len())))?
+            {
+                parts.push(part);
+            }
+            Ok(parts)
+        }
+
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
         }
     }
 }
@@ -449,5 +523,37 @@ mod tests {
         let v = serde_json::to_value(&item).unwrap();
         assert_eq!(v["type"], "function_call");
         assert_eq!(serde_json::from_value::<Item>(v).unwrap(), item);
+    }
+
+    #[test]
+    fn field_order_does_not_matter() {
+        let first = r#"{"type":"function_call","call_id":"c","name":"f","arguments":"{}","x":1}"#;
+        let last = r#"{"call_id":"c","name":"f","arguments":"{}","x":1,"type":"function_call"}"#;
+        let first: Item = serde_json::from_str(first).unwrap();
+        assert!(matches!(&first, Item::FunctionCall(c) if c.name == "f"));
+        assert_eq!(serde_json::from_str::<Item>(last).unwrap(), first);
+        let unknown = r#"{"type":"web_search_call","id":"ws_1","action":{"query":"q"}}"#;
+        assert_eq!(
+            serde_json::from_str::<Item>(unknown).unwrap(),
+            Item::Other(serde_json::from_str(unknown).unwrap())
+        );
+    }
+
+    #[test]
+    fn malformed_items_are_errors() {
+        for bad in [
+            r#"{"type":5,"role":"user","content":"x"}"#,
+            r#"{"role":"user","type":5,"content":"x"}"#,
+            r#"{"content":"x"}"#,
+            r#"{}"#,
+            r#"{"type":"message","role":"user","content":5}"#,
+            r#"{"type":"message","role":"user","content":[{"type":"input_text"}]}"#,
+            r#""message""#,
+        ] {
+            assert!(serde_json::from_str::<Item>(bad).is_err(), "{bad}");
+        }
+        let empty: Item =
+            serde_json::from_str(r#"{"type":"message","role":"user","content":null}"#).unwrap();
+        assert!(matches!(empty, Item::Message(m) if m.content.is_empty()));
     }
 }

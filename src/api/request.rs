@@ -83,6 +83,14 @@ impl Input {
             Input::Items(items) => items,
         }
     }
+
+    /// Whether the input refers to stored items by id.
+    pub fn has_references(&self) -> bool {
+        match self {
+            Input::Text(_) => false,
+            Input::Items(items) => items.iter().any(|i| matches!(i, Item::ItemReference(_))),
+        }
+    }
 }
 
 impl CreateRequest {

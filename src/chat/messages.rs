@@ -2,9 +2,12 @@
 //!
 //! Function calls that follow an assistant message (or each other) are merged
 //! into that assistant message's `tool_calls`, which is the shape chat
-//! templates expect; tool outputs become `tool` messages; reasoning is passed
-//! on as `reasoning_content` of the next assistant message when the backend
-//! takes it, and dropped otherwise.
+//! templates expect; tool outputs become `tool` messages; reasoning belongs
+//! to the next assistant message, as its `reasoning_content` when the
+//! backend takes it, and is dropped otherwise.
+//!
+//! [`Rendered`] also says whether a run of items renders the same on its own
+//! as among other items, which lets a stored turn keep its messages ready.
 
 use serde_json::{json, Value};
 
@@ -19,18 +22,74 @@ pub fn to_messages(
     send_reasoning: bool,
 ) -> Vec<ChatMessage> {
     let mut out = Vec::with_capacity(history.len() + 1);
-    if let Some(text) = instructions.filter(|t| !t.is_empty()) {
-        out.push(text_message("system", text.to_owned()));
+    out.extend(system_message(instructions));
+    out.extend(Rendered::new(history, send_reasoning).messages);
+    out
+}
+
+/// The `system` message for a request's instructions, if it has any.
+pub fn system_message(instructions: Option<&str>) -> Option<ChatMessage> {
+    instructions
+        .filter(|t| !t.is_empty())
+        .map(|text| text_message("system", text.to_owned()))
+}
+
+/// Items rendered as chat messages, with what decides whether the messages
+/// can be joined to the messages of neighbouring items unchanged.
+#[derive(Debug, Default)]
+pub struct Rendered {
+    pub messages: Vec<ChatMessage>,
+    /// A tool call opens the items; after an assistant message it would
+    /// have joined that message's `tool_calls`.
+    pub leading_call: bool,
+    /// Reasoning closes the items; it would have gone to the next
+    /// assistant message.
+    pub trailing_reasoning: bool,
+}
+
+impl Rendered {
+    /// Renders `items` on their own.
+    pub fn new<'i>(items: impl IntoIterator<Item = &'i Item>, send_reasoning: bool) -> Self {
+        let mut state = Transcript {
+            send_reasoning,
+            ..Transcript::default()
+        };
+        for item in items {
+            state.push(item);
+        }
+        Rendered {
+            trailing_reasoning: state.reasoning.is_some(),
+            leading_call: state.leading_call,
+            messages: state.out,
+        }
     }
-    let mut reasoning: Option<String> = None;
-    for item in history {
+
+    /// Whether these messages read the same on their own as after and
+    /// before any other rendered items.
+    pub fn self_contained(&self) -> bool {
+        !self.leading_call && !self.trailing_reasoning
+    }
+}
+
+/// The rendering state: messages so far, and reasoning waiting for the
+/// assistant message it belongs to.
+#[derive(Default)]
+struct Transcript {
+    out: Vec<ChatMessage>,
+    reasoning: Option<String>,
+    send_reasoning: bool,
+    leading_call: bool,
+}
+
+impl Transcript {
+    fn push(&mut self, item: &Item) {
         match item {
             Item::Message(message) => {
                 let mut chat = message_to_chat(message);
-                if chat.role == "assistant" && send_reasoning {
-                    chat.reasoning_content = reasoning.take();
+                if chat.role == "assistant" {
+                    chat.reasoning_content = self.reasoning.take().filter(|_| self.send_reasoning);
                 }
-                out.push(chat);
+                self.out.push(chat);
             }
             Item::FunctionCall(call) => {
                 let name = match &call.namespace {
@@ -42,36 +101,22 @@ pub fn to_messages(
                 } else {
                     call.arguments.clone()
                 };
-                push_tool_call(
-                    &mut out,
-                    &mut reasoning,
-                    send_reasoning,
-                    &call.call_id,
-                    name,
-                    arguments,
-                );
+                self.push_tool_call(&call.call_id, name, arguments);
             }
             Item::CustomToolCall(call) => {
                 let arguments = json!({ "input": call.input }).to_string();
-                push_tool_call(
-                    &mut out,
-                    &mut reasoning,
-                    send_reasoning,
-                    &call.call_id,
-                    call.name.clone(),
-                    arguments,
-                );
+                self.push_tool_call(&call.call_id, call.name.clone(), arguments);
             }
-            Item::FunctionCallOutput(output) => {
-                out.push(tool_message(&output.call_id, output.output.to_text()))
-            }
-            Item::CustomToolCallOutput(output) => {
-                out.push(tool_message(&output.call_id, output.output.to_text()))
-            }
+            Item::FunctionCallOutput(output) => self
+                .out
+                .push(tool_message(&output.call_id, output.output.to_text())),
+            Item::CustomToolCallOutput(output) => self
+                .out
+                .push(tool_message(&output.call_id, output.output.to_text())),
             Item::Reasoning(r) => {
                 let text = r.text();
                 if !text.is_empty() {
-                    reasoning = Some(match reasoning.take() {
+                    self.reasoning = Some(match self.reasoning.take() {
                         Some(prev) => format!("{prev}\n{text}"),
                         None => text,
                     });
@@ -82,38 +127,30 @@ pub fn to_messages(
             Item::ItemReference(_) | Item::Other(_) => {}
         }
     }
-    out
-}
 
-fn push_tool_call(
-    out: &mut Vec<ChatMessage>,
-    reasoning: &mut Option<String>,
-    send_reasoning: bool,
-    call_id: &str,
-    name: String,
-    arguments: String,
-) {
-    let call = ChatToolCall {
-        id: call_id.to_owned(),
-        kind: "function",
-        function: ChatFunction { name, arguments },
-    };
-    match out.last_mut() {
-        Some(last) if last.role == "assistant" && reasoning.is_none() => last.tool_calls.push(call),
-        _ => {
-            let mut message = ChatMessage {
-                role: "assistant",
-                content: None,
-                tool_calls: vec![call],
-                tool_call_id: None,
-                reasoning_content: None,
-            };
-            if send_reasoning {
-                message.reasoning_content = reasoning.take();
-            } else {
-                reasoning.take();
+    fn push_tool_call(&mut self, call_id: &str, name: String, arguments: String) {
+        let call = ChatToolCall {
+            id: call_id.to_owned(),
+            kind: "function",
+            function: ChatFunction { name, arguments },
+        };
+        if self.out.is_empty() && self.reasoning.is_none() {
+            self.leading_call = true;
+        }
+        match self.out.last_mut() {
+            Some(last) if last.role == "assistant" && self.reasoning.is_none() => {
+                last.tool_calls.push(call)
             }
-            out.push(message);
+            _ => {
+                let reasoning = self.reasoning.take();
+                self.out.push(ChatMessage {
+                    role: "assistant",
+                    content: None,
+                    tool_calls: vec![call],
+                    tool_call_id: None,
+                    reasoning_content: reasoning.filter(|_| self.send_reasoning),
+                });
+            }
         }
     }
 }
@@ -258,5 +295,70 @@ mod tests {
             "{\"input\":\"*** Begin Patch\"}"
         );
         assert_eq!(v[1]["role"], "tool");
+    }
+
+    #[test]
+    fn reasoning_before_a_message_does_not_split_its_tool_calls() {
+        let history = items(json!([
+            {"type": "reasoning", "summary": [{"type": "summary_text", "text": "plan"}]},
+            {"type": "message", "role": "assistant", "content": "Checking."},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        ]));
+        for send_reasoning in [false, true] {
+            let v = chat(&history, send_reasoning);
+            assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+            assert_eq!(v[0]["tool_calls"][0]["id"], "c1");
+        }
+    }
+
+    /// Splitting a conversation into runs whose renderings are each
+    /// self-contained (the last one only needs no leading call) and joining
+    /// those renderings gives the rendering of the whole.
+    #[test]
+    fn self_contained_runs_join_into_the_whole() {
+        let conversation = items(json!([
+            {"role": "user", "content": "q1"},
+            {"type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": "r1"}]},
+            {"type": "message", "role": "assistant", "content": "a1"},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "o1"},
+            {"type": "reasoning", "summary": [{"type": "summary_text", "text": "r2"}]},
+            {"type": "function_call", "call_id": "c2", "name": "g", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c2", "output": "o2"},
+            {"type": "message", "role": "assistant", "content": "a2"},
+            {"type": "custom_tool_call", "call_id": "c3", "name": "h", "input": "x"},
+            {"type": "custom_tool_call_output", "call_id": "c3", "output": "o3"},
+            {"type": "web_search_call", "id": "ws"},
+            {"type": "reasoning", "summary": [{"type": "summary_text", "text": "r3"}]},
+            {"role": "user", "content": "q2"},
+            {"type": "message", "role": "assistant", "content": "a3"},
+        ]));
+        let mut joined_checks = 0;
+        for send_reasoning in [false, true] {
+            let whole = to_messages(None, &conversation, send_reasoning);
+            // Every way of cutting the conversation in three.
+            for i in 0..=conversation.len() {
+                for j in i..=conversation.len() {
+                    let runs = [
+                        &conversation[..i],
+                        &conversation[i..j],
+                        &conversation[j..],
+                    ];
+                    let rendered: Vec<Rendered> = runs
+                        .iter()
+                        .map(|run| Rendered::new(*run, send_reasoning))
+                        .collect();
+                    let joinable = rendered[..2].iter().all(Rendered::self_contained)
+                        && !rendered[2].leading_call;
+                    if joinable {
+                        let joined: Vec<ChatMessage> =
+                            rendered.into_iter().flat_map(|r| r.messages).collect();
+                        assert_eq!(joined, whole, "cut at {i} and {j}");
+                        joined_checks += 1;
+                    }
+                }
+            }
+        }
+        assert!(joined_checks > 20, "only {joined_checks} joinable cuts");
     }
 }

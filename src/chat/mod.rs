@@ -9,13 +9,13 @@
 mod messages;
 mod tools;
 
-pub use messages::to_messages;
+pub use messages::{to_messages, Rendered};
 pub use tools::{ToolKind, ToolMap};
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::api::items::Item;
 use crate::api::request::CreateRequest;
 use crate::error::ApiError;
 
@@ -23,7 +23,7 @@ use crate::error::ApiError;
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatRequest {
     pub model: String,
-    pub messages: Vec<ChatMessage>,
+    pub messages: ChatMessages,
     pub stream: bool,
     pub stream_options: Value,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -56,6 +56,43 @@ pub struct ChatRequest {
     pub prompt_cache_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service_tier: Option<String>,
+}
+
+/// The messages of a chat request: the system message, the messages kept
+/// with earlier turns (passed on as stored), then the messages rendered for
+/// this request.
+#[derive(Debug, Clone, Default)]
+pub struct ChatMessages {
+    pub system: Option<ChatMessage>,
+    pub kept: Vec<Box<RawValue>>,
+    pub rendered: Vec<ChatMessage>,
+}
+
+impl ChatMessages {
+    pub fn len(&self) -> usize {
+        usize::from(self.system.is_some()) + self.kept.len() + self.rendered.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Serialize for ChatMessages {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.len()))?;
+        if let Some(system) = &self.system {
+            seq.serialize_element(system)?;
+        }
+        for message in &self.kept {
+            seq.serialize_element(message)?;
+        }
+        for message in &self.rendered {
+            seq.serialize_element(message)?;
+        }
+        seq.end()
+    }
 }
 
 /// One chat message.
@@ -95,27 +132,21 @@ pub struct ChatFunction {
     pub arguments: String,
 }
 
-/// How the backend is asked.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BackendOptions {
-    /// Pass reasoning items of the history on as `reasoning_content`.
-    pub send_reasoning: bool,
-}
-
 impl ChatRequest {
-    /// The chat request for `request`, whose full conversation (earlier
-    /// turns and this request's input, item references resolved) is `history`.
+    /// The chat request for `request`. Its conversation is the messages
+    /// earlier turns `kept`, followed by the messages `rendered` now: the
+    /// whole conversation when nothing was kept, else this request's input.
     pub fn build(
         request: &CreateRequest,
-        history: &[Item],
+        kept: Vec<Box<RawValue>>,
+        rendered: Vec<ChatMessage>,
         tools: &ToolMap,
-        options: BackendOptions,
     ) -> Result<Self, ApiError> {
-        let messages = to_messages(
-            request.instructions.as_deref(),
-            history,
-            options.send_reasoning,
-        );
+        let messages = ChatMessages {
+            system: messages::system_message(request.instructions.as_deref()),
+            kept,
+            rendered,
+        };
         // `max_tool_calls: 0` leaves the model nothing to call; with 1, one
         // call at a time.
         let no_calls = request.max_tool_calls == Some(0);
@@ -363,8 +394,13 @@ mod tests {
         )
         .unwrap();
         let history = request.input.clone().unwrap().into_items();
-        let chat = ChatRequest::build(&request, &history, &ToolMap::default(), Default::default())
-            .unwrap();
+        let chat = ChatRequest::build(
+            &request,
+            Vec::new(),
+            to_messages(None, &history, false),
+            &ToolMap::default(),
+        )
+        .unwrap();
         let v = serde_json::to_value(&chat).unwrap();
         assert_eq!(
             v["messages"],

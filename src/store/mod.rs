@@ -24,8 +24,10 @@
 //! grow linearly with the conversation.
 
 mod kv;
+mod record;
 
 pub use kv::{Kv, KvError, MemoryKv};
+pub use record::KeptChat;
 
 use serde::{Deserialize, Serialize};
 
@@ -58,44 +60,54 @@ pub struct Pointer {
 }
 
 /// One response with the input items it was given.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Turn {
     pub response: Response,
     pub input: Vec<Item>,
 }
 
-/// A stored conversation up to and including a response.
+/// A stored conversation up to and including a response, as read: its
+/// turns are decoded on demand, in the form the caller needs.
 #[derive(Debug, Clone)]
 pub struct Conversation {
     pub pointer: Pointer,
-    pub turns: Vec<TurnItems>,
+    log: Vec<u8>,
 }
 
-/// What replaying a stored turn needs: its input, and its response's id and
-/// output. Reading only these skips the rest of each stored Response, which
-/// is most of the work of a deep replay.
-#[derive(Debug, Clone, Deserialize)]
+/// The id, input and output of a stored turn.
+#[derive(Debug, Clone)]
 pub struct TurnItems {
-    pub input: Vec<Item>,
-    pub response: TurnOutput,
-}
-
-/// The id and output of a stored response.
-#[derive(Debug, Clone, Deserialize)]
-pub struct TurnOutput {
     pub id: String,
+    pub input: Vec<Item>,
     pub output: Vec<Item>,
 }
 
 impl Conversation {
+    /// Every turn's id and items, oldest first.
+    pub fn turns(&self) -> Result<Vec<TurnItems>, ApiError> {
+        record::decode_items(&self.log)
+    }
+
     /// Every item of the conversation in order: each turn's input, then its
     /// output.
-    pub fn items(&self) -> Vec<Item> {
-        self.turns
-            .iter()
-            .flat_map(|t| t.input.iter().chain(t.response.output.iter()))
-            .cloned()
-            .collect()
+    pub fn items(&self) -> Result<Vec<Item>, ApiError> {
+        let turns = self.turns()?;
+        let mut items =
+            Vec::with_capacity(turns.iter().map(|t| t.input.len() + t.output.len()).sum());
+        for turn in turns {
+            items.extend(turn.input);
+            items.extend(turn.output);
+        }
+        Ok(items)
+    }
+
+    /// The chat messages every turn kept, in order, when all of them kept
+    /// messages rendered with this `reasoning` setting.
+    pub fn kept_chat(
+        &self,
+        reasoning: bool,
+    ) -> Result<Option<Vec<Box<serde_json::value::RawValue>>>, ApiError> {
+        record::decode_chat(&self.log, reasoning)
     }
 }
 
@@ -171,18 +183,15 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
         Ok(Some(pointer))
     }
 
-    /// Reads the slots of `segments` with one batch read and parses the turns.
-    fn read_turns<T: serde::de::DeserializeOwned>(
-        &self,
-        segments: &[Segment],
-    ) -> Result<Vec<T>, ApiError> {
+    /// Reads the slots of `segments` with one batch read, in order.
+    fn read_log(&self, segments: &[Segment]) -> Result<Vec<u8>, ApiError> {
         let keys: Vec<String> = segments
             .iter()
             .flat_map(|s| (s.start..s.end).map(move |slot| (s.thread.as_str(), slot)))
             .map(|(thread, slot)| self.slot_key(thread, slot))
             .collect();
         let values = self.kv.get_many(keys).map_err(storage)?;
-        let mut bytes = Vec::new();
+        let mut bytes = Vec::with_capacity(values.iter().flatten().map(Vec::len).sum());
         for value in values {
             let Some(value) = value else {
                 return Err(ApiError::not_found(
@@ -191,10 +200,7 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
             };
             bytes.extend_from_slice(&value);
         }
-        serde_json::Deserializer::from_slice(&bytes)
-            .into_iter::<T>()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ApiError::server(format!("Stored conversation is unreadable: {e}")))
+        Ok(bytes)
     }
 
     /// A conversation up to and including response `id`.
@@ -202,8 +208,8 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
         let Some(pointer) = self.pointer(id, now)? else {
             return Ok(None);
         };
-        let turns = self.read_turns(&pointer.segments)?;
-        Ok(Some(Conversation { pointer, turns }))
+        let log = self.read_log(&pointer.segments)?;
+        Ok(Some(Conversation { pointer, log }))
     }
 
     /// A response's own turn.
@@ -211,20 +217,21 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
         let Some(pointer) = self.pointer(id, now)? else {
             return Ok(None);
         };
-        let mut turns = self.read_turns(std::slice::from_ref(&pointer.turn))?;
+        let mut turns = record::decode_turns(&self.read_log(std::slice::from_ref(&pointer.turn))?)?;
         Ok(turns.pop())
     }
 
-    /// Stores `turn` as the continuation of `parent` (or as a new
-    /// conversation). `expires_at` bounds its life.
+    /// Stores `turn`, with the chat messages it renders to if they were
+    /// kept, as the continuation of `parent` (or as a new conversation).
+    /// `expires_at` bounds its life.
     pub fn save(
         &self,
         turn: &Turn,
+        chat: Option<&KeptChat>,
         parent: Option<&Pointer>,
         expires_at: Option<i64>,
     ) -> Result<(), ApiError> {
-        let bytes = serde_json::to_vec(turn)
-            .map_err(|e| ApiError::server(format!("Response could not be encoded: {e}")))?;
+        let bytes = record::encode(turn, chat)?;
         let chunks: Vec<&[u8]> = bytes.chunks(SLOT_BYTES).collect();
         let count = chunks.len() as u64;
         let (segments, own) = self.allocate(&turn.response.id, parent, count)?;
@@ -312,7 +319,8 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
         };
         // A turn that can no longer be read still has its pointer and slots removed.
         let turns = self
-            .read_turns(std::slice::from_ref(&pointer.turn))
+            .read_log(std::slice::from_ref(&pointer.turn))
+            .and_then(|bytes| record::decode_turns(&bytes))
             .unwrap_or_default();
         let mut keys: Vec<String> = (pointer.turn.start..pointer.turn.end)
             .map(|slot| self.slot_key(&pointer.turn.thread, slot))

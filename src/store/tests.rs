@@ -24,7 +24,12 @@ fn chain(store: &ResponseStore<MemoryKv>, depth: usize) -> String {
     for i in 0..depth {
         id = format!("resp_{i}");
         store
-            .save(&turn(&id, &format!("turn {i}")), parent.as_ref(), None)
+            .save(
+                &turn(&id, &format!("turn {i}")),
+                None,
+                parent.as_ref(),
+                None,
+            )
             .unwrap();
         parent = Some(store.conversation(&id, 0).unwrap().unwrap().pointer);
     }
@@ -36,7 +41,7 @@ fn save_and_read_back() {
     let kv = MemoryKv::default();
     let store = ResponseStore::new(&kv, "t");
     let t = turn("resp_a", "hi");
-    store.save(&t, None, None).unwrap();
+    store.save(&t, None, None, None).unwrap();
     assert_eq!(store.turn("resp_a", 0).unwrap(), Some(t));
     assert!(store.turn("resp_b", 0).unwrap().is_none());
 }
@@ -50,10 +55,11 @@ fn continuation_costs_constant_round_trips() {
         let last = chain(&store, depth);
         *kv.round_trips.borrow_mut() = 0;
         let conversation = store.conversation(&last, 0).unwrap().unwrap();
-        assert_eq!(conversation.turns.len(), depth);
+        assert_eq!(conversation.turns().unwrap().len(), depth);
         store
             .save(
                 &turn("resp_next", "more"),
+                None,
                 Some(&conversation.pointer),
                 None,
             )
@@ -82,7 +88,7 @@ fn large_turns_are_split() {
     let store = ResponseStore::new(&kv, "t");
     let big = "x".repeat(SLOT_BYTES * 2 + 10);
     let t = turn("resp_big", &big);
-    store.save(&t, None, None).unwrap();
+    store.save(&t, None, None, None).unwrap();
     assert!(kv.values.borrow().values().all(|v| v.len() <= SLOT_BYTES));
     assert_eq!(store.turn("resp_big", 0).unwrap(), Some(t));
 }
@@ -91,18 +97,25 @@ fn large_turns_are_split() {
 fn branches_keep_both_histories() {
     let kv = MemoryKv::default();
     let store = ResponseStore::new(&kv, "t");
-    store.save(&turn("resp_root", "root"), None, None).unwrap();
+    store
+        .save(&turn("resp_root", "root"), None, None, None)
+        .unwrap();
     let root = store.conversation("resp_root", 0).unwrap().unwrap().pointer;
-    store.save(&turn("resp_a", "a"), Some(&root), None).unwrap();
-    store.save(&turn("resp_b", "b"), Some(&root), None).unwrap();
+    store
+        .save(&turn("resp_a", "a"), None, Some(&root), None)
+        .unwrap();
+    store
+        .save(&turn("resp_b", "b"), None, Some(&root), None)
+        .unwrap();
     let ids = |id: &str| -> Vec<String> {
         store
             .conversation(id, 0)
             .unwrap()
             .unwrap()
-            .turns
+            .turns()
+            .unwrap()
             .iter()
-            .map(|t| t.response.id.clone())
+            .map(|t| t.id.clone())
             .collect()
     };
     assert_eq!(ids("resp_a"), ["resp_root", "resp_a"]);
@@ -113,7 +126,7 @@ fn branches_keep_both_histories() {
 fn tenants_are_isolated_and_expiry_hides() {
     let kv = MemoryKv::default();
     ResponseStore::new(&kv, "alice")
-        .save(&turn("resp_x", "hi"), None, Some(100))
+        .save(&turn("resp_x", "hi"), None, None, Some(100))
         .unwrap();
     assert!(ResponseStore::new(&kv, "bob")
         .turn("resp_x", 0)
@@ -128,7 +141,7 @@ fn tenants_are_isolated_and_expiry_hides() {
 fn delete_removes_pointer_and_turn() {
     let kv = MemoryKv::default();
     let store = ResponseStore::new(&kv, "t");
-    store.save(&turn("resp_d", "hi"), None, None).unwrap();
+    store.save(&turn("resp_d", "hi"), None, None, None).unwrap();
     assert!(store.delete("resp_d", 0).unwrap());
     assert!(!store.delete("resp_d", 0).unwrap());
     assert!(kv
@@ -150,7 +163,7 @@ fn items_are_found_by_id() {
     if let Item::Message(m) = &mut t.response.output[0] {
         m.id = Some("msg_out".into());
     }
-    store.save(&t, None, Some(100)).unwrap();
+    store.save(&t, None, None, Some(100)).unwrap();
     assert_eq!(store.item("msg_in", 0).unwrap().as_ref(), Some(&t.input[0]));
     assert_eq!(
         store.item("msg_out", 0).unwrap().as_ref(),
@@ -171,10 +184,12 @@ fn items_are_found_by_id() {
 fn ttl_hides_a_whole_conversation_turn_by_turn() {
     let kv = MemoryKv::default();
     let store = ResponseStore::new(&kv, "t");
-    store.save(&turn("resp_1", "a"), None, Some(10)).unwrap();
+    store
+        .save(&turn("resp_1", "a"), None, None, Some(10))
+        .unwrap();
     let parent = store.conversation("resp_1", 0).unwrap().unwrap().pointer;
     store
-        .save(&turn("resp_2", "b"), Some(&parent), Some(20))
+        .save(&turn("resp_2", "b"), None, Some(&parent), Some(20))
         .unwrap();
     assert!(store.conversation("resp_1", 10).unwrap().is_some());
     assert!(store.conversation("resp_1", 11).unwrap().is_none());
@@ -183,7 +198,8 @@ fn ttl_hides_a_whole_conversation_turn_by_turn() {
             .conversation("resp_2", 11)
             .unwrap()
             .unwrap()
-            .turns
+            .turns()
+            .unwrap()
             .len(),
         2
     );

@@ -59,13 +59,21 @@ impl Harness {
 
     /// Stops the host and starts a new one on the same store.
     pub async fn restart(self) -> Harness {
+        self.restart_with(&[]).await
+    }
+
+    /// [`Harness::restart`], with `changes` to the `wasi:config` values.
+    pub async fn restart_with(self, changes: &[(&str, &str)]) -> Harness {
         let Harness {
             backend,
             server,
             client,
             state,
-            variables,
+            mut variables,
         } = self;
+        for (k, v) in changes {
+            variables.insert((*k).to_owned(), (*v).to_owned());
+        }
         server.shutdown().await;
         let server = serve(state.path(), &variables).await;
         Harness {

@@ -1,0 +1,390 @@
+//! How one turn is written in a conversation log.
+//!
+//! A turn is three JSON documents back to back:
+//!
+//! 1. the head, `{"id", "chat", "items", "rest"}`: the response's id, the
+//!    turn's chat messages when they were kept (see [`KeptChat`]), and the
+//!    byte lengths of the two documents that follow;
+//! 2. the items, `{"input", "output"}`: the input items the response was
+//!    given and its output items;
+//! 3. the rest of the response: every field but `output` (which is `[]`
+//!    there).
+//!
+//! A replay reads only what it uses and steps over the rest by length: the
+//! kept messages when every turn has them, else the items. So a deep
+//! conversation costs its messages, not its responses' settings, tools and
+//! usage. Reading a whole turn parses the items and the rest and puts the
+//! output back.
+//!
+//! Turns written before the head existed are one document,
+//! `{"response", "input"}`; they are still read.
+
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{Turn, TurnItems};
+use crate::api::items::Item;
+use crate::api::response::Response;
+use crate::error::ApiError;
+
+/// A turn's chat messages as sent to the backend, kept so that a later
+/// replay can pass them on without reading the turn's items.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KeptChat {
+    /// Whether reasoning was passed on when they were rendered.
+    pub reasoning: bool,
+    pub messages: Vec<Box<RawValue>>,
+}
+
+#[derive(Serialize)]
+struct HeadOut<'a> {
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chat: Option<&'a KeptChat>,
+    items: usize,
+    rest: usize,
+}
+
+#[derive(Serialize)]
+struct ItemsOut<'a> {
+    input: &'a [Item],
+    output: &'a [Item],
+}
+
+/// The lengths of what follows a head.
+trait Head {
+    fn lengths(&self) -> (usize, usize);
+}
+
+/// A head read for its items, or a whole turn of the older layout.
+#[derive(Deserialize)]
+struct ItemsHead {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    items: usize,
+    #[serde(default)]
+    rest: usize,
+    /// The older layout: the whole response and its input.
+    #[serde(default)]
+    response: Option<Response>,
+    #[serde(default)]
+    input: Vec<Item>,
+}
+
+impl Head for ItemsHead {
+    fn lengths(&self) -> (usize, usize) {
+        (self.items, self.rest)
+    }
+}
+
+/// A head read for its kept messages.
+#[derive(Deserialize)]
+struct ChatHead {
+    #[serde(default)]
+    chat: Option<KeptChat>,
+    #[serde(default)]
+    items: usize,
+    #[serde(default)]
+    rest: usize,
+    /// The older layout, which has no kept messages.
+    #[serde(default)]
+    response: Option<IgnoredAny>,
+}
+
+impl Head for ChatHead {
+    fn lengths(&self) -> (usize, usize) {
+        (self.items, self.rest)
+    }
+}
+
+#[derive(Deserialize)]
+struct ItemsIn {
+    #[serde(default)]
+    input: Vec<Item>,
+    #[serde(default)]
+    output: Vec<Item>,
+}
+
+/// The bytes of `turn` in the log, with its kept messages if any.
+pub fn encode(turn: &Turn, chat: Option<&KeptChat>) -> Result<Vec<u8>, ApiError> {
+    let items = serde_json::to_vec(&ItemsOut {
+        input: &turn.input,
+        output: &turn.response.output,
+    })
+    .map_err(unencodable)?;
+    let mut rest = turn.response.clone();
+    rest.output = Vec::new();
+    let rest = serde_json::to_vec(&rest).map_err(unencodable)?;
+    let head = HeadOut {
+        id: &turn.response.id,
+        chat,
+        items: items.len(),
+        rest: rest.len(),
+    };
+    let mut bytes = serde_json::to_vec(&head).map_err(unencodable)?;
+    bytes.extend_from_slice(&items);
+    bytes.extend_from_slice(&rest);
+    Ok(bytes)
+}
+
+/// The kept messages of every turn in `bytes`, in order; `None` unless
+/// every turn kept them, rendered with the same `reasoning` setting.
+pub fn decode_chat(bytes: &[u8], reasoning: bool) -> Result<Option<Vec<Box<RawValue>>>, ApiError> {
+    let mut messages = Vec::new();
+    for record in Records::<ChatHead>::new(bytes) {
+        let (head, _, _) = record?;
+        match head.chat {
+            Some(chat) if chat.reasoning == reasoning && head.response.is_none() => {
+                messages.extend(chat.messages)
+            }
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(messages))
+}
+
+/// The ids and items of every turn in `bytes`, in order.
+pub fn decode_items(bytes: &[u8]) -> Result<Vec<TurnItems>, ApiError> {
+    Records::<ItemsHead>::new(bytes)
+        .map(|record| {
+            let (head, items, _) = record?;
+            Ok(match head.response {
+                Some(response) => TurnItems {
+                    id: response.id,
+                    input: head.input,
+                    output: response.output,
+                },
+                None => {
+                    let items: ItemsIn = serde_json::from_slice(items).map_err(unreadable)?;
+                    TurnItems {
+                        id: head.id,
+                        input: items.input,
+                        output: items.output,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Every whole turn in `bytes`, in order.
+pub fn decode_turns(bytes: &[u8]) -> Result<Vec<Turn>, ApiError> {
+    Records::<ItemsHead>::new(bytes)
+        .map(|record| {
+            let (head, items, rest) = record?;
+            if let Some(response) = head.response {
+                return Ok(Turn {
+                    response,
+                    input: head.input,
+                });
+            }
+            let items: ItemsIn = serde_json::from_slice(items).map_err(unreadable)?;
+            let mut response: Response = serde_json::from_slice(rest).map_err(unreadable)?;
+            response.output = items.output;
+            Ok(Turn {
+                response,
+                input: items.input,
+            })
+        })
+        .collect()
+}
+
+/// The turns of a log, each as its parsed head and the bytes of its items
+/// and of its rest.
+struct Records<'b, H> {
+    bytes: &'b [u8],
+    pos: usize,
+    head: std::marker::PhantomData<H>,
+}
+
+impl<'b, H> Records<'b, H> {
+    fn new(bytes: &'b [u8]) -> Self {
+        Records {
+            bytes,
+            pos: 0,
+            head: std::marker::PhantomData,
+        }
+    }
+
+    /// The next `len` bytes after `start`, if the log has them.
+    fn slice(&self, start: usize, len: usize) -> Option<&'b [u8]> {
+        self.bytes.get(start..start.checked_add(len)?)
+    }
+}
+
+impl<'b, H: Head + serde::de::DeserializeOwned> Iterator for Records<'b, H> {
+    type Item = Result<(H, &'b [u8], &'b [u8]), ApiError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let remaining = self.bytes.get(self.pos..)?;
+        let mut stream = serde_json::Deserializer::from_slice(remaining).into_iter::<H>();
+        let head = match stream.next()? {
+            Ok(head) => head,
+            Err(e) => {
+                self.pos = self.bytes.len();
+                return Some(Err(unreadable(e)));
+            }
+        };
+        let start = self.pos + stream.byte_offset();
+        let (items_len, rest_len) = head.lengths();
+        let parts = self.slice(start, items_len).and_then(|items| {
+            let rest = self.slice(start + items.len(), rest_len)?;
+            Some((items, rest))
+        });
+        let Some((items, rest)) = parts else {
+            self.pos = self.bytes.len();
+            return Some(Err(unreadable("a turn ends before its response")));
+        };
+        self.pos = start + items.len() + rest.len();
+        Some(Ok((head, items, rest)))
+    }
+}
+
+fn unencodable(e: serde_json::Error) -> ApiError {
+    ApiError::server(format!("Response could not be encoded: {e}"))
+}
+
+fn unreadable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::server(format!("Stored conversation is unreadable: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::request::CreateRequest;
+
+    fn turn(id: &str, text: &str) -> Turn {
+        let body = json!({"model": "m", "input": text, "instructions": "be brief", "tools": [
+            {"type": "function", "name": "f", "parameters": {"type": "object"}}
+        ]});
+        let request = CreateRequest::parse(body.to_string().as_bytes()).unwrap();
+        let mut response = Response::start(id.to_owned(), 1, &request);
+        response
+            .output
+            .push(Item::user_text(format!("echo {text}")));
+        Turn {
+            response,
+            input: request.input.unwrap().into_items(),
+        }
+    }
+
+    fn log(turns: &[Turn]) -> Vec<u8> {
+        turns
+            .iter()
+            .flat_map(|t| encode(t, None).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn whole_turns_round_trip() {
+        let turns = [turn("resp_a", "a"), turn("resp_b", "b")];
+        assert_eq!(decode_turns(&log(&turns)).unwrap(), turns);
+    }
+
+    #[test]
+    fn items_skip_the_rest_of_each_response() {
+        let turns = [turn("resp_a", "a"), turn("resp_b", "b")];
+        let items = decode_items(&log(&turns)).unwrap();
+        assert_eq!(items.len(), 2);
+        for (read, written) in items.iter().zip(&turns) {
+            assert_eq!(read.id, written.response.id);
+            assert_eq!(read.input, written.input);
+            assert_eq!(read.output, written.response.output);
+        }
+    }
+
+    #[test]
+    fn head_items_and_rest_are_separate_documents() {
+        let bytes = encode(&turn("resp_a", "a"), None).unwrap();
+        let mut stream =
+            serde_json::Deserializer::from_slice(&bytes).into_iter::<serde_json::Value>();
+        let head = stream.next().unwrap().unwrap();
+        let items = stream.next().unwrap().unwrap();
+        let rest = stream.next().unwrap().unwrap();
+        assert!(stream.next().is_none());
+        assert_eq!(head["id"], "resp_a");
+        assert!(head.get("chat").is_none());
+        assert_eq!(head["items"], serde_json::to_vec(&items).unwrap().len());
+        assert_eq!(head["rest"], serde_json::to_vec(&rest).unwrap().len());
+        assert_eq!(items["output"][0]["content"][0]["text"], "echo a");
+        assert_eq!(rest["output"], json!([]));
+        assert_eq!(rest["instructions"], "be brief");
+    }
+
+    fn kept(reasoning: bool, text: &str) -> KeptChat {
+        let message = json!({"role": "user", "content": text});
+        KeptChat {
+            reasoning,
+            messages: vec![serde_json::value::to_raw_value(&message).unwrap()],
+        }
+    }
+
+    fn texts(messages: Option<Vec<Box<RawValue>>>) -> Option<Vec<String>> {
+        messages.map(|m| m.iter().map(|m| m.get().to_owned()).collect())
+    }
+
+    #[test]
+    fn kept_messages_are_read_only_when_every_turn_kept_them() {
+        let (a, b) = (turn("resp_a", "a"), turn("resp_b", "b"));
+        let mut bytes = encode(&a, Some(&kept(false, "a"))).unwrap();
+        bytes.extend(encode(&b, Some(&kept(false, "b"))).unwrap());
+        assert_eq!(
+            texts(decode_chat(&bytes, false).unwrap()),
+            Some(vec![
+                r#"{"content":"a","role":"user"}"#.to_owned(),
+                r#"{"content":"b","role":"user"}"#.to_owned()
+            ])
+        );
+        assert!(
+            decode_chat(&bytes, true).unwrap().is_none(),
+            "other setting"
+        );
+        // Keeping messages changes nothing else.
+        assert_eq!(decode_turns(&bytes).unwrap(), [a.clone(), b.clone()]);
+
+        let mut partly = encode(&a, Some(&kept(false, "a"))).unwrap();
+        partly.extend(encode(&b, None).unwrap());
+        assert!(decode_chat(&partly, false).unwrap().is_none());
+        let mut old =
+            serde_json::to_vec(&json!({"response": a.response, "input": a.input})).unwrap();
+        old.extend(encode(&b, Some(&kept(false, "b"))).unwrap());
+        assert!(decode_chat(&old, false).unwrap().is_none());
+        assert_eq!(texts(decode_chat(b"", false).unwrap()), Some(Vec::new()));
+    }
+
+    #[test]
+    fn turns_of_the_older_layout_are_read() {
+        let old = turn("resp_old", "old");
+        let mut bytes = serde_json::to_vec(&json!({
+            "response": old.response,
+            "input": old.input,
+        }))
+        .unwrap();
+        let new = turn("resp_new", "new");
+        bytes.extend(encode(&new, None).unwrap());
+        assert_eq!(decode_turns(&bytes).unwrap(), [old.clone(), new]);
+        let items = decode_items(&bytes).unwrap();
+        assert_eq!(items[0].id, "resp_old");
+        assert_eq!(items[0].output, old.response.output);
+        assert_eq!(items[1].id, "resp_new");
+    }
+
+    #[test]
+    fn damaged_logs_are_errors() {
+        let bytes = encode(&turn("resp_a", "a"), Some(&kept(false, "a"))).unwrap();
+        for cut in [1, bytes.len() / 2, bytes.len() - 1] {
+            let damaged = &bytes[..cut];
+            assert_eq!(decode_turns(damaged).unwrap_err().status, 500);
+            assert_eq!(decode_items(damaged).unwrap_err().status, 500);
+            assert_eq!(decode_chat(damaged, false).unwrap_err().status, 500);
+        }
+        let mut lying = serde_json::to_vec(&json!({"id": "x", "rest": usize::MAX})).unwrap();
+        lying.extend_from_slice(b"{}");
+        assert_eq!(decode_items(&lying).unwrap_err().status, 500);
+        assert!(decode_items(b"").unwrap().is_empty());
+    }
+}
