@@ -19,7 +19,7 @@ use crate::chat::{ChatChunk, ChatRequest, Rendered, ToolMap};
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::ids::{new_id, now};
-use crate::store::{find_item, Conversation, KeptChat, Kv, Pointer, ResponseStore, Turn};
+use crate::store::{find_item, Conversation, KeptChat, Kv, ResponseStore, Turn};
 use crate::stream::events::{Event, DONE_FRAME};
 use crate::stream::sse::{SseData, SseReader};
 use crate::stream::EventStream;
@@ -74,7 +74,8 @@ pub struct Exchange<'s, K: Kv, B: Backend> {
     /// A backend failure before the stream began.
     failure: Option<ApiError>,
     input: Vec<Item>,
-    parent: Option<Pointer>,
+    /// The conversation this request continues.
+    parent: Option<Conversation>,
     store: bool,
     /// Whether the client asked for an event stream.
     pub streaming: bool,
@@ -107,7 +108,6 @@ impl<K: Kv, B: Backend> Service<K, B> {
             Some(id) => Some(self.previous(&store, id)?),
             None => None,
         };
-        let parent = conversation.as_ref().map(|c| c.pointer.clone());
         let send_reasoning = self.settings.backend_reasoning;
         // References are resolved against the conversation's items; without
         // them the items are only read if the turns kept no messages.
@@ -123,12 +123,13 @@ impl<K: Kv, B: Backend> Service<K, B> {
             Some(_) if rendered.leading_call => None,
             Some(conversation) => conversation.kept_chat(send_reasoning)?,
         };
-        let (kept, rendered) = match (kept, conversation) {
-            (Some(kept), _) => (kept, rendered.messages),
-            (None, conversation) => {
+        let (kept, rendered) = match kept {
+            Some(kept) => (kept, rendered.messages),
+            None => {
                 if history.is_empty() {
                     history = conversation
-                        .map(|c| c.items())
+                        .as_ref()
+                        .map(Conversation::items)
                         .transpose()?
                         .unwrap_or_default();
                 }
@@ -175,7 +176,7 @@ impl<K: Kv, B: Backend> Service<K, B> {
             body,
             failure,
             input,
-            parent,
+            parent: conversation,
             store: request.store(),
             streaming: request.stream(),
             max_tool_calls: request.max_tool_calls,

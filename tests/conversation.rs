@@ -262,21 +262,21 @@ async fn stored_bytes_grow_linearly() {
     };
     let mut previous: Option<String> = None;
     let mut sizes = Vec::new();
-    for turn in 1..=40 {
+    for turn in 1..=64 {
         let request = chain_request(format!("message number {turn:03}"), previous.as_deref());
         previous = Some(id(&create(&h, request).await));
-        if turn == 10 || turn == 40 {
+        if [16, 32, 64].contains(&turn) {
             sizes.push(total(&h));
         }
     }
-    let (at10, at40) = (sizes[0], sizes[1]);
-    // Each turn adds about what the first ten did on average; storing the
-    // history in every record would make the last 30 turns cost ~8x more each.
-    let per_turn_early = at10 / 10;
-    let per_turn_late = (at40 - at10) / 30;
+    // Each turn adds about what the turns before it did (its record, and its
+    // share of a pack); storing the history in every record would make turns
+    // 33 to 64 cost about twice as much each as turns 17 to 32.
+    let per_turn_early = (sizes[1] - sizes[0]) / 16;
+    let per_turn_late = (sizes[2] - sizes[1]) / 32;
     assert!(
-        per_turn_late < per_turn_early * 3 / 2,
-        "bytes per turn went from {per_turn_early} to {per_turn_late} ({at10} -> {at40})"
+        per_turn_late < per_turn_early * 5 / 4,
+        "bytes per turn went from {per_turn_early} to {per_turn_late} ({sizes:?})"
     );
 }
 
@@ -459,7 +459,8 @@ async fn earlier_reasoning_reaches_a_backend_that_takes_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_read_the_same_whether_kept_or_rendered() {
     let h = Harness::start().await;
-    h.backend.push(Reply::text("Let me look.").reasoning("Use the tool."));
+    h.backend
+        .push(Reply::text("Let me look.").reasoning("Use the tool."));
     let first = create(&h, chain_request("Find it.", None)).await;
     // The client replays the call it made itself after the stored answer.
     let input = json!([
@@ -472,7 +473,11 @@ async fn replays_read_the_same_whether_kept_or_rendered() {
     let tool = json!({"role": "tool", "content": "found", "tool_call_id": "c1"});
     assert_eq!(
         messages(&h),
-        [json!({"role": "user", "content": "Find it."}), answer.clone(), tool.clone()]
+        [
+            json!({"role": "user", "content": "Find it."}),
+            answer.clone(),
+            tool.clone()
+        ]
     );
     create(&h, chain_request("Thanks.", Some(&id(&second)))).await;
     let third = messages(&h);

@@ -339,11 +339,7 @@ mod tests {
             // Every way of cutting the conversation in three.
             for i in 0..=conversation.len() {
                 for j in i..=conversation.len() {
-                    let runs = [
-                        &conversation[..i],
-                        &conversation[i..j],
-                        &conversation[j..],
-                    ];
+                    let runs = [&conversation[..i], &conversation[i..j], &conversation[j..]];
                     let rendered: Vec<Rendered> = runs
                         .iter()
                         .map(|run| Rendered::new(*run, send_reasoning))

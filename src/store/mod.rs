@@ -10,6 +10,11 @@
 //!   response with its input items) is one JSON document, split into slots of
 //!   at most [`SLOT_BYTES`], so no value gets near the per-value limits of
 //!   Redis, DynamoDB or Cosmos.
+//! - `{tenant}/pack/{thread}/{start}`: the bytes of slots `start` to
+//!   `start + PACK_SLOTS` of a thread again, in one value, so a long replay
+//!   reads a few values instead of one per turn. Written by the turn that
+//!   completes the run, in the same batch, when the run fits in one value;
+//!   the segments of a pointer list the packs that exist.
 //! - `{tenant}/len/{thread}`: the number of slots a thread has allocated,
 //!   advanced with an atomic increment.
 //! - `{tenant}/item/{item id}`: the id of the response whose turn holds an
@@ -38,12 +43,53 @@ use crate::error::ApiError;
 /// Largest value written to the key-value store.
 pub const SLOT_BYTES: usize = 192 * 1024;
 
+/// Slots per pack; packs start at multiples of this.
+pub const PACK_SLOTS: u64 = 16;
+
 /// A contiguous range of slots of one thread.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Segment {
     pub thread: String,
     pub start: u64,
     pub end: u64,
+    /// The first slots of the packs of this range.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packs: Vec<u64>,
+}
+
+/// One value to read for a log.
+enum Piece<'s> {
+    Pack(&'s str, u64),
+    Slot(&'s str, u64),
+}
+
+impl Segment {
+    fn new(thread: impl Into<String>, start: u64, end: u64) -> Self {
+        Segment {
+            thread: thread.into(),
+            start,
+            end,
+            packs: Vec::new(),
+        }
+    }
+
+    /// The values that hold this range: its packs, and single slots
+    /// elsewhere.
+    fn pieces(&self) -> Vec<Piece<'_>> {
+        let mut pieces = Vec::new();
+        let mut slot = self.start;
+        while slot < self.end {
+            let packed = self.packs.contains(&slot) && slot + PACK_SLOTS <= self.end;
+            if packed {
+                pieces.push(Piece::Pack(&self.thread, slot));
+                slot += PACK_SLOTS;
+            } else {
+                pieces.push(Piece::Slot(&self.thread, slot));
+                slot += 1;
+            }
+        }
+        pieces
+    }
 }
 
 /// Where a response's turn and its conversation are stored.
@@ -71,7 +117,16 @@ pub struct Turn {
 #[derive(Debug, Clone)]
 pub struct Conversation {
     pub pointer: Pointer,
-    log: Vec<u8>,
+    log: Log,
+}
+
+/// The bytes of a run of segments, as read.
+#[derive(Debug, Clone, Default)]
+struct Log {
+    bytes: Vec<u8>,
+    /// The slots read one by one at the end of the last segment, with
+    /// where each starts in `bytes`: what completing a pack needs.
+    loose: Vec<(u64, usize)>,
 }
 
 /// The id, input and output of a stored turn.
@@ -85,7 +140,7 @@ pub struct TurnItems {
 impl Conversation {
     /// Every turn's id and items, oldest first.
     pub fn turns(&self) -> Result<Vec<TurnItems>, ApiError> {
-        record::decode_items(&self.log)
+        record::decode_items(&self.log.bytes)
     }
 
     /// Every item of the conversation in order: each turn's input, then its
@@ -107,7 +162,7 @@ impl Conversation {
         &self,
         reasoning: bool,
     ) -> Result<Option<Vec<Box<serde_json::value::RawValue>>>, ApiError> {
-        record::decode_chat(&self.log, reasoning)
+        record::decode_chat(&self.log.bytes, reasoning)
     }
 }
 
@@ -136,6 +191,17 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
 
     fn len_key(&self, thread: &str) -> String {
         format!("{}/len/{thread}", self.tenant)
+    }
+
+    fn pack_key(&self, thread: &str, start: u64) -> String {
+        format!("{}/pack/{thread}/{start}", self.tenant)
+    }
+
+    fn piece_key(&self, piece: &Piece<'_>) -> String {
+        match piece {
+            Piece::Pack(thread, start) => self.pack_key(thread, *start),
+            Piece::Slot(thread, slot) => self.slot_key(thread, *slot),
+        }
     }
 
     fn item_key(&self, item: &str) -> String {
@@ -183,24 +249,63 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
         Ok(Some(pointer))
     }
 
-    /// Reads the slots of `segments` with one batch read, in order.
-    fn read_log(&self, segments: &[Segment]) -> Result<Vec<u8>, ApiError> {
-        let keys: Vec<String> = segments
+    /// Reads the slots of `segments`, in order, with one batch read (two if
+    /// a pack the segments list is gone), and notes where the loose slots at
+    /// the end start.
+    fn read_log(&self, segments: &[Segment]) -> Result<Log, ApiError> {
+        let pieces: Vec<(usize, Piece<'_>)> = segments
             .iter()
-            .flat_map(|s| (s.start..s.end).map(move |slot| (s.thread.as_str(), slot)))
+            .enumerate()
+            .flat_map(|(i, s)| s.pieces().into_iter().map(move |p| (i, p)))
+            .collect();
+        let keys = pieces.iter().map(|(_, p)| self.piece_key(p)).collect();
+        let values = self.kv.get_many(keys).map_err(storage)?;
+        // A pack that is gone is read slot by slot.
+        let unpacked: Vec<String> = pieces
+            .iter()
+            .zip(&values)
+            .filter_map(|((_, piece), value)| match (piece, value) {
+                (Piece::Pack(thread, start), None) => Some((*thread, *start)),
+                _ => None,
+            })
+            .flat_map(|(thread, start)| (start..start + PACK_SLOTS).map(move |s| (thread, s)))
             .map(|(thread, slot)| self.slot_key(thread, slot))
             .collect();
-        let values = self.kv.get_many(keys).map_err(storage)?;
-        let mut bytes = Vec::with_capacity(values.iter().flatten().map(Vec::len).sum());
-        for value in values {
-            let Some(value) = value else {
-                return Err(ApiError::not_found(
-                    "Part of this conversation is no longer stored (it was deleted or expired).",
-                ));
-            };
-            bytes.extend_from_slice(&value);
+        let mut unpacked = match unpacked.is_empty() {
+            true => Vec::new(),
+            false => self.kv.get_many(unpacked).map_err(storage)?,
         }
-        Ok(bytes)
+        .into_iter();
+        let gone = || {
+            ApiError::not_found(
+                "Part of this conversation is no longer stored (it was deleted or expired).",
+            )
+        };
+        let last = segments.len().saturating_sub(1);
+        let mut bytes = Vec::with_capacity(values.iter().flatten().map(Vec::len).sum());
+        let mut loose = Vec::new();
+        for ((segment, piece), value) in pieces.iter().zip(values) {
+            match (piece, value) {
+                (Piece::Slot(_, slot), Some(value)) => {
+                    if *segment == last {
+                        loose.push((*slot, bytes.len()));
+                    }
+                    bytes.extend_from_slice(&value);
+                }
+                (Piece::Pack(..), Some(value)) => {
+                    loose.clear();
+                    bytes.extend_from_slice(&value);
+                }
+                (Piece::Pack(..), None) => {
+                    loose.clear();
+                    for _ in 0..PACK_SLOTS {
+                        bytes.extend_from_slice(&unpacked.next().flatten().ok_or_else(gone)?);
+                    }
+                }
+                (Piece::Slot(..), None) => return Err(gone()),
+            }
+        }
+        Ok(Log { bytes, loose })
     }
 
     /// A conversation up to and including response `id`.
@@ -217,7 +322,8 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
         let Some(pointer) = self.pointer(id, now)? else {
             return Ok(None);
         };
-        let mut turns = record::decode_turns(&self.read_log(std::slice::from_ref(&pointer.turn))?)?;
+        let log = self.read_log(std::slice::from_ref(&pointer.turn))?;
+        let mut turns = record::decode_turns(&log.bytes)?;
         Ok(turns.pop())
     }
 
@@ -228,23 +334,32 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
         &self,
         turn: &Turn,
         chat: Option<&KeptChat>,
-        parent: Option<&Pointer>,
+        parent: Option<&Conversation>,
         expires_at: Option<i64>,
     ) -> Result<(), ApiError> {
         let bytes = record::encode(turn, chat)?;
         let chunks: Vec<&[u8]> = bytes.chunks(SLOT_BYTES).collect();
         let count = chunks.len() as u64;
-        let (segments, own) = self.allocate(&turn.response.id, parent, count)?;
+        let parent_pointer = parent.map(|p| &p.pointer);
+        let (mut segments, own) = self.allocate(&turn.response.id, parent_pointer, count)?;
+        let mut entries: Vec<(String, Vec<u8>)> = Vec::with_capacity(chunks.len() + 4);
+        if let Some((start, pack)) = parent.and_then(|p| completed_pack(p, &own, &bytes)) {
+            entries.push((self.pack_key(&own.thread, start), pack));
+            if let Some(last) = segments.last_mut() {
+                last.packs.push(start);
+            }
+        }
+        entries.extend(
+            chunks
+                .into_iter()
+                .zip(own.start..own.end)
+                .map(|(chunk, slot)| (self.slot_key(&own.thread, slot), chunk.to_vec())),
+        );
         let pointer = Pointer {
             segments,
-            turn: own.clone(),
+            turn: own,
             expires_at,
         };
-        let mut entries: Vec<(String, Vec<u8>)> = chunks
-            .into_iter()
-            .zip(own.start..own.end)
-            .map(|(chunk, slot)| (self.slot_key(&own.thread, slot), chunk.to_vec()))
-            .collect();
         let pointer_bytes = serde_json::to_vec(&pointer)
             .map_err(|e| ApiError::server(format!("Pointer could not be encoded: {e}")))?;
         let owner = turn.response.id.as_bytes();
@@ -274,11 +389,7 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
                 .map_err(storage)?;
             let end = u64::try_from(end).unwrap_or(0);
             if end.checked_sub(count) == Some(parent.turn.end) {
-                let own = Segment {
-                    thread: thread.clone(),
-                    start: parent.turn.end,
-                    end,
-                };
+                let own = Segment::new(thread.clone(), parent.turn.end, end);
                 let mut segments = parent.segments.clone();
                 match segments.last_mut() {
                     Some(last) if last.thread == own.thread && last.end == own.start => {
@@ -303,11 +414,7 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
             .increment(&self.len_key(id), delta)
             .map_err(storage)?;
         let end = u64::try_from(end).unwrap_or(0);
-        let own = Segment {
-            thread: id.to_owned(),
-            start: end.saturating_sub(delta as u64),
-            end,
-        };
+        let own = Segment::new(id, end.saturating_sub(delta as u64), end);
         Ok((vec![own.clone()], own))
     }
 
@@ -320,11 +427,19 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
         // A turn that can no longer be read still has its pointer and slots removed.
         let turns = self
             .read_log(std::slice::from_ref(&pointer.turn))
-            .and_then(|bytes| record::decode_turns(&bytes))
+            .and_then(|log| record::decode_turns(&log.bytes))
             .unwrap_or_default();
-        let mut keys: Vec<String> = (pointer.turn.start..pointer.turn.end)
-            .map(|slot| self.slot_key(&pointer.turn.thread, slot))
+        let own = &pointer.turn;
+        let mut keys: Vec<String> = (own.start..own.end)
+            .map(|slot| self.slot_key(&own.thread, slot))
             .collect();
+        // The packs that repeat those slots go too.
+        let first_pack = own.start - own.start % PACK_SLOTS;
+        keys.extend(
+            (first_pack..own.end)
+                .step_by(PACK_SLOTS as usize)
+                .map(|start| self.pack_key(&own.thread, start)),
+        );
         for turn in &turns {
             keys.extend(self.item_keys(turn));
         }
@@ -332,6 +447,27 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
         self.kv.delete_many(keys).map_err(storage)?;
         Ok(true)
     }
+}
+
+/// The pack that `own`, a turn continuing `parent` on its thread with
+/// `bytes`, completes: its first slot and its value. Only when the turn ends
+/// a run of [`PACK_SLOTS`], the run's earlier slots were read one by one with
+/// the parent, and the whole run fits in one value.
+fn completed_pack(parent: &Conversation, own: &Segment, bytes: &[u8]) -> Option<(u64, Vec<u8>)> {
+    if !own.end.is_multiple_of(PACK_SLOTS) {
+        return None;
+    }
+    let start = own.end - PACK_SLOTS;
+    let last = parent.pointer.segments.last()?;
+    let continues = last.thread == own.thread && last.end == own.start && start < own.start;
+    let loose = &parent.log.loose;
+    let &(_, offset) = loose.iter().find(|(slot, _)| *slot == start)?;
+    let earlier = parent.log.bytes.get(offset..)?;
+    let contiguous = loose.last().map(|(slot, _)| slot + 1) == Some(own.start);
+    if !continues || !contiguous || earlier.len() + bytes.len() > SLOT_BYTES {
+        return None;
+    }
+    Some((start, [earlier, bytes].concat()))
 }
 
 fn storage(e: KvError) -> ApiError {

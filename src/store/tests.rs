@@ -19,7 +19,7 @@ fn turn(id: &str, text: &str) -> Turn {
 
 /// Saves a chain of `depth` turns, returning the last id.
 fn chain(store: &ResponseStore<MemoryKv>, depth: usize) -> String {
-    let mut parent: Option<Pointer> = None;
+    let mut parent: Option<Conversation> = None;
     let mut id = String::new();
     for i in 0..depth {
         id = format!("resp_{i}");
@@ -31,7 +31,7 @@ fn chain(store: &ResponseStore<MemoryKv>, depth: usize) -> String {
                 None,
             )
             .unwrap();
-        parent = Some(store.conversation(&id, 0).unwrap().unwrap().pointer);
+        parent = store.conversation(&id, 0).unwrap();
     }
     id
 }
@@ -57,12 +57,7 @@ fn continuation_costs_constant_round_trips() {
         let conversation = store.conversation(&last, 0).unwrap().unwrap();
         assert_eq!(conversation.turns().unwrap().len(), depth);
         store
-            .save(
-                &turn("resp_next", "more"),
-                None,
-                Some(&conversation.pointer),
-                None,
-            )
+            .save(&turn("resp_next", "more"), None, Some(&conversation), None)
             .unwrap();
         costs.push(*kv.round_trips.borrow());
     }
@@ -77,9 +72,10 @@ fn storage_grows_linearly() {
         let total: usize = kv.values.borrow().values().map(Vec::len).sum();
         total
     };
-    let (s10, s40) = (size(10), size(40));
-    // Quadratic growth would make 40 turns ~16x the size of 10.
-    assert!(s40 < s10 * 5, "{s10} -> {s40}");
+    // Whole packs in both: each turn is stored twice, in its slot and in a pack.
+    let (s16, s64) = (size(16), size(64));
+    // Quadratic growth would make 64 turns ~16x the size of 16.
+    assert!(s64 < s16 * 5, "{s16} -> {s64}");
 }
 
 #[test]
@@ -100,7 +96,7 @@ fn branches_keep_both_histories() {
     store
         .save(&turn("resp_root", "root"), None, None, None)
         .unwrap();
-    let root = store.conversation("resp_root", 0).unwrap().unwrap().pointer;
+    let root = store.conversation("resp_root", 0).unwrap().unwrap();
     store
         .save(&turn("resp_a", "a"), None, Some(&root), None)
         .unwrap();
@@ -187,7 +183,7 @@ fn ttl_hides_a_whole_conversation_turn_by_turn() {
     store
         .save(&turn("resp_1", "a"), None, None, Some(10))
         .unwrap();
-    let parent = store.conversation("resp_1", 0).unwrap().unwrap().pointer;
+    let parent = store.conversation("resp_1", 0).unwrap().unwrap();
     store
         .save(&turn("resp_2", "b"), None, Some(&parent), Some(20))
         .unwrap();
@@ -208,4 +204,82 @@ fn ttl_hides_a_whole_conversation_turn_by_turn() {
         !store.delete("resp_2", 21).unwrap(),
         "an expired response is gone"
     );
+}
+
+#[test]
+fn long_chains_are_read_from_packs() {
+    let kv = MemoryKv::default();
+    let store = ResponseStore::new(&kv, "t");
+    let last = chain(&store, 40);
+    let pointer = store.conversation(&last, 0).unwrap().unwrap().pointer;
+    assert_eq!(pointer.segments.len(), 1);
+    assert_eq!(pointer.segments[0].packs, [0, 16]);
+    let packs: Vec<String> = kv
+        .values
+        .borrow()
+        .keys()
+        .filter(|k| k.contains("/pack/"))
+        .cloned()
+        .collect();
+    assert_eq!(packs.len(), 2, "{packs:?}");
+
+    // Two packs and eight single slots, in one batch, give every turn in order.
+    *kv.round_trips.borrow_mut() = 0;
+    let conversation = store.conversation(&last, 0).unwrap().unwrap();
+    assert_eq!(*kv.round_trips.borrow(), 2);
+    let ids: Vec<String> = conversation
+        .turns()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    let expected: Vec<String> = (0..40).map(|i| format!("resp_{i}")).collect();
+    assert_eq!(ids, expected);
+
+    // A pack that is gone is read slot by slot.
+    kv.values.borrow_mut().remove(&packs[0]);
+    *kv.round_trips.borrow_mut() = 0;
+    let again = store.conversation(&last, 0).unwrap().unwrap();
+    assert_eq!(*kv.round_trips.borrow(), 3);
+    assert_eq!(again.turns().unwrap().len(), 40);
+}
+
+#[test]
+fn deleting_a_turn_deletes_the_pack_that_repeats_it() {
+    let kv = MemoryKv::default();
+    let store = ResponseStore::new(&kv, "t");
+    let last = chain(&store, 20);
+    assert!(store.delete("resp_3", 0).unwrap());
+    let packs = kv
+        .values
+        .borrow()
+        .keys()
+        .filter(|k| k.contains("/pack/"))
+        .count();
+    assert_eq!(packs, 0);
+    let err = store.conversation(&last, 0).unwrap_err();
+    assert_eq!(err.status, 404);
+    assert!(store.conversation("resp_2", 0).unwrap().is_some());
+}
+
+#[test]
+fn branches_do_not_use_packs_of_other_branches() {
+    let kv = MemoryKv::default();
+    let store = ResponseStore::new(&kv, "t");
+    chain(&store, 20);
+    // Branch from turn 10: its conversation ends before the second run.
+    let parent = store.conversation("resp_10", 0).unwrap().unwrap();
+    store
+        .save(&turn("resp_branch", "b"), None, Some(&parent), None)
+        .unwrap();
+    let turns = store
+        .conversation("resp_branch", 0)
+        .unwrap()
+        .unwrap()
+        .turns()
+        .unwrap();
+    let ids: Vec<&str> = turns.iter().map(|t| t.id.as_str()).collect();
+    let mut expected: Vec<String> = (0..=10).map(|i| format!("resp_{i}")).collect();
+    expected.push("resp_branch".into());
+    assert_eq!(ids, expected);
 }
