@@ -15,7 +15,7 @@ use crate::api::request::{CreateRequest, Input};
 use crate::api::response::Response;
 use crate::auth;
 use crate::backend::{status_error, Backend, BodyStream};
-use crate::chat::{ChatChunk, ChatRequest, Rendered, ToolMap};
+use crate::chat::{ChatChunk, ChatRequest, KeptMessages, Rendered, ToolMap};
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::ids::{new_id, now};
@@ -119,7 +119,7 @@ impl<K: Kv, B: Backend> Service<K, B> {
         let input = prepare_input(request.input.clone(), &history, &store)?;
         let rendered = Rendered::new(&input, send_reasoning);
         let kept = match &conversation {
-            None => Some(Vec::new()),
+            None => Some(KeptMessages::default()),
             Some(_) if rendered.leading_call => None,
             Some(conversation) => conversation.kept_chat(send_reasoning)?,
         };
@@ -134,7 +134,10 @@ impl<K: Kv, B: Backend> Service<K, B> {
                         .unwrap_or_default();
                 }
                 history.extend(input.iter().cloned());
-                (Vec::new(), Rendered::new(&history, send_reasoning).messages)
+                (
+                    KeptMessages::default(),
+                    Rendered::new(&history, send_reasoning).messages,
+                )
             }
         };
         let tools = ToolMap::new(
@@ -313,11 +316,7 @@ fn kept_chat(turn: &Turn, send_reasoning: bool) -> Result<Option<KeptChat>, ApiE
     if !rendered.self_contained() {
         return Ok(None);
     }
-    let messages = rendered
-        .messages
-        .iter()
-        .map(serde_json::value::to_raw_value)
-        .collect::<Result<_, _>>()
+    let messages = serde_json::to_vec(&rendered.messages)
         .map_err(|e| ApiError::server(format!("Chat messages could not be encoded: {e}")))?;
     Ok(Some(KeptChat {
         reasoning: send_reasoning,

@@ -64,34 +64,67 @@ pub struct ChatRequest {
 #[derive(Debug, Clone, Default)]
 pub struct ChatMessages {
     pub system: Option<ChatMessage>,
-    pub kept: Vec<Box<RawValue>>,
+    /// JSON messages separated by commas, as [`KeptMessages`] joins them.
+    pub kept: KeptMessages,
     pub rendered: Vec<ChatMessage>,
 }
 
-impl ChatMessages {
-    pub fn len(&self) -> usize {
-        usize::from(self.system.is_some()) + self.kept.len() + self.rendered.len()
+/// Kept chat messages: JSON message objects separated by commas, copied
+/// from storage without being parsed into messages.
+#[derive(Debug, Clone, Default)]
+pub struct KeptMessages(Vec<u8>);
+
+impl KeptMessages {
+    /// Appends the messages of `array`, a JSON array of messages.
+    pub fn push_array(&mut self, array: &[u8]) {
+        let inner = array.trim_ascii();
+        let inner = inner.strip_prefix(b"[").unwrap_or(inner);
+        let inner = inner.strip_suffix(b"]").unwrap_or(inner).trim_ascii();
+        if inner.is_empty() {
+            return;
+        }
+        if !self.0.is_empty() {
+            self.0.push(b',');
+        }
+        self.0.extend_from_slice(inner);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.0.is_empty()
     }
 }
 
 impl Serialize for ChatMessages {
+    /// The messages as one JSON array, with the kept ones spliced in as they
+    /// are; the array is checked to be well-formed JSON on the way.
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let mut seq = serializer.serialize_seq(Some(self.len()))?;
-        if let Some(system) = &self.system {
-            seq.serialize_element(system)?;
+        use serde::ser::Error;
+        let mut array = Vec::with_capacity(self.kept.0.len() + 256 * (self.rendered.len() + 1));
+        array.push(b'[');
+        let mut parts = 0;
+        let mut separate = |array: &mut Vec<u8>| {
+            if parts > 0 {
+                array.push(b',');
+            }
+            parts += 1;
+        };
+        for message in self.system.iter() {
+            separate(&mut array);
+            serde_json::to_writer(&mut array, message).map_err(S::Error::custom)?;
         }
-        for message in &self.kept {
-            seq.serialize_element(message)?;
+        if !self.kept.is_empty() {
+            separate(&mut array);
+            array.extend_from_slice(&self.kept.0);
         }
         for message in &self.rendered {
-            seq.serialize_element(message)?;
+            separate(&mut array);
+            serde_json::to_writer(&mut array, message).map_err(S::Error::custom)?;
         }
-        seq.end()
+        array.push(b']');
+        let text = String::from_utf8(array).map_err(S::Error::custom)?;
+        RawValue::from_string(text)
+            .map_err(|e| S::Error::custom(format!("kept chat messages are not valid JSON: {e}")))?
+            .serialize(serializer)
     }
 }
 
@@ -138,7 +171,7 @@ impl ChatRequest {
     /// whole conversation when nothing was kept, else this request's input.
     pub fn build(
         request: &CreateRequest,
-        kept: Vec<Box<RawValue>>,
+        kept: KeptMessages,
         rendered: Vec<ChatMessage>,
         tools: &ToolMap,
     ) -> Result<Self, ApiError> {
@@ -396,7 +429,7 @@ mod tests {
         let history = request.input.clone().unwrap().into_items();
         let chat = ChatRequest::build(
             &request,
-            Vec::new(),
+            KeptMessages::default(),
             to_messages(None, &history, false),
             &ToolMap::default(),
         )

@@ -161,7 +161,7 @@ impl Conversation {
     pub fn kept_chat(
         &self,
         reasoning: bool,
-    ) -> Result<Option<Vec<Box<serde_json::value::RawValue>>>, ApiError> {
+    ) -> Result<Option<crate::chat::KeptMessages>, ApiError> {
         record::decode_chat(&self.log.bytes, reasoning)
     }
 }

@@ -1,13 +1,15 @@
 //! How one turn is written in a conversation log.
 //!
-//! A turn is three JSON documents back to back:
+//! A turn is up to four JSON documents back to back:
 //!
-//! 1. the head, `{"id", "chat", "items", "rest"}`: the response's id, the
-//!    turn's chat messages when they were kept (see [`KeptChat`]), and the
-//!    byte lengths of the two documents that follow;
-//! 2. the items, `{"input", "output"}`: the input items the response was
+//! 1. the head, `{"id", "reasoning", "chat", "items", "rest"}`: the
+//!    response's id, and the byte lengths of the documents that follow
+//!    (`chat` is absent when the turn kept no messages, see [`KeptChat`]);
+//! 2. the kept chat messages, an array, rendered with `reasoning` passed on
+//!    or not;
+//! 3. the items, `{"input", "output"}`: the input items the response was
 //!    given and its output items;
-//! 3. the rest of the response: every field but `output` (which is `[]`
+//! 4. the rest of the response: every field but `output` (which is `[]`
 //!    there).
 //!
 //! A replay reads only what it uses and steps over the rest by length: the
@@ -21,27 +23,30 @@
 
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 use super::{Turn, TurnItems};
 use crate::api::items::Item;
 use crate::api::response::Response;
+use crate::chat::KeptMessages;
 use crate::error::ApiError;
 
 /// A turn's chat messages as sent to the backend, kept so that a later
 /// replay can pass them on without reading the turn's items.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 pub struct KeptChat {
     /// Whether reasoning was passed on when they were rendered.
     pub reasoning: bool,
-    pub messages: Vec<Box<RawValue>>,
+    /// The messages, a JSON array.
+    pub messages: Vec<u8>,
 }
 
 #[derive(Serialize)]
 struct HeadOut<'a> {
     id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    chat: Option<&'a KeptChat>,
+    reasoning: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chat: Option<usize>,
     items: usize,
     rest: usize,
 }
@@ -52,9 +57,9 @@ struct ItemsOut<'a> {
     output: &'a [Item],
 }
 
-/// The lengths of what follows a head.
+/// The lengths of what follows a head: kept messages, items, rest.
 trait Head {
-    fn lengths(&self) -> (usize, usize);
+    fn lengths(&self) -> [usize; 3];
 }
 
 /// A head read for its items, or a whole turn of the older layout.
@@ -62,6 +67,8 @@ trait Head {
 struct ItemsHead {
     #[serde(default)]
     id: String,
+    #[serde(default)]
+    chat: usize,
     #[serde(default)]
     items: usize,
     #[serde(default)]
@@ -74,8 +81,8 @@ struct ItemsHead {
 }
 
 impl Head for ItemsHead {
-    fn lengths(&self) -> (usize, usize) {
-        (self.items, self.rest)
+    fn lengths(&self) -> [usize; 3] {
+        [self.chat, self.items, self.rest]
     }
 }
 
@@ -83,7 +90,9 @@ impl Head for ItemsHead {
 #[derive(Deserialize)]
 struct ChatHead {
     #[serde(default)]
-    chat: Option<KeptChat>,
+    reasoning: Option<bool>,
+    #[serde(default)]
+    chat: Option<usize>,
     #[serde(default)]
     items: usize,
     #[serde(default)]
@@ -94,8 +103,8 @@ struct ChatHead {
 }
 
 impl Head for ChatHead {
-    fn lengths(&self) -> (usize, usize) {
-        (self.items, self.rest)
+    fn lengths(&self) -> [usize; 3] {
+        [self.chat.unwrap_or(0), self.items, self.rest]
     }
 }
 
@@ -119,11 +128,15 @@ pub fn encode(turn: &Turn, chat: Option<&KeptChat>) -> Result<Vec<u8>, ApiError>
     let rest = serde_json::to_vec(&rest).map_err(unencodable)?;
     let head = HeadOut {
         id: &turn.response.id,
-        chat,
+        reasoning: chat.map(|c| c.reasoning),
+        chat: chat.map(|c| c.messages.len()),
         items: items.len(),
         rest: rest.len(),
     };
     let mut bytes = serde_json::to_vec(&head).map_err(unencodable)?;
+    if let Some(chat) = chat {
+        bytes.extend_from_slice(&chat.messages);
+    }
     bytes.extend_from_slice(&items);
     bytes.extend_from_slice(&rest);
     Ok(bytes)
@@ -131,13 +144,13 @@ pub fn encode(turn: &Turn, chat: Option<&KeptChat>) -> Result<Vec<u8>, ApiError>
 
 /// The kept messages of every turn in `bytes`, in order; `None` unless
 /// every turn kept them, rendered with the same `reasoning` setting.
-pub fn decode_chat(bytes: &[u8], reasoning: bool) -> Result<Option<Vec<Box<RawValue>>>, ApiError> {
-    let mut messages = Vec::new();
+pub fn decode_chat(bytes: &[u8], reasoning: bool) -> Result<Option<KeptMessages>, ApiError> {
+    let mut messages = KeptMessages::default();
     for record in Records::<ChatHead>::new(bytes) {
-        let (head, _, _) = record?;
+        let (head, [chat, _, _]) = record?;
         match head.chat {
-            Some(chat) if chat.reasoning == reasoning && head.response.is_none() => {
-                messages.extend(chat.messages)
+            Some(_) if head.reasoning == Some(reasoning) && head.response.is_none() => {
+                messages.push_array(chat)
             }
             _ => return Ok(None),
         }
@@ -149,7 +162,7 @@ pub fn decode_chat(bytes: &[u8], reasoning: bool) -> Result<Option<Vec<Box<RawVa
 pub fn decode_items(bytes: &[u8]) -> Result<Vec<TurnItems>, ApiError> {
     Records::<ItemsHead>::new(bytes)
         .map(|record| {
-            let (head, items, _) = record?;
+            let (head, [_, items, _]) = record?;
             Ok(match head.response {
                 Some(response) => TurnItems {
                     id: response.id,
@@ -173,7 +186,7 @@ pub fn decode_items(bytes: &[u8]) -> Result<Vec<TurnItems>, ApiError> {
 pub fn decode_turns(bytes: &[u8]) -> Result<Vec<Turn>, ApiError> {
     Records::<ItemsHead>::new(bytes)
         .map(|record| {
-            let (head, items, rest) = record?;
+            let (head, [_, items, rest]) = record?;
             if let Some(response) = head.response {
                 return Ok(Turn {
                     response,
@@ -191,8 +204,8 @@ pub fn decode_turns(bytes: &[u8]) -> Result<Vec<Turn>, ApiError> {
         .collect()
 }
 
-/// The turns of a log, each as its parsed head and the bytes of its items
-/// and of its rest.
+/// The turns of a log, each as its parsed head and the bytes of the
+/// documents that follow it: kept messages, items, rest.
 struct Records<'b, H> {
     bytes: &'b [u8],
     pos: usize,
@@ -207,15 +220,10 @@ impl<'b, H> Records<'b, H> {
             head: std::marker::PhantomData,
         }
     }
-
-    /// The next `len` bytes after `start`, if the log has them.
-    fn slice(&self, start: usize, len: usize) -> Option<&'b [u8]> {
-        self.bytes.get(start..start.checked_add(len)?)
-    }
 }
 
 impl<'b, H: Head + serde::de::DeserializeOwned> Iterator for Records<'b, H> {
-    type Item = Result<(H, &'b [u8], &'b [u8]), ApiError>;
+    type Item = Result<(H, [&'b [u8]; 3]), ApiError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let remaining = self.bytes.get(self.pos..)?;
@@ -227,18 +235,18 @@ impl<'b, H: Head + serde::de::DeserializeOwned> Iterator for Records<'b, H> {
                 return Some(Err(unreadable(e)));
             }
         };
-        let start = self.pos + stream.byte_offset();
-        let (items_len, rest_len) = head.lengths();
-        let parts = self.slice(start, items_len).and_then(|items| {
-            let rest = self.slice(start + items.len(), rest_len)?;
-            Some((items, rest))
-        });
-        let Some((items, rest)) = parts else {
-            self.pos = self.bytes.len();
-            return Some(Err(unreadable("a turn ends before its response")));
-        };
-        self.pos = start + items.len() + rest.len();
-        Some(Ok((head, items, rest)))
+        let mut end = self.pos + stream.byte_offset();
+        let mut parts: [&'b [u8]; 3] = [&[]; 3];
+        for (part, len) in parts.iter_mut().zip(head.lengths()) {
+            let Some(bytes) = end.checked_add(len).and_then(|e| self.bytes.get(end..e)) else {
+                self.pos = self.bytes.len();
+                return Some(Err(unreadable("a turn ends before its response")));
+            };
+            *part = bytes;
+            end += len;
+        }
+        self.pos = end;
+        Some(Ok((head, parts)))
     }
 }
 
@@ -307,7 +315,7 @@ mod tests {
         let rest = stream.next().unwrap().unwrap();
         assert!(stream.next().is_none());
         assert_eq!(head["id"], "resp_a");
-        assert!(head.get("chat").is_none());
+        assert!(head.get("chat").is_none() && head.get("reasoning").is_none());
         assert_eq!(head["items"], serde_json::to_vec(&items).unwrap().len());
         assert_eq!(head["rest"], serde_json::to_vec(&rest).unwrap().len());
         assert_eq!(items["output"][0]["content"][0]["text"], "echo a");
@@ -316,15 +324,20 @@ mod tests {
     }
 
     fn kept(reasoning: bool, text: &str) -> KeptChat {
-        let message = json!({"role": "user", "content": text});
+        let messages = json!([{"role": "user", "content": text}]);
         KeptChat {
             reasoning,
-            messages: vec![serde_json::value::to_raw_value(&message).unwrap()],
+            messages: serde_json::to_vec(&messages).unwrap(),
         }
     }
 
-    fn texts(messages: Option<Vec<Box<RawValue>>>) -> Option<Vec<String>> {
-        messages.map(|m| m.iter().map(|m| m.get().to_owned()).collect())
+    /// The kept messages as the JSON array they are sent in.
+    fn texts(messages: Option<KeptMessages>) -> Option<serde_json::Value> {
+        let messages = crate::chat::ChatMessages {
+            kept: messages?,
+            ..Default::default()
+        };
+        Some(serde_json::to_value(&messages).unwrap())
     }
 
     #[test]
@@ -334,10 +347,7 @@ mod tests {
         bytes.extend(encode(&b, Some(&kept(false, "b"))).unwrap());
         assert_eq!(
             texts(decode_chat(&bytes, false).unwrap()),
-            Some(vec![
-                r#"{"content":"a","role":"user"}"#.to_owned(),
-                r#"{"content":"b","role":"user"}"#.to_owned()
-            ])
+            Some(json!([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]))
         );
         assert!(
             decode_chat(&bytes, true).unwrap().is_none(),
@@ -353,7 +363,7 @@ mod tests {
             serde_json::to_vec(&json!({"response": a.response, "input": a.input})).unwrap();
         old.extend(encode(&b, Some(&kept(false, "b"))).unwrap());
         assert!(decode_chat(&old, false).unwrap().is_none());
-        assert_eq!(texts(decode_chat(b"", false).unwrap()), Some(Vec::new()));
+        assert_eq!(texts(decode_chat(b"", false).unwrap()), Some(json!([])));
     }
 
     #[test]
