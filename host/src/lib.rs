@@ -26,6 +26,7 @@ pub mod config;
 mod engine;
 mod http;
 mod keyvalue;
+mod outbound;
 mod responses;
 mod state;
 

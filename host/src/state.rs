@@ -1,6 +1,7 @@
 //! The data of one wasmtime `Store`: everything a single component instance
 //! can reach (its resource table, WASI and `wasi:http` contexts, and handles
-//! to the server's key-value store and config values).
+//! to the server's key-value store and config values). Its outbound HTTP
+//! requests go through the process-wide connection pool in `outbound`.
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -8,12 +9,14 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::config::ConfigValues;
 use crate::keyvalue::{KeyValue, KeyValueView};
+use crate::outbound::Outbound;
 
 /// Per-instance host state. A fresh one is made for every request.
 pub(crate) struct InstanceState {
     table: ResourceTable,
     wasi: WasiCtx,
     http: WasiHttpCtx,
+    outbound: Outbound,
     kv: KeyValue,
     config: ConfigValues,
 }
@@ -24,6 +27,7 @@ impl InstanceState {
             table: ResourceTable::new(),
             wasi: WasiCtx::builder().inherit_stdout().inherit_stderr().build(),
             http: WasiHttpCtx::new(),
+            outbound: Outbound,
             kv,
             config,
         }
@@ -52,7 +56,7 @@ impl WasiHttpView for InstanceState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: wasmtime_wasi_http::default_hooks(),
+            hooks: &mut self.outbound,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! End-to-end checks of the host against the built component.
+//! End-to-end checks of the host against the built component, some with
+//! the scripted chat-completions backend behind it.
 //!
 //! The component is `EDGE_RESPONSES_COMPONENT` or, by default, the workspace's
 //! `target/wasm32-wasip2/component/edge_responses.wasm` (built with
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use edge_responses_host::{Config, Server};
+use scripted_backend::Backend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -31,20 +33,44 @@ fn component() -> PathBuf {
 }
 
 async fn start(component: PathBuf, state: &tempfile::TempDir) -> Server {
+    // Nothing listens on port 9; the tests using this never reach a backend.
+    start_with_backend(component, state, "http://127.0.0.1:9").await
+}
+
+async fn start_with_backend(
+    component: PathBuf,
+    state: &tempfile::TempDir,
+    backend_url: &str,
+) -> Server {
     let mut config = Config::new(component);
     config.listen = "127.0.0.1:0".parse().expect("address");
     config.state_dir = state.path().to_owned();
-    // Nothing listens on port 9; no test here reaches the backend.
     config
         .variables
-        .insert("backend_url".into(), "http://127.0.0.1:9".into());
+        .insert("backend_url".into(), backend_url.into());
     Server::start(config).await.expect("server starts")
 }
 
 /// Status and body of `GET path`, over a fresh HTTP/1.1 connection.
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    exchange(addr, &format!("GET {path} HTTP/1.1\r\n"), "").await
+}
+
+/// Status and body of `POST path` with a JSON body, over a fresh HTTP/1.1
+/// connection.
+async fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    exchange(addr, &head, body).await
+}
+
+/// Sends `head` (request line and headers) and `body` on a fresh connection
+/// the server closes after answering; returns the status and raw body.
+async fn exchange(addr: SocketAddr, head: &str, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let request = format!("{head}Host: localhost\r\nConnection: close\r\n\r\n{body}");
     stream.write_all(request.as_bytes()).await.expect("send");
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
@@ -135,6 +161,68 @@ async fn typed_calls_return_api_errors() {
         .expect("no trap");
     let error = answer.expect_err("an unknown id is an API error");
     assert!(error.status >= 400, "{error:?}");
+
+    server.shutdown().await;
+}
+
+/// A Responses request the component answers with one backend call.
+fn responses_request(input: &str, stream: bool) -> String {
+    serde_json::json!({"model": "m", "input": input, "stream": stream}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_calls_reuse_one_connection() {
+    let component = component();
+    let state = tempfile::tempdir().expect("temp dir");
+    let backend = Backend::start().expect("backend starts");
+    let server = start_with_backend(component, &state, &backend.url()).await;
+
+    for (input, stream) in [("one", false), ("two", true), ("three", false)] {
+        let body = responses_request(input, stream);
+        let (status, body) = post(server.addr(), "/v1/responses", &body).await;
+        assert_eq!(status, 200, "{input}: {body}");
+    }
+    let calls = backend.chat_requests();
+    assert_eq!(calls.len(), 3);
+    assert_eq!(backend.connections(), 1, "one connection for every call");
+    // On the wire the request target is the path alone, the host in `Host`.
+    assert_eq!(calls[0].path, "/v1/chat/completions");
+    let host = backend.addr().to_string();
+    assert_eq!(calls[0].header("host"), Some(host.as_str()));
+
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_backend_gets_a_new_connection() {
+    let component = component();
+    let state = tempfile::tempdir().expect("temp dir");
+    let backend = Backend::start().expect("backend starts");
+    let addr = backend.addr();
+    let server = start_with_backend(component, &state, &backend.url()).await;
+
+    let (status, body) = post(
+        server.addr(),
+        "/v1/responses",
+        &responses_request("before", false),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // The pooled connection to it closes with the backend.
+    backend.shutdown().await;
+    let backend = Backend::start_on(addr).expect("backend restarts on its port");
+
+    for input in ["after", "again"] {
+        let (status, body) = post(
+            server.addr(),
+            "/v1/responses",
+            &responses_request(input, false),
+        )
+        .await;
+        assert_eq!(status, 200, "{input}: {body}");
+    }
+    assert_eq!(backend.chat_requests().len(), 2);
+    assert_eq!(backend.connections(), 1);
 
     server.shutdown().await;
 }

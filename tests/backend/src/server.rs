@@ -1,9 +1,10 @@
-//! The HTTP server: [`Backend`] binds a loopback port, accepts keep-alive
-//! HTTP/1.1 connections, records every request, routes it, and answers
-//! chat completions from the reply queue.
+//! The HTTP server: [`Backend`] binds a loopback port, accepts (and counts)
+//! keep-alive HTTP/1.1 connections, records every request, routes it, and
+//! answers chat completions from the reply queue.
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
@@ -53,6 +54,7 @@ enum Runner {
 struct Shared {
     state: Mutex<State>,
     recorded: watch::Sender<usize>,
+    connections: AtomicUsize,
 }
 
 struct State {
@@ -207,6 +209,12 @@ impl Backend {
         self.shared.lock().log.len()
     }
 
+    /// How many TCP connections the server has accepted so far; clients that
+    /// keep connections alive make fewer than requests.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
     /// Empties the request log.
     pub fn clear_requests(&self) {
         let mut state = self.shared.lock();
@@ -266,6 +274,7 @@ impl Shared {
                 recording: true,
             }),
             recorded: watch::Sender::new(0),
+            connections: AtomicUsize::new(0),
         }
     }
 
@@ -321,6 +330,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Re
             accepted = listener.accept() => {
                 match accepted {
                     Ok((stream, _)) => {
+                        shared.connections.fetch_add(1, Ordering::Relaxed);
                         let _ = stream.set_nodelay(true);
                         connections.spawn(connection(TokioIo::new(stream), Arc::clone(&shared)));
                     }

@@ -689,6 +689,9 @@ async fn keep_alive_serves_several_requests_on_one_connection() {
         );
     }
     assert_eq!(backend.chat_requests().len(), 3);
+    assert_eq!(backend.connections(), 1);
+    chat(backend.addr(), &request("again")).await;
+    assert_eq!(backend.connections(), 2);
 }
 
 #[tokio::test]
