@@ -2,11 +2,17 @@
 //!
 //! Owns the database: its schema (the `spin_key_value` table Spin uses, so a
 //! file written by `spin up` and one written by this host are interchangeable),
-//! a small pool of connections, and every statement the key-value interfaces
-//! run. All methods are blocking; callers on an async runtime run them on the
-//! blocking thread pool.
+//! the connection, and every statement the key-value interfaces run. All
+//! methods are blocking; callers on an async runtime run them on the blocking
+//! thread pool.
+//!
+//! Every operation takes turns on one connection. In WAL mode a connection
+//! drops its whole page cache whenever another connection has written, so
+//! with a pool every read after a write (that is, every read under load)
+//! starts cold; one connection keeps its cache, and the store's operations
+//! are short enough that taking turns costs less than re-reading pages.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
@@ -14,9 +20,6 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 /// How long a connection waits for another writer's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Connections kept open for reuse; more are opened on demand under load.
-const POOL_SIZE: usize = 4;
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS spin_key_value (
     store TEXT NOT NULL,
@@ -126,11 +129,7 @@ impl Drop for Checkpointer {
 
 /// A SQLite database file holding the values of every key-value store.
 pub struct SqliteStore {
-    path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
-    /// Writers take turns here rather than in SQLite's busy handler, which
-    /// sleeps, and each holds a pooled connection instead of opening one.
-    writer: Mutex<()>,
+    conn: Mutex<Connection>,
     _checkpointer: Checkpointer,
 }
 
@@ -144,14 +143,10 @@ impl SqliteStore {
         }
         let conn = open_connection(path)?;
         conn.execute(SCHEMA, [])?;
-        let store = Self {
-            path: path.to_owned(),
-            idle: Mutex::new(Vec::new()),
-            writer: Mutex::new(()),
+        Ok(Self {
+            conn: Mutex::new(conn),
             _checkpointer: Checkpointer::start(path)?,
-        };
-        store.release(conn);
-        Ok(store)
+        })
     }
 
     /// The value of `key`, if set.
@@ -161,12 +156,12 @@ impl SqliteStore {
 
     /// Sets `key` to `value`, replacing any previous value.
     pub fn set(&self, store: &str, key: &str, value: &[u8]) -> StoreResult<()> {
-        self.with_writer(|conn| upsert_value(conn, store, key, value))
+        self.with_connection(|conn| upsert_value(conn, store, key, value))
     }
 
     /// Removes `key`; removing a missing key is not an error.
     pub fn delete(&self, store: &str, key: &str) -> StoreResult<()> {
-        self.with_writer(|conn| {
+        self.with_connection(|conn| {
             conn.prepare_cached(DELETE_KEY)?
                 .execute(params![store, key])?;
             Ok(())
@@ -286,65 +281,25 @@ impl SqliteStore {
         behavior: TransactionBehavior,
         work: impl FnOnce(&rusqlite::Transaction<'_>) -> StoreResult<T>,
     ) -> StoreResult<T> {
-        let run = |conn: &mut Connection| {
+        self.with_connection(|conn| {
             let tx = conn.transaction_with_behavior(behavior)?;
             let result = work(&tx)?;
             tx.commit()?;
             Ok(result)
-        };
-        match behavior {
-            TransactionBehavior::Deferred => self.with_connection(run),
-            _ => self.with_writer(run),
-        }
-    }
-
-    /// Runs a write, one writer at a time.
-    fn with_writer<T>(
-        &self,
-        work: impl FnOnce(&mut Connection) -> StoreResult<T>,
-    ) -> StoreResult<T> {
-        let _turn = self
-            .writer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.with_connection(work)
+        })
     }
 
     fn with_connection<T>(
         &self,
         work: impl FnOnce(&mut Connection) -> StoreResult<T>,
     ) -> StoreResult<T> {
-        let mut conn = self.acquire()?;
-        let result = work(&mut conn);
-        self.release(conn);
-        result
-    }
-
-    fn acquire(&self) -> StoreResult<Connection> {
-        let idle = self.idle_connections().pop();
-        match idle {
-            Some(conn) => Ok(conn),
-            None => self.connect(),
-        }
-    }
-
-    fn release(&self, conn: Connection) {
-        let mut idle = self.idle_connections();
-        if idle.len() < POOL_SIZE {
-            idle.push(conn);
-        }
-    }
-
-    fn idle_connections(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
-        // A panic while holding the lock cannot leave the Vec half-updated
-        // (push and pop are the only operations), so a poisoned lock is usable.
-        self.idle
+        // A panic mid-operation rolls back its transaction when the
+        // `Transaction` drops, so a poisoned connection is still usable.
+        let mut conn = self
+            .conn
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn connect(&self) -> StoreResult<Connection> {
-        open_connection(&self.path)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        work(&mut conn)
     }
 }
 
