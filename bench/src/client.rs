@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{CONTENT_TYPE, HOST};
-use hyper::Request;
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -32,7 +32,10 @@ pub enum Watch {
 /// One request, sent the same way every time.
 #[derive(Debug, Clone)]
 pub struct Probe {
+    pub method: Method,
     pub path: &'static str,
+    /// The status a correct answer has.
+    pub status: StatusCode,
     pub body: Bytes,
     pub watch: Watch,
     /// Keep the response body (for reading ids out of it).
@@ -48,9 +51,25 @@ impl Probe {
             Watch::Nothing
         };
         Probe {
+            method: Method::POST,
             path: "/v1/responses",
+            status: StatusCode::OK,
             body: Bytes::from(body.to_string()),
             watch,
+            keep_body: false,
+        }
+    }
+
+    /// `GET /v1/responses/{id}` of a response that does not exist: the
+    /// least work a request to the component can be (a fresh instance, one
+    /// key-value read, a 404), with no backend call and no write.
+    pub fn missing_response() -> Probe {
+        Probe {
+            method: Method::GET,
+            path: "/v1/responses/resp_missing",
+            status: StatusCode::NOT_FOUND,
+            body: Bytes::new(),
+            watch: Watch::Nothing,
             keep_body: false,
         }
     }
@@ -58,7 +77,9 @@ impl Probe {
     /// `POST /v1/chat/completions` with exactly these bytes.
     pub fn chat(raw_body: Vec<u8>, watch: Watch) -> Probe {
         Probe {
+            method: Method::POST,
             path: "/v1/chat/completions",
+            status: StatusCode::OK,
             body: Bytes::from(raw_body),
             watch,
             keep_body: false,
@@ -121,10 +142,12 @@ impl Conn {
         Ok(conns)
     }
 
-    /// Sends `probe` and reads the whole response. A status other than 2xx
-    /// is an error carrying the body.
+    /// Sends `probe` and reads the whole response. A status other than the
+    /// probe's is an error carrying the body.
     pub async fn exchange(&mut self, probe: &Probe) -> anyhow::Result<Sample> {
-        let request = Request::post(probe.path)
+        let request = Request::builder()
+            .method(probe.method.clone())
+            .uri(probe.path)
             .header(HOST, &self.host)
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(probe.body.clone()))?;
@@ -134,36 +157,39 @@ impl Conn {
             .sender
             .send_request(request)
             .await
-            .with_context(|| format!("POST {}", probe.path))?;
+            .with_context(|| format!("{} {}", probe.method, probe.path))?;
         let status = response.status();
+        let expected = status == probe.status;
         let mut body = response.into_body();
         let mut scanner = SseScanner::new(probe.watch);
         let mut first = None;
         let mut kept = Vec::new();
         while let Some(frame) = body.frame().await {
-            let frame =
-                frame.with_context(|| format!("reading the body of POST {}", probe.path))?;
+            let frame = frame
+                .with_context(|| format!("reading the body of {} {}", probe.method, probe.path))?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
             if first.is_none() && scanner.push(&data) {
                 first = Some(start.elapsed());
             }
-            if probe.keep_body || !status.is_success() {
+            if probe.keep_body || !expected {
                 kept.extend_from_slice(&data);
             }
         }
         let total = start.elapsed();
-        if !status.is_success() {
+        if !expected {
             bail!(
-                "POST {} answered {status}: {}",
+                "{} {} answered {status}: {}",
+                probe.method,
                 probe.path,
                 String::from_utf8_lossy(&kept)
             );
         }
         if probe.watch != Watch::Nothing && first.is_none() {
             bail!(
-                "POST {}: the stream ended without a {:?} event",
+                "{} {}: the stream ended without a {:?} event",
+                probe.method,
                 probe.path,
                 probe.watch
             );

@@ -387,6 +387,8 @@ struct Measured {
     edge_rps: f64,
     backend_rps: f64,
     throughput_requests: (u64, u64),
+    /// Requests per second of the cheapest request, a 404.
+    floor_rps: f64,
     cpu: CpuPerRequest,
     continuations: Vec<Continuation>,
     rss_peak: u64,
@@ -599,6 +601,8 @@ async fn measure(plan: &Plan, backend: &Backend, server: &Server) -> anyhow::Res
     let (direct_conns, direct_done, direct_elapsed) =
         run_for(direct_conns, plan.throughput, &direct).await?;
     let cpu_end = CpuTimes::now(BACKEND_THREAD);
+    let (edge_conns, floor_done, floor_elapsed) =
+        run_for(edge_conns, plan.throughput, &Probe::missing_response()).await?;
     drop((edge_conns, direct_conns));
     let cpu = CpuPerRequest::new(
         cpu_middle.since(&cpu_start),
@@ -676,6 +680,7 @@ async fn measure(plan: &Plan, backend: &Backend, server: &Server) -> anyhow::Res
         edge_rps: edge_done as f64 / edge_elapsed.as_secs_f64(),
         backend_rps: direct_done as f64 / direct_elapsed.as_secs_f64(),
         throughput_requests: (edge_done, direct_done),
+        floor_rps: floor_done as f64 / floor_elapsed.as_secs_f64(),
         cpu,
         continuations,
         rss_peak,
@@ -747,6 +752,19 @@ fn build_report(plan: &Plan, m: &Measured, memory: &Memory, load_average: String
         .note(format!(
             "{ratio:.2}x the backend; {:?} each, {} and {} requests",
             plan.throughput, m.throughput_requests.0, m.throughput_requests.1
+        )),
+        Row {
+            added: None,
+            ..Row::compare(
+                "requests per second, 404 (no backend call, no write)",
+                Unit::PerSecond,
+                m.floor_rps,
+                m.backend_rps,
+            )
+        }
+        .note(format!(
+            "{:.2}x the backend: GET of a missing response, a fresh instance and one key-value read",
+            m.floor_rps / m.backend_rps
         )),
         Row {
             added: None,
@@ -836,6 +854,7 @@ fn build_report(plan: &Plan, m: &Measured, memory: &Memory, load_average: String
             "backend_alone_rps": m.backend_rps,
             "edge_responses_requests": m.throughput_requests.0,
             "backend_alone_requests": m.throughput_requests.1,
+            "missing_response_404_rps": m.floor_rps,
             "cpu_per_request": m.cpu.to_json(),
         },
         "continuation": m.continuations.iter().map(|c| json!({
