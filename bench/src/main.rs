@@ -604,6 +604,10 @@ async fn measure(plan: &Plan, backend: &Backend, server: &Server) -> anyhow::Res
     let (edge_conns, floor_done, floor_elapsed) =
         run_for(edge_conns, plan.throughput, &Probe::missing_response()).await?;
     drop((edge_conns, direct_conns));
+    // The single connections sat idle through the throughput phase, longer
+    // than servers keep an idle connection open.
+    edge_conn = Conn::connect(edge_addr).await?;
+    direct_conn = Conn::connect(backend_addr).await?;
     let cpu = CpuPerRequest::new(
         cpu_middle.since(&cpu_start),
         edge_done,

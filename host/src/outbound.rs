@@ -41,8 +41,10 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::engine::MAX_INSTANCES;
 
-/// How long an unused connection stays in the pool.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long an unused connection stays in the pool: under the 5 s after
+/// which common model servers (uvicorn, so vLLM; Node) close an idle
+/// keep-alive connection, so a request never races a server-side close.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Unused connections kept per backend (scheme, host and port). No more
 /// requests than instance slots can be in flight, so a burst that uses every

@@ -3,8 +3,7 @@
 //! Owns the database: its schema (the `spin_key_value` table Spin uses, so a
 //! file written by `spin up` and one written by this host are interchangeable),
 //! the connection, and every statement the key-value interfaces run. All
-//! methods are blocking; callers on an async runtime run them on the blocking
-//! thread pool.
+//! methods are blocking and short; the key-value host calls them inline.
 //!
 //! Every operation takes turns on one connection. In WAL mode a connection
 //! drops its whole page cache whenever another connection has written, so
