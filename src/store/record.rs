@@ -263,21 +263,17 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::api::request::CreateRequest;
+    use crate::store::tests::turn_for;
 
+    /// A turn whose response carries instructions and tools, which the
+    /// head and the items leave out.
     fn turn(id: &str, text: &str) -> Turn {
-        let body = json!({"model": "m", "input": text, "instructions": "be brief", "tools": [
-            {"type": "function", "name": "f", "parameters": {"type": "object"}}
-        ]});
-        let request = CreateRequest::parse(body.to_string().as_bytes()).unwrap();
-        let mut response = Response::start(id.to_owned(), 1, &request);
-        response
-            .output
-            .push(Item::user_text(format!("echo {text}")));
-        Turn {
-            response,
-            input: request.input.unwrap().into_items(),
-        }
+        turn_for(
+            id,
+            json!({"model": "m", "input": text, "instructions": "be brief", "tools": [
+                {"type": "function", "name": "f", "parameters": {"type": "object"}}
+            ]}),
+        )
     }
 
     fn log(turns: &[Turn]) -> Vec<u8> {

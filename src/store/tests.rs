@@ -5,8 +5,14 @@ use crate::api::request::CreateRequest;
 use crate::api::response::Response;
 
 fn turn(id: &str, text: &str) -> Turn {
-    let request =
-        CreateRequest::parse(json!({"model": "m", "input": text}).to_string().as_bytes()).unwrap();
+    turn_for(id, json!({"model": "m", "input": text}))
+}
+
+/// The turn of response `id` to the create request `body` (its `input` a
+/// string), answered with `echo {input}`.
+pub(super) fn turn_for(id: &str, body: serde_json::Value) -> Turn {
+    let text = body["input"].as_str().unwrap_or_default().to_owned();
+    let request = CreateRequest::parse(body.to_string().as_bytes()).unwrap();
     let mut response = Response::start(id.to_owned(), 1, &request);
     response
         .output
