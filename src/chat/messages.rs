@@ -15,6 +15,12 @@ use super::tools::flat_name;
 use super::{ChatContent, ChatFunction, ChatMessage, ChatToolCall};
 use crate::api::items::{ContentPart, Item, Message, Role};
 
+/// The version of the rendering below. Stored turns keep the messages they
+/// rendered to with this number; bump it whenever what items render to
+/// changes, and turns kept by an older version are rendered again from
+/// their items.
+pub const RENDERING: u32 = 1;
+
 /// The chat messages for `instructions` followed by `history`.
 pub fn to_messages(
     instructions: Option<&str>,

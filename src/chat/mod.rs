@@ -9,7 +9,7 @@
 mod messages;
 mod tools;
 
-pub use messages::{to_messages, Rendered};
+pub use messages::{to_messages, Rendered, RENDERING};
 pub use tools::{ToolKind, ToolMap};
 
 use serde::{Deserialize, Serialize};

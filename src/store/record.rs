@@ -2,11 +2,12 @@
 //!
 //! A turn is up to four JSON documents back to back:
 //!
-//! 1. the head, `{"id", "reasoning", "chat", "items", "rest"}`: the
-//!    response's id, and the byte lengths of the documents that follow
-//!    (`chat` is absent when the turn kept no messages, see [`KeptChat`]);
-//! 2. the kept chat messages, an array, rendered with `reasoning` passed on
-//!    or not;
+//! 1. the head, `{"id", "rendering", "reasoning", "chat", "items", "rest"}`:
+//!    the response's id, and the byte lengths of the documents that follow
+//!    (`chat` and what it was rendered with are absent when the turn kept no
+//!    messages, see [`KeptChat`]);
+//! 2. the kept chat messages, an array, rendered by version `rendering` of
+//!    the chat rendering with `reasoning` passed on or not;
 //! 3. the items, `{"input", "output"}`: the input items the response was
 //!    given and its output items;
 //! 4. the rest of the response: every field but `output` (which is `[]`
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::{Turn, TurnItems};
 use crate::api::items::Item;
 use crate::api::response::Response;
-use crate::chat::KeptMessages;
+use crate::chat::{KeptMessages, RENDERING};
 use crate::error::ApiError;
 
 /// A turn's chat messages as sent to the backend, kept so that a later
@@ -43,6 +44,8 @@ pub struct KeptChat {
 #[derive(Serialize)]
 struct HeadOut<'a> {
     id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rendering: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reasoning: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -90,6 +93,8 @@ impl Head for ItemsHead {
 #[derive(Deserialize)]
 struct ChatHead {
     #[serde(default)]
+    rendering: Option<u32>,
+    #[serde(default)]
     reasoning: Option<bool>,
     #[serde(default)]
     chat: Option<usize>,
@@ -128,6 +133,7 @@ pub fn encode(turn: &Turn, chat: Option<&KeptChat>) -> Result<Vec<u8>, ApiError>
     let rest = serde_json::to_vec(&rest).map_err(unencodable)?;
     let head = HeadOut {
         id: &turn.response.id,
+        rendering: chat.map(|_| RENDERING),
         reasoning: chat.map(|c| c.reasoning),
         chat: chat.map(|c| c.messages.len()),
         items: items.len(),
@@ -143,13 +149,18 @@ pub fn encode(turn: &Turn, chat: Option<&KeptChat>) -> Result<Vec<u8>, ApiError>
 }
 
 /// The kept messages of every turn in `bytes`, in order; `None` unless
-/// every turn kept them, rendered with the same `reasoning` setting.
+/// every turn kept them, rendered by this version of the rendering with the
+/// same `reasoning` setting.
 pub fn decode_chat(bytes: &[u8], reasoning: bool) -> Result<Option<KeptMessages>, ApiError> {
     let mut messages = KeptMessages::default();
     for record in Records::<ChatHead>::new(bytes) {
         let (head, [chat, _, _]) = record?;
         match head.chat {
-            Some(_) if head.reasoning == Some(reasoning) && head.response.is_none() => {
+            Some(_)
+                if head.rendering == Some(RENDERING)
+                    && head.reasoning == Some(reasoning)
+                    && head.response.is_none() =>
+            {
                 messages.push_array(chat)
             }
             _ => return Ok(None),
