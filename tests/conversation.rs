@@ -189,11 +189,16 @@ async fn branches_see_only_their_own_history() {
         json!({"model": "m", "input": "a", "previous_response_id": id(&root)}),
     )
     .await;
+    let before = h.server.kv_stats();
     let b = create(
         &h,
         json!({"model": "m", "input": "b", "previous_response_id": id(&root)}),
     )
     .await;
+    // The replay saw that `root` no longer ends its thread: the branch takes
+    // a thread of its own without taking a slot from that one.
+    let branch = h.server.kv_stats().since(&before);
+    assert_eq!((branch.increment, branch.total()), (1, 4), "{branch:?}");
     create(
         &h,
         json!({"model": "m", "input": "a2", "previous_response_id": id(&a)}),

@@ -118,6 +118,8 @@ pub struct Turn {
 pub struct Conversation {
     pub pointer: Pointer,
     log: Log,
+    /// Slots allocated on the thread the response ends, when read.
+    thread_len: Option<u64>,
 }
 
 /// The bytes of a run of segments, as read.
@@ -253,13 +255,28 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
     /// a pack the segments list is gone), and notes where the loose slots at
     /// the end start.
     fn read_log(&self, segments: &[Segment]) -> Result<Log, ApiError> {
+        self.read_log_and(segments, None).map(|(log, _)| log)
+    }
+
+    /// [`Self::read_log`], reading the value of key `also` in the same batch.
+    fn read_log_and(
+        &self,
+        segments: &[Segment],
+        also: Option<String>,
+    ) -> Result<(Log, Option<Vec<u8>>), ApiError> {
         let pieces: Vec<(usize, Piece<'_>)> = segments
             .iter()
             .enumerate()
             .flat_map(|(i, s)| s.pieces().into_iter().map(move |p| (i, p)))
             .collect();
-        let keys = pieces.iter().map(|(_, p)| self.piece_key(p)).collect();
-        let values = self.kv.get_many(keys).map_err(storage)?;
+        let mut keys: Vec<String> = pieces.iter().map(|(_, p)| self.piece_key(p)).collect();
+        let asked_also = also.is_some();
+        keys.extend(also);
+        let mut values = self.kv.get_many(keys).map_err(storage)?;
+        let also = match asked_also {
+            true => values.pop().flatten(),
+            false => None,
+        };
         // A pack that is gone is read slot by slot.
         let unpacked: Vec<String> = pieces
             .iter()
@@ -305,7 +322,7 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
                 (Piece::Slot(..), None) => return Err(gone()),
             }
         }
-        Ok(Log { bytes, loose })
+        Ok((Log { bytes, loose }, also))
     }
 
     /// A conversation up to and including response `id`.
@@ -313,8 +330,16 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
         let Some(pointer) = self.pointer(id, now)? else {
             return Ok(None);
         };
-        let log = self.read_log(&pointer.segments)?;
-        Ok(Some(Conversation { pointer, log }))
+        // The length of the thread the response ends, read with the log,
+        // tells a continuation whether it can append to that thread.
+        let len_key = self.len_key(&pointer.turn.thread);
+        let (log, len) = self.read_log_and(&pointer.segments, Some(len_key))?;
+        let thread_len = len.and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok());
+        Ok(Some(Conversation {
+            pointer,
+            log,
+            thread_len: thread_len.and_then(|b| u64::try_from(i64::from_le_bytes(b)).ok()),
+        }))
     }
 
     /// A response's own turn.
@@ -340,8 +365,7 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
         let bytes = record::encode(turn, chat)?;
         let chunks: Vec<&[u8]> = bytes.chunks(SLOT_BYTES).collect();
         let count = chunks.len() as u64;
-        let parent_pointer = parent.map(|p| &p.pointer);
-        let (mut segments, own) = self.allocate(&turn.response.id, parent_pointer, count)?;
+        let (mut segments, own) = self.allocate(&turn.response.id, parent, count)?;
         let mut entries: Vec<(String, Vec<u8>)> = Vec::with_capacity(chunks.len() + 4);
         if let Some((start, pack)) = parent.and_then(|p| completed_pack(p, &own, &bytes)) {
             entries.push((self.pack_key(&own.thread, start), pack));
@@ -377,20 +401,26 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
     fn allocate(
         &self,
         id: &str,
-        parent: Option<&Pointer>,
+        parent: Option<&Conversation>,
         count: u64,
     ) -> Result<(Vec<Segment>, Segment), ApiError> {
         let delta = i64::try_from(count).map_err(|_| ApiError::server("Response too large"))?;
-        if let Some(parent) = parent {
-            let thread = &parent.turn.thread;
+        let Some(parent) = parent else {
+            return self.new_thread(id, delta);
+        };
+        let (pointer, thread) = (&parent.pointer, &parent.pointer.turn.thread);
+        // A parent that was not its thread's end when read is not worth an
+        // increment: the continuation branches anyway.
+        let maybe_end = parent.thread_len.is_none_or(|len| len == pointer.turn.end);
+        if maybe_end {
             let end = self
                 .kv
                 .increment(&self.len_key(thread), delta)
                 .map_err(storage)?;
             let end = u64::try_from(end).unwrap_or(0);
-            if end.checked_sub(count) == Some(parent.turn.end) {
-                let own = Segment::new(thread.clone(), parent.turn.end, end);
-                let mut segments = parent.segments.clone();
+            if end.checked_sub(count) == Some(pointer.turn.end) {
+                let own = Segment::new(thread.clone(), pointer.turn.end, end);
+                let mut segments = pointer.segments.clone();
                 match segments.last_mut() {
                     Some(last) if last.thread == own.thread && last.end == own.start => {
                         last.end = own.end
@@ -399,13 +429,12 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
                 }
                 return Ok((segments, own));
             }
-            // The parent is not the end of its thread: branch.
-            let (_, own) = self.new_thread(id, delta)?;
-            let mut segments = parent.segments.clone();
-            segments.push(own.clone());
-            return Ok((segments, own));
         }
-        self.new_thread(id, delta)
+        // The parent is not the end of its thread: branch.
+        let (_, own) = self.new_thread(id, delta)?;
+        let mut segments = pointer.segments.clone();
+        segments.push(own.clone());
+        Ok((segments, own))
     }
 
     fn new_thread(&self, id: &str, delta: i64) -> Result<(Vec<Segment>, Segment), ApiError> {

@@ -289,3 +289,30 @@ fn branches_do_not_use_packs_of_other_branches() {
     expected.push("resp_branch".into());
     assert_eq!(ids, expected);
 }
+
+#[test]
+fn a_branch_takes_no_slot_from_its_parents_thread() {
+    let kv = MemoryKv::default();
+    let store = ResponseStore::new(&kv, "t");
+    chain(&store, 3);
+    let len = || kv.values.borrow().get("t/len/resp_0").cloned();
+    let before = len();
+    for branch in ["resp_b1", "resp_b2"] {
+        let parent = store.conversation("resp_1", 0).unwrap().unwrap();
+        *kv.round_trips.borrow_mut() = 0;
+        store
+            .save(&turn(branch, "b"), None, Some(&parent), None)
+            .unwrap();
+        // One increment, for the branch's own thread, and the batch write.
+        assert_eq!(*kv.round_trips.borrow(), 2, "{branch}");
+    }
+    assert_eq!(len(), before, "the main thread keeps its length");
+    // The main thread can still be continued in place.
+    let end = store.conversation("resp_2", 0).unwrap().unwrap();
+    store
+        .save(&turn("resp_3", "c"), None, Some(&end), None)
+        .unwrap();
+    let pointer = store.conversation("resp_3", 0).unwrap().unwrap().pointer;
+    assert_eq!(pointer.segments.len(), 1);
+    assert_eq!(pointer.turn.thread, "resp_0");
+}
