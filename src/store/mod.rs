@@ -23,7 +23,8 @@
 //!
 //! A continuation appends its turn to its parent's thread when the parent is
 //! the thread's last turn; otherwise (a branch) it starts a new thread and its
-//! pointer refers to the parent's slots. A pointer lists the slot ranges
+//! pointer refers to the parent's slots. The replay reads the thread's length
+//! in its batch, so a branch does not spend an increment on that thread. A pointer lists the slot ranges
 //! (segments) of the whole conversation, so replaying a chain of any depth
 //! takes one `get` plus one `get-many`, and each turn is stored once: bytes
 //! grow linearly with the conversation.
