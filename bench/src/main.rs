@@ -144,7 +144,7 @@ impl Plan {
                 streaming: 500,
                 throughput: Duration::from_secs(10),
                 chain: *DEPTHS.last().unwrap_or(&1),
-                continuation: 300,
+                continuation: 600,
             }
         }
     }
@@ -590,32 +590,6 @@ async fn measure(plan: &Plan, backend: &Backend, server: &Server) -> anyhow::Res
     let stream_total = Pair::of(&edge_samples, &direct_samples, total);
 
     progress(&format!(
-        "throughput at concurrency {CONCURRENCY} ({:?} per target)",
-        plan.throughput
-    ));
-    let sampler = RssSampler::start()?;
-    let cpu_start = CpuTimes::now(BACKEND_THREAD);
-    let (edge_conns, edge_done, edge_elapsed) = run_for(edge_conns, plan.throughput, &edge).await?;
-    let cpu_middle = CpuTimes::now(BACKEND_THREAD);
-    let rss_peak = sampler.finish();
-    let (direct_conns, direct_done, direct_elapsed) =
-        run_for(direct_conns, plan.throughput, &direct).await?;
-    let cpu_end = CpuTimes::now(BACKEND_THREAD);
-    let (edge_conns, floor_done, floor_elapsed) =
-        run_for(edge_conns, plan.throughput, &Probe::missing_response()).await?;
-    drop((edge_conns, direct_conns));
-    // The single connections sat idle through the throughput phase, longer
-    // than servers keep an idle connection open.
-    edge_conn = Conn::connect(edge_addr).await?;
-    direct_conn = Conn::connect(backend_addr).await?;
-    let cpu = CpuPerRequest::new(
-        cpu_middle.since(&cpu_start),
-        edge_done,
-        cpu_end.since(&cpu_middle),
-        direct_done,
-    );
-
-    progress(&format!(
         "building a conversation {} responses deep",
         plan.chain
     ));
@@ -674,6 +648,30 @@ async fn measure(plan: &Plan, backend: &Backend, server: &Server) -> anyhow::Res
             chat_request_bytes,
         });
     }
+
+    // Last: it fills the store with tens of thousands of responses, which
+    // would make the continuations above pay for a larger file.
+    progress(&format!(
+        "throughput at concurrency {CONCURRENCY} ({:?} per target)",
+        plan.throughput
+    ));
+    let sampler = RssSampler::start()?;
+    let cpu_start = CpuTimes::now(BACKEND_THREAD);
+    let (edge_conns, edge_done, edge_elapsed) = run_for(edge_conns, plan.throughput, &edge).await?;
+    let cpu_middle = CpuTimes::now(BACKEND_THREAD);
+    let rss_peak = sampler.finish();
+    let (direct_conns, direct_done, direct_elapsed) =
+        run_for(direct_conns, plan.throughput, &direct).await?;
+    let cpu_end = CpuTimes::now(BACKEND_THREAD);
+    let (edge_conns, floor_done, floor_elapsed) =
+        run_for(edge_conns, plan.throughput, &Probe::missing_response()).await?;
+    drop((edge_conns, direct_conns));
+    let cpu = CpuPerRequest::new(
+        cpu_middle.since(&cpu_start),
+        edge_done,
+        cpu_end.since(&cpu_middle),
+        direct_done,
+    );
 
     Ok(Measured {
         sequential,
