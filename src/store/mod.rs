@@ -8,7 +8,7 @@
 //! - `{tenant}/resp/{id}`: a small [`Pointer`] to where the response lives.
 //! - `{tenant}/log/{thread}/{slot}`: a conversation log. Each turn (one
 //!   response with its input items, and the chat messages it renders to,
-//!   laid out as [`record`] describes) is split into slots of at most
+//!   laid out as the `record` module describes) is split into slots of at most
 //!   [`SLOT_BYTES`], so no value gets near the per-value limits of Redis,
 //!   DynamoDB or Cosmos.
 //! - `{tenant}/pack/{thread}/{start}`: the bytes of slots `start` to
