@@ -13,6 +13,11 @@ async fn keyed() -> Harness {
     Harness::with_variables(&[("api_keys", &format!("{KEY_A},{KEY_B}"))]).await
 }
 
+/// `POST /v1/responses` with `body` as `key`.
+async fn post_as(h: &Harness, key: Option<&str>, body: Value) -> (u16, Value) {
+    call(h, key, "POST", "/v1/responses", Some(body)).await
+}
+
 /// Sends `method path` with `body` as `key`.
 async fn call(
     h: &Harness,
@@ -39,14 +44,7 @@ async fn call(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_or_wrong_key_is_401_everywhere() {
     let h = keyed().await;
-    let (status, created) = call(
-        &h,
-        Some(KEY_A),
-        "POST",
-        "/v1/responses",
-        Some(json!({"model": "m", "input": "hi"})),
-    )
-    .await;
+    let (status, created) = post_as(&h, Some(KEY_A), json!({"model": "m", "input": "hi"})).await;
     assert_eq!(status, 200, "{created}");
     let id = created["id"].as_str().unwrap();
     let routes = [
@@ -94,12 +92,10 @@ async fn missing_or_wrong_key_is_401_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_is_scoped_per_key() {
     let h = keyed().await;
-    let (status, created) = call(
+    let (status, created) = post_as(
         &h,
         Some(KEY_A),
-        "POST",
-        "/v1/responses",
-        Some(json!({"model": "m", "input": "alice's secret"})),
+        json!({"model": "m", "input": "alice's secret"}),
     )
     .await;
     assert_eq!(status, 200, "{created}");
@@ -137,22 +133,18 @@ async fn data_is_scoped_per_key() {
     )
     .await;
     assert_eq!(status, 404);
-    let (status, body) = call(
+    let (status, body) = post_as(
         &h,
         Some(KEY_B),
-        "POST",
-        "/v1/responses",
-        Some(json!({"model": "m", "input": "x", "previous_response_id": id})),
+        json!({"model": "m", "input": "x", "previous_response_id": id}),
     )
     .await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["param"], "previous_response_id");
-    let (status, body) = call(
+    let (status, body) = post_as(
         &h,
         Some(KEY_B),
-        "POST",
-        "/v1/responses",
-        Some(json!({"model": "m", "input": [{"type": "item_reference", "id": item_id}]})),
+        json!({"model": "m", "input": [{"type": "item_reference", "id": item_id}]}),
     )
     .await;
     assert_eq!(status, 404, "{body}");
@@ -161,12 +153,10 @@ async fn data_is_scoped_per_key() {
     let (status, fetched) =
         call(&h, Some(KEY_A), "GET", &format!("/v1/responses/{id}"), None).await;
     assert_eq!((status, &fetched), (200, &created));
-    let (status, body) = call(
+    let (status, body) = post_as(
         &h,
         Some(KEY_A),
-        "POST",
-        "/v1/responses",
-        Some(json!({"model": "m", "input": "more", "previous_response_id": id})),
+        json!({"model": "m", "input": "more", "previous_response_id": id}),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -228,7 +218,7 @@ async fn the_backend_gets_the_backend_key_never_the_clients() {
     // backend_api_key is what the backend sees.
     let h =
         Harness::with_variables(&[("api_keys", KEY_A), ("backend_api_key", "sk-backend")]).await;
-    let (status, _) = call(&h, Some(KEY_A), "POST", "/v1/responses", Some(body.clone())).await;
+    let (status, _) = post_as(&h, Some(KEY_A), body.clone()).await;
     assert_eq!(status, 200);
     assert_eq!(
         h.backend.last_request().unwrap().header("authorization"),
@@ -243,7 +233,7 @@ async fn the_backend_gets_the_backend_key_never_the_clients() {
 
     // No backend key: the backend gets no key at all.
     let h = Harness::with_variables(&[("api_keys", KEY_A)]).await;
-    call(&h, Some(KEY_A), "POST", "/v1/responses", Some(body.clone())).await;
+    post_as(&h, Some(KEY_A), body.clone()).await;
     assert_eq!(
         h.backend.last_request().unwrap().header("authorization"),
         None
@@ -251,14 +241,7 @@ async fn the_backend_gets_the_backend_key_never_the_clients() {
 
     // An open service does not pass on whatever key a client sends.
     let h = Harness::start().await;
-    let (status, _) = call(
-        &h,
-        Some("sk-client"),
-        "POST",
-        "/v1/responses",
-        Some(body.clone()),
-    )
-    .await;
+    let (status, _) = post_as(&h, Some("sk-client"), body.clone()).await;
     assert_eq!(status, 200);
     assert_eq!(
         h.backend.last_request().unwrap().header("authorization"),
@@ -267,14 +250,7 @@ async fn the_backend_gets_the_backend_key_never_the_clients() {
 
     // Unless forward_client_key says so.
     let h = Harness::with_variables(&[("forward_client_key", "true")]).await;
-    call(
-        &h,
-        Some("sk-client"),
-        "POST",
-        "/v1/responses",
-        Some(body.clone()),
-    )
-    .await;
+    post_as(&h, Some("sk-client"), body.clone()).await;
     assert_eq!(
         h.backend.last_request().unwrap().header("authorization"),
         Some("Bearer sk-client")
@@ -286,7 +262,7 @@ async fn the_backend_gets_the_backend_key_never_the_clients() {
         ("backend_api_key", "sk-backend"),
     ])
     .await;
-    call(&h, Some("sk-client"), "POST", "/v1/responses", Some(body)).await;
+    post_as(&h, Some("sk-client"), body).await;
     assert_eq!(
         h.backend.last_request().unwrap().header("authorization"),
         Some("Bearer sk-backend")
@@ -296,14 +272,7 @@ async fn the_backend_gets_the_backend_key_never_the_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_service_needs_no_key() {
     let h = Harness::start().await;
-    let (status, created) = call(
-        &h,
-        None,
-        "POST",
-        "/v1/responses",
-        Some(json!({"model": "m", "input": "hi"})),
-    )
-    .await;
+    let (status, created) = post_as(&h, None, json!({"model": "m", "input": "hi"})).await;
     assert_eq!(status, 200, "{created}");
     // Any key, or none, reaches the same open store.
     let id = created["id"].as_str().unwrap();

@@ -31,12 +31,7 @@ async fn assert_gone(h: &Harness, id: &str) {
     assert_eq!(status, 404, "{body}");
     let (status, _) = h.get(&format!("/v1/responses/{id}/input_items")).await;
     assert_eq!(status, 404);
-    let (status, body) = h
-        .post(
-            "/v1/responses",
-            &json!({"model": "m", "input": "x", "previous_response_id": id}),
-        )
-        .await;
+    let (status, body) = h.post("/v1/responses", &chain_request("x", Some(id))).await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["param"], "previous_response_id");
 }
@@ -183,27 +178,15 @@ async fn chains_of_any_depth_replay_every_turn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn branches_see_only_their_own_history() {
     let h = Harness::start().await;
-    let root = create(&h, json!({"model": "m", "input": "root"})).await;
-    let a = create(
-        &h,
-        json!({"model": "m", "input": "a", "previous_response_id": id(&root)}),
-    )
-    .await;
+    let root = create(&h, chain_request("root", None)).await;
+    let a = create(&h, chain_request("a", Some(&id(&root)))).await;
     let before = h.server.kv_stats();
-    let b = create(
-        &h,
-        json!({"model": "m", "input": "b", "previous_response_id": id(&root)}),
-    )
-    .await;
+    let b = create(&h, chain_request("b", Some(&id(&root)))).await;
     // The replay saw that `root` no longer ends its thread: the branch takes
     // a thread of its own without taking a slot from that one.
     let branch = h.server.kv_stats().since(&before);
     assert_eq!((branch.increment, branch.total()), (1, 4), "{branch:?}");
-    create(
-        &h,
-        json!({"model": "m", "input": "a2", "previous_response_id": id(&a)}),
-    )
-    .await;
+    create(&h, chain_request("a2", Some(&id(&a)))).await;
     let users = |sent: Vec<Value>| -> Vec<String> {
         sent.iter()
             .filter(|m| m["role"] == "user")
@@ -211,11 +194,7 @@ async fn branches_see_only_their_own_history() {
             .collect()
     };
     assert_eq!(users(messages(&h)), ["root", "a", "a2"]);
-    create(
-        &h,
-        json!({"model": "m", "input": "b2", "previous_response_id": id(&b)}),
-    )
-    .await;
+    create(&h, chain_request("b2", Some(&id(&b)))).await;
     assert_eq!(users(messages(&h)), ["root", "b", "b2"]);
 }
 
@@ -228,11 +207,7 @@ async fn continuation_cost(depth: usize) -> KvStats {
         previous = Some(id(&create(&h, request).await));
     }
     let before = h.server.kv_stats();
-    create(
-        &h,
-        json!({"model": "m", "input": "one more", "previous_response_id": previous}),
-    )
-    .await;
+    create(&h, chain_request("one more", previous.as_deref())).await;
     let cost = h.server.kv_stats().since(&before);
     assert_eq!(messages(&h).len(), 2 * depth + 1);
     cost
@@ -294,7 +269,7 @@ async fn a_large_input_is_split_into_bounded_values() {
         .collect::<String>();
     assert!(big.len() > 600 * 1024);
     h.backend.push(Reply::text("Got it."));
-    let first = create(&h, json!({"model": "m", "input": big})).await;
+    let first = create(&h, chain_request(big.as_str(), None)).await;
     let values = stored_values(h.server.store_path());
     let (largest_key, largest) = values.iter().max_by_key(|(_, size)| *size).unwrap();
     assert!(
@@ -315,11 +290,7 @@ async fn a_large_input_is_split_into_bounded_values() {
         items["data"][0]["content"][0]["text"].as_str().unwrap(),
         big
     );
-    create(
-        &h,
-        json!({"model": "m", "input": "summarize", "previous_response_id": id}),
-    )
-    .await;
+    create(&h, chain_request("summarize", Some(&id))).await;
     let sent = messages(&h);
     assert_eq!(sent[0]["content"].as_str().unwrap(), big);
     assert_eq!(sent[1]["content"], "Got it.");
@@ -345,7 +316,7 @@ async fn readable_and_continuable_as_soon_as_the_request_returns() {
     let created = responses
         .create(
             None,
-            &json!({"model": "m", "input": "typed", "previous_response_id": previous}).to_string(),
+            &chain_request("typed", previous.as_deref()).to_string(),
         )
         .await
         .expect("no trap")
@@ -382,7 +353,7 @@ async fn store_false_writes_nothing_and_cannot_be_continued() {
     assert_gone(&h, &id).await;
 
     // store:false may still continue a stored response, without saving itself.
-    let stored = create(&h, json!({"model": "m", "input": "kept"})).await;
+    let stored = create(&h, chain_request("kept", None)).await;
     let before = h.server.kv_stats();
     create(
         &h,
@@ -399,10 +370,7 @@ async fn store_false_writes_nothing_and_cannot_be_continued() {
 async fn unknown_previous_response_id_is_404() {
     let h = Harness::start().await;
     let (status, body) = h
-        .post(
-            "/v1/responses",
-            &json!({"model": "m", "input": "x", "previous_response_id": "resp_nope"}),
-        )
+        .post("/v1/responses", &chain_request("x", Some("resp_nope")))
         .await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["param"], "previous_response_id");
@@ -414,7 +382,7 @@ async fn unknown_previous_response_id_is_404() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_expire_after_their_ttl() {
     let h = Harness::with_variables(&[("response_ttl_seconds", "1")]).await;
-    let response = create(&h, json!({"model": "m", "input": "short-lived"})).await;
+    let response = create(&h, chain_request("short-lived", None)).await;
     let id = id(&response);
     let (status, _) = h.get(&format!("/v1/responses/{id}")).await;
     assert_eq!(status, 200);
@@ -429,13 +397,9 @@ async fn earlier_reasoning_reaches_a_backend_that_takes_it() {
     let h = Harness::with_variables(&[("backend_reasoning", "true")]).await;
     h.backend
         .push(Reply::text("Four.").reasoning("Two plus two."));
-    let first = create(&h, json!({"model": "m", "input": "2+2?"})).await;
+    let first = create(&h, chain_request("2+2?", None)).await;
     assert_eq!(first["output"][0]["type"], "reasoning");
-    create(
-        &h,
-        json!({"model": "m", "input": "And 3+3?", "previous_response_id": id(&first)}),
-    )
-    .await;
+    create(&h, chain_request("And 3+3?", Some(&id(&first)))).await;
     assert_eq!(
         messages(&h)[1],
         json!({"role": "assistant", "content": "Four.", "reasoning_content": "Two plus two."})
@@ -445,12 +409,8 @@ async fn earlier_reasoning_reaches_a_backend_that_takes_it() {
     let h = Harness::start().await;
     h.backend
         .push(Reply::text("Four.").reasoning("Two plus two."));
-    let first = create(&h, json!({"model": "m", "input": "2+2?"})).await;
-    create(
-        &h,
-        json!({"model": "m", "input": "And 3+3?", "previous_response_id": id(&first)}),
-    )
-    .await;
+    let first = create(&h, chain_request("2+2?", None)).await;
+    create(&h, chain_request("And 3+3?", Some(&id(&first)))).await;
     assert_eq!(
         messages(&h)[1],
         json!({"role": "assistant", "content": "Four."})
@@ -501,12 +461,8 @@ async fn replays_read_the_same_whether_kept_or_rendered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_response_in_a_chain() {
     let h = Harness::start().await;
-    let first = create(&h, json!({"model": "m", "input": "one"})).await;
-    let second = create(
-        &h,
-        json!({"model": "m", "input": "two", "previous_response_id": id(&first)}),
-    )
-    .await;
+    let first = create(&h, chain_request("one", None)).await;
+    let second = create(&h, chain_request("two", Some(&id(&first)))).await;
     let (status, _) = h.delete(&format!("/v1/responses/{}", id(&first))).await;
     assert_eq!(status, 200);
     // The later response is still readable on its own...
@@ -514,10 +470,7 @@ async fn deleting_a_response_in_a_chain() {
     assert_eq!((status, &fetched), (200, &second));
     // ...but its conversation lost a turn: continuing it is a clear 404.
     let (status, body) = h
-        .post(
-            "/v1/responses",
-            &json!({"model": "m", "input": "three", "previous_response_id": id(&second)}),
-        )
+        .post("/v1/responses", &chain_request("three", Some(&id(&second))))
         .await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["param"], "previous_response_id");

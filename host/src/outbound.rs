@@ -568,17 +568,16 @@ mod tests {
     async fn the_connect_timeout_is_the_requests_own() {
         let (addr, _listener, _queued) = full_accept_queue().await;
         let url = format!("http://{addr}/");
-        for (connect, within) in [(100, 0..1_000), (1_000, 1_000..5_000)] {
+        // Connecting hangs. With the request's connect timeout ignored, the
+        // first-byte timeout would end it as a read timeout instead; each
+        // timeout also holds for at least its own length.
+        for connect in [100, 300] {
             let started = Instant::now();
             let err = send(get(&url), timeouts(connect, 10_000, 10_000))
                 .await
                 .expect_err("connecting hangs");
-            let elapsed = started.elapsed().as_millis();
             assert!(matches!(err, Error::ConnectionTimeout), "{err:?}");
-            assert!(
-                within.contains(&elapsed),
-                "{connect} ms timeout took {elapsed} ms"
-            );
+            assert!(started.elapsed() >= Duration::from_millis(connect));
         }
     }
 

@@ -95,10 +95,19 @@ impl KeptMessages {
 }
 
 impl Serialize for ChatMessages {
-    /// The messages as one JSON array, with the kept ones spliced in as they
-    /// are; the array is checked to be well-formed JSON on the way.
+    /// The messages as one JSON array. Kept messages are spliced in as they
+    /// are, and the assembled array is checked to be well-formed JSON; without
+    /// them the messages are written directly.
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::Error;
+        use serde::ser::{Error, SerializeSeq};
+        if self.kept.is_empty() {
+            let len = usize::from(self.system.is_some()) + self.rendered.len();
+            let mut seq = serializer.serialize_seq(Some(len))?;
+            for message in self.system.iter().chain(&self.rendered) {
+                seq.serialize_element(message)?;
+            }
+            return seq.end();
+        }
         let mut array = Vec::with_capacity(self.kept.0.len() + 256 * (self.rendered.len() + 1));
         array.push(b'[');
         let mut parts = 0;
@@ -397,6 +406,51 @@ mod tests {
                 .as_deref(),
             Some("text.format.schema")
         );
+    }
+
+    #[test]
+    fn kept_messages_go_between_the_system_message_and_the_new_ones() {
+        let text = |role, t: &str| ChatMessage {
+            role,
+            content: Some(ChatContent::Text(t.to_owned())),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            reasoning_content: None,
+        };
+        let mut kept = KeptMessages::default();
+        kept.push_array(br#"[{"role":"user","content":"a"},{"role":"assistant","content":"b"}]"#);
+        kept.push_array(b" [ ] ");
+        let messages = ChatMessages {
+            system: Some(text("system", "s")),
+            kept,
+            rendered: vec![text("user", "c")],
+        };
+        let contents: Vec<Value> = serde_json::to_value(&messages)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].clone())
+            .collect();
+        assert_eq!(contents, [json!("s"), json!("a"), json!("b"), json!("c")]);
+        let fresh = ChatMessages {
+            kept: KeptMessages::default(),
+            ..messages.clone()
+        };
+        assert_eq!(
+            serde_json::to_value(&fresh)
+                .unwrap()
+                .as_array()
+                .map(Vec::len),
+            Some(2)
+        );
+        let mut broken = KeptMessages::default();
+        broken.push_array(br#"[{"role":"user""#);
+        let broken = ChatMessages {
+            kept: broken,
+            ..fresh
+        };
+        assert!(serde_json::to_vec(&broken).is_err());
     }
 
     #[test]
