@@ -42,7 +42,6 @@ mod tests {
 
     fn settings(keys: &[&str]) -> Settings {
         Settings {
-            backend_url: "x".into(),
             api_keys: keys.iter().map(|k| k.to_string()).collect(),
             ..Settings::default()
         }

@@ -9,7 +9,17 @@
 //! | `forward_client_key` | `true` to send the client's key to the backend when `backend_api_key` is unset |
 //! | `backend_reasoning` | `true` to pass earlier reasoning to the backend as `reasoning_content` |
 //! | `backend_timeout_seconds` | longest wait for the backend's first byte, and between two pieces of its answer (default 300) |
+//! | `backend_headers` | fixed headers for the backend: a JSON object, or `Name: value` lines |
+//! | `backend_max_tokens_param` | `max_tokens` (default) or `max_completion_tokens` |
+//! | `backend_think_tags` | `true` when the backend's models put reasoning in `<think>` tags |
+//! | `backends` | more backends, chosen by model name: a JSON array of routes |
+//!
+//! `backend_url` and its companions make the default backend, which serves
+//! every model no entry of `backends` claims; either may be left out, not
+//! both.
 
+use crate::backend::dialect::MaxTokensParam;
+use crate::backend::routes::{check_url, parse_headers, parse_routes, Route, Routes};
 use crate::error::ApiError;
 
 /// Default time-to-live of stored responses: 30 days, like OpenAI.
@@ -28,13 +38,17 @@ pub const KEYS: &[&str] = &[
     "forward_client_key",
     "backend_reasoning",
     "backend_timeout_seconds",
+    "backend_headers",
+    "backend_max_tokens_param",
+    "backend_think_tags",
+    "backends",
 ];
 
 /// The component's configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
-    pub backend_url: String,
-    pub backend_api_key: Option<String>,
+    /// The backends, in the order they are tried for a model.
+    pub routes: Routes,
     pub api_keys: Vec<String>,
     /// `None`: responses never expire.
     pub response_ttl_seconds: Option<i64>,
@@ -53,13 +67,20 @@ impl Settings {
             backend_timeout_seconds: DEFAULT_BACKEND_TIMEOUT_SECONDS,
             ..Settings::default()
         };
+        let mut default = DefaultBackend::default();
+        let mut routes = Vec::new();
         for (key, value) in pairs {
             let value = value.trim().to_owned();
             match key.as_str() {
-                "backend_url" => settings.backend_url = value.trim_end_matches('/').to_owned(),
-                "backend_api_key" => {
-                    settings.backend_api_key = Some(value).filter(|v| !v.is_empty())
+                "backend_url" => default.url = value,
+                "backend_api_key" => default.api_key = Some(value).filter(|v| !v.is_empty()),
+                "backend_headers" if !value.is_empty() => default.headers = parse_headers(&value)?,
+                "backend_max_tokens_param" if !value.is_empty() => {
+                    default.max_tokens_param =
+                        Some(MaxTokensParam::parse(&value).map_err(ApiError::server)?)
                 }
+                "backend_think_tags" => default.think_tags = truthy(&value),
+                "backends" if !value.is_empty() => routes = parse_routes(&value)?,
                 "api_keys" => {
                     settings.api_keys = value
                         .split([',', ' ', '\n'])
@@ -88,12 +109,41 @@ impl Settings {
                 _ => {}
             }
         }
-        if settings.backend_url.is_empty() {
+        routes.extend(default.into_route()?);
+        if routes.is_empty() {
             return Err(ApiError::server(
                 "The server has no backend configured: set the `backend_url` variable.",
             ));
         }
+        settings.routes = Routes(routes);
         Ok(settings)
+    }
+}
+
+/// The settings of the default backend, which serves every model.
+#[derive(Default)]
+struct DefaultBackend {
+    url: String,
+    api_key: Option<String>,
+    headers: Vec<(String, String)>,
+    max_tokens_param: Option<MaxTokensParam>,
+    think_tags: bool,
+}
+
+impl DefaultBackend {
+    fn into_route(self) -> Result<Option<Route>, ApiError> {
+        if self.url.is_empty() {
+            return Ok(None);
+        }
+        let mut route = Route::new(&self.url);
+        check_url(&route.base).map_err(|e| {
+            ApiError::server(format!("The `backend_url` setting is not valid: {e}"))
+        })?;
+        route.api_key = self.api_key;
+        route.headers = self.headers;
+        route.max_tokens_param = self.max_tokens_param;
+        route.think_tags = self.think_tags;
+        Ok(Some(route))
     }
 }
 
@@ -122,9 +172,10 @@ mod tests {
             ("backend_api_key", ""),
         ]))
         .unwrap();
-        assert_eq!(s.backend_url, "http://127.0.0.1:8000/v1");
+        let route = s.routes.for_model("any").unwrap();
+        assert_eq!(route.url("models"), "http://127.0.0.1:8000/v1/models");
         assert_eq!(s.api_keys, ["a", "b", "c"]);
-        assert_eq!(s.backend_api_key, None);
+        assert_eq!(route.api_key, None);
         assert_eq!(s.response_ttl_seconds, Some(DEFAULT_TTL_SECONDS));
     }
 
@@ -134,9 +185,44 @@ mod tests {
     }
 
     #[test]
+    fn backends_come_before_the_default_one() {
+        let s = Settings::from_pairs(pairs(&[
+            ("backend_url", "http://127.0.0.1:8000/v1?x=1"),
+            ("backend_headers", "X-Tenant: t1"),
+            ("backend_max_tokens_param", "max_completion_tokens"),
+            (
+                "backends",
+                r#"[{"models": "gpt-*", "url": "https://api.openai.com/v1"}]"#,
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.routes.for_model("gpt-4o").unwrap().base,
+            "https://api.openai.com/v1"
+        );
+        let local = s.routes.for_model("llama").unwrap();
+        assert_eq!(local.query.as_deref(), Some("x=1"));
+        assert_eq!(
+            local.headers(None),
+            [("x-tenant".to_owned(), "t1".to_owned())]
+        );
+        assert_eq!(
+            local.max_tokens_param,
+            Some(MaxTokensParam::MaxCompletionTokens)
+        );
+        let only_routes = Settings::from_pairs(pairs(&[(
+            "backends",
+            r#"[{"models": ["a"], "url": "http://127.0.0.1:1/v1"}]"#,
+        )]))
+        .unwrap();
+        assert_eq!(only_routes.routes.for_model("b").unwrap_err().status, 404);
+        assert!(Settings::from_pairs(pairs(&[("backend_url", "127.0.0.1:8000")])).is_err());
+    }
+
+    #[test]
     fn zero_ttl_means_forever() {
         let s = Settings::from_pairs(pairs(&[
-            ("backend_url", "x"),
+            ("backend_url", "http://x"),
             ("response_ttl_seconds", "0"),
         ]))
         .unwrap();

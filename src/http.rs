@@ -6,7 +6,7 @@
 //! | `GET /v1/responses/{id}` | retrieve |
 //! | `DELETE /v1/responses/{id}` | delete |
 //! | `GET /v1/responses/{id}/input_items` | list input items |
-//! | `GET /v1/models` | the backend's model list |
+//! | `GET /v1/models` | the backends' model lists, merged |
 
 use futures::SinkExt;
 use spin_sdk::http::{Fields, IncomingRequest, Method, OutgoingResponse, ResponseOutparam};
@@ -43,7 +43,7 @@ async fn handle(request: IncomingRequest, out: ResponseOutparam) {
             Ok(service) => service
                 .models(api_key.as_deref())
                 .await
-                .map(|(_, body)| body),
+                .map(|list| json_body(&list)),
             Err(e) => Err(e),
         },
         (_, ["v1", "responses"])

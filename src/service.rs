@@ -14,7 +14,10 @@ use crate::api::items::{Item, Status};
 use crate::api::request::{CreateRequest, Input};
 use crate::api::response::Response;
 use crate::auth;
-use crate::backend::{status_error, Backend, BodyStream};
+use crate::backend::call::{log, open_chat, ChatAnswer};
+use crate::backend::dialect::Learned;
+use crate::backend::routes::Route;
+use crate::backend::{status_error, Backend, BodyStream, Method, Outbound};
 use crate::chat::{ChatChunk, ChatRequest, KeptMessages, Rendered, ToolMap};
 use crate::config::Settings;
 use crate::error::ApiError;
@@ -62,6 +65,8 @@ pub struct Service<K, B> {
     pub settings: Settings,
     pub kv: K,
     pub backend: B,
+    /// What backends taught the instance about their parameters.
+    pub learned: std::rc::Rc<Learned>,
 }
 
 /// A create in flight: the backend has accepted the request.
@@ -70,7 +75,7 @@ pub struct Exchange<'s, K: Kv, B: Backend> {
     tenant: String,
     stream: EventStream,
     /// The backend's answer; `None` when it failed before answering.
-    body: Option<B::Body>,
+    answer: Option<ChatAnswer<B::Body>>,
     /// A backend failure before the stream began.
     failure: Option<ApiError>,
     input: Vec<Item>,
@@ -145,22 +150,17 @@ impl<K: Kv, B: Backend> Service<K, B> {
             request.tool_choice.as_ref(),
         )?;
         let chat = ChatRequest::build(&request, kept, rendered, &tools)?;
-        let payload = serde_json::to_vec(&chat)
-            .map_err(|e| ApiError::server(format!("Backend request could not be encoded: {e}")))?;
-        let url = format!("{}/chat/completions", self.settings.backend_url);
-        let mut headers = self.backend_headers(api_key);
-        headers.push(("content-type", "application/json".to_owned()));
-        headers.push(("accept", "text/event-stream".to_owned()));
-        let (body, failure) = match self
-            .backend
-            .send("POST", &url, &headers, Some(payload))
-            .await
+        let route = self.settings.routes.for_model(request.model())?;
+        let (answer, failure) = match open_chat(
+            &self.backend,
+            route,
+            &self.learned,
+            self.client_key(api_key),
+            chat,
+        )
+        .await
         {
-            Ok((status, body)) if (200..300).contains(&status) => (Some(body), None),
-            Ok((status, mut body)) => {
-                let bytes = body.collect().await.unwrap_or_default();
-                (None, Some(status_error(status, &bytes)))
-            }
+            Ok(answer) => (Some(answer), None),
             Err(error) => (None, Some(error)),
         };
         // Client errors, and any failure of a plain request, are answered as
@@ -172,11 +172,15 @@ impl<K: Kv, B: Backend> Service<K, B> {
             }
         }
         let response = Response::start(new_id("resp"), now(), &request);
+        let mut stream = EventStream::new(response, tools);
+        if route.think_tags {
+            stream = stream.with_think_tags();
+        }
         Ok(Exchange {
             service: self,
             tenant,
-            stream: EventStream::new(response, tools),
-            body,
+            stream,
+            answer,
             failure,
             input,
             parent: conversation,
@@ -214,14 +218,10 @@ impl<K: Kv, B: Backend> Service<K, B> {
         }
     }
 
-    fn backend_headers(&self, api_key: Option<&str>) -> Vec<(&'static str, String)> {
-        let key = match &self.settings.backend_api_key {
-            Some(key) => Some(key.as_str()),
-            None if self.settings.forward_client_key => api_key,
-            None => None,
-        };
-        key.map(|k| vec![("authorization", format!("Bearer {k}"))])
-            .unwrap_or_default()
+    /// The client's key, when it is to be passed on to backends that have
+    /// none of their own.
+    fn client_key<'k>(&self, api_key: Option<&'k str>) -> Option<&'k str> {
+        api_key.filter(|_| self.settings.forward_client_key)
     }
 
     /// The caller's stored turn of response `id`, or 404.
@@ -256,19 +256,75 @@ impl<K: Kv, B: Backend> Service<K, B> {
         page(self.stored_turn(api_key, id)?.input, query)
     }
 
-    /// `GET /v1/models`, passed through from the backend.
-    pub async fn models(&self, api_key: Option<&str>) -> Result<(u16, Vec<u8>), ApiError> {
+    /// `GET /v1/models`: every backend's list, merged (the first backend
+    /// to list a model id wins). A backend that fails is left out, unless
+    /// every one fails.
+    pub async fn models(&self, api_key: Option<&str>) -> Result<Value, ApiError> {
         self.tenant(api_key)?;
-        let url = format!("{}/models", self.settings.backend_url);
-        let headers = self.backend_headers(api_key);
-        let (status, mut body) = self.backend.send("GET", &url, &headers, None).await?;
-        let bytes = body.collect().await.map_err(|e| {
+        let mut data: Vec<Value> = Vec::new();
+        let mut failure = None;
+        for route in self.settings.routes.iter() {
+            match self.route_models(route, api_key).await {
+                Ok(models) => {
+                    for model in models {
+                        let id = model.get("id").and_then(Value::as_str);
+                        let known = data
+                            .iter()
+                            .any(|m| m.get("id").and_then(Value::as_str) == id);
+                        if id.is_some() && !known {
+                            data.push(model);
+                        }
+                    }
+                }
+                Err(error) => {
+                    log(route, &format!("listing models failed: {}", error.message));
+                    failure.get_or_insert(error);
+                }
+            }
+        }
+        match failure {
+            Some(error) if data.is_empty() => Err(error),
+            _ => Ok(json!({"object": "list", "data": data})),
+        }
+    }
+
+    /// The models one backend lists; for a backend that serves only named
+    /// models, only those it both names and lists.
+    async fn route_models(
+        &self,
+        route: &Route,
+        api_key: Option<&str>,
+    ) -> Result<Vec<Value>, ApiError> {
+        let request = Outbound {
+            method: Method::Get,
+            url: route.url("models"),
+            headers: route.headers(self.client_key(api_key)),
+            body: None,
+        };
+        let mut answer = self.backend.send(request).await?;
+        let bytes = answer.body.collect().await.map_err(|e| {
             ApiError::backend(format!("Reading the backend's model list failed: {e}"))
         })?;
-        if !(200..300).contains(&status) {
-            return Err(status_error(status, &bytes));
+        if !(200..300).contains(&answer.status) {
+            return Err(status_error(answer.status, &bytes));
         }
-        Ok((status, bytes))
+        let list: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::backend(format!("The backend's model list is not JSON: {e}")))?;
+        let models = list
+            .get("data")
+            .or_else(|| list.get("models"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        Ok(models
+            .into_iter()
+            .filter(|model| {
+                model
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .is_some_and(|id| route.serves(id))
+            })
+            .collect())
     }
 }
 
@@ -402,6 +458,15 @@ fn page(items: Vec<Item>, query: &ListQuery) -> Result<Value, ApiError> {
     }))
 }
 
+/// Where a stream stands after some of its payloads.
+enum Fed {
+    More,
+    /// `data: [DONE]`.
+    Done,
+    Failed(ApiError),
+    ClientGone,
+}
+
 impl<K: Kv, B: Backend> Exchange<'_, K, B> {
     /// Streams the backend's answer through the event machine into `sink`,
     /// stores the response before its terminal event, and returns it with
@@ -411,61 +476,56 @@ impl<K: Kv, B: Backend> Exchange<'_, K, B> {
         if !self.send(sink, events).await {
             return self.interrupted();
         }
-        let mut reader = SseReader::default();
         let mut failure = self.failure.take();
         let mut finished = false;
-        'read: while !finished && failure.is_none() {
-            let Some(body) = self.body.as_mut() else {
-                break;
-            };
-            let payloads = match body.next().await {
-                Some(Ok(bytes)) => reader.push(&bytes),
-                Some(Err(e)) => {
-                    failure = Some(ApiError::backend(format!(
-                        "The backend connection failed mid-stream: {e}"
-                    )));
-                    break;
-                }
-                None => {
-                    let last = reader.finish();
-                    if last.is_none() {
-                        break;
-                    }
-                    finished = true;
-                    last.into_iter().collect()
-                }
-            };
-            for payload in payloads {
-                let data = match payload {
-                    SseData::Done => {
-                        finished = true;
-                        break 'read;
-                    }
-                    SseData::Data(data) => data,
-                };
-                let chunk: ChatChunk = match serde_json::from_str(&data) {
-                    Ok(chunk) => chunk,
-                    Err(e) => {
-                        failure = Some(ApiError::backend(format!(
-                            "The backend sent a malformed chunk ({e}): {}",
-                            data.chars().take(200).collect::<String>()
-                        )));
-                        break 'read;
-                    }
-                };
-                if let Some(message) = chunk.error_message() {
-                    failure = Some(ApiError::backend(format!(
-                        "The backend reported an error mid-stream: {message}"
-                    )));
-                    break 'read;
-                }
-                let mut chunk = chunk;
+        match self.answer.take() {
+            Some(ChatAnswer::Completion(mut chunk)) => {
                 self.limit_tool_calls(&mut chunk);
                 let events = self.stream.feed(chunk);
                 if !self.send(sink, events).await {
                     return self.interrupted();
                 }
+                finished = true;
             }
+            Some(ChatAnswer::Events { first, mut body }) => {
+                let mut reader = SseReader::default();
+                let mut payloads = reader.push(&first);
+                loop {
+                    match self.feed(sink, payloads).await {
+                        Fed::More => {}
+                        Fed::Done => {
+                            finished = true;
+                            break;
+                        }
+                        Fed::Failed(error) => {
+                            failure = Some(error);
+                            break;
+                        }
+                        Fed::ClientGone => return self.interrupted(),
+                    }
+                    payloads = match body.next().await {
+                        Some(Ok(bytes)) => reader.push(&bytes),
+                        Some(Err(e)) => {
+                            failure = Some(ApiError::backend(format!(
+                                "The backend connection failed mid-stream: {e}"
+                            )));
+                            break;
+                        }
+                        None => {
+                            // A last frame without its blank line still counts.
+                            if let Some(last) = reader.finish() {
+                                match self.feed(sink, vec![last]).await {
+                                    Fed::More | Fed::Done => finished = true,
+                                    Fed::Failed(error) => failure = Some(error),
+                                    Fed::ClientGone => return self.interrupted(),
+                                }
+                            }
+                            break;
+                        }
+                    };
+                }
+            }
+            None => {}
         }
         if failure.is_none() && !finished && !self.stream.saw_finish() {
             failure = Some(ApiError::backend(
@@ -485,6 +545,36 @@ impl<K: Kv, B: Backend> Exchange<'_, K, B> {
         self.send(sink, events).await;
         sink.send(DONE_FRAME.to_vec()).await;
         (self.stream.into_response(), failure)
+    }
+
+    /// Feeds the chunks of SSE payloads through the event machine to `sink`.
+    async fn feed(&mut self, sink: &mut impl EventSink, payloads: Vec<SseData>) -> Fed {
+        for payload in payloads {
+            let data = match payload {
+                SseData::Done => return Fed::Done,
+                SseData::Data(data) => data,
+            };
+            let mut chunk: ChatChunk = match serde_json::from_str(&data) {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    return Fed::Failed(ApiError::backend(format!(
+                        "The backend sent a malformed chunk ({e}): {}",
+                        data.chars().take(200).collect::<String>()
+                    )))
+                }
+            };
+            if let Some(message) = chunk.error_message() {
+                return Fed::Failed(ApiError::backend(format!(
+                    "The backend reported an error mid-stream: {message}"
+                )));
+            }
+            self.limit_tool_calls(&mut chunk);
+            let events = self.stream.feed(chunk);
+            if !self.send(sink, events).await {
+                return Fed::ClientGone;
+            }
+        }
+        Fed::More
     }
 
     /// Drops the tool calls of a chunk that go past `max_tool_calls`.

@@ -528,7 +528,10 @@ async fn hosted_tools_are_echoed_not_offered() {
     ]);
     let response = create(&h, json!({"model": "m", "input": "hi", "tools": tools})).await;
     assert_eq!(response["status"], "completed");
-    assert_eq!(response["tools"], tools);
+    let mut echoed = tools.clone();
+    echoed[6]["description"] = Value::Null;
+    echoed[6]["strict"] = Value::Null;
+    assert_eq!(response["tools"], echoed);
     let body = sent(&h);
     assert_eq!(body["tools"].as_array().unwrap().len(), 1);
     assert_eq!(body["tools"][0]["function"]["name"], "f");

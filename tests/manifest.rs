@@ -35,7 +35,7 @@ fn component_variables_cover_every_configuration_key() {
             );
         }
     }
-    for secret in ["backend_api_key", "api_keys"] {
+    for secret in ["backend_api_key", "api_keys", "backend_headers", "backends"] {
         assert_eq!(
             app_variables[secret]["secret"].as_bool(),
             Some(true),

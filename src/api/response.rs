@@ -147,7 +147,7 @@ impl Response {
             previous_response_id: request.previous_response_id.clone(),
             instructions: request.instructions.clone(),
             output: Vec::new(),
-            tools: request.tools.clone().unwrap_or_default(),
+            tools: request.tools.iter().flatten().map(echoed_tool).collect(),
             tool_choice: request
                 .tool_choice
                 .clone()
@@ -214,6 +214,22 @@ fn reasoning_config(reasoning: Option<&Value>) -> Value {
     config.entry("effort").or_insert(Value::Null);
     config.entry("summary").or_insert(Value::Null);
     Value::Object(config)
+}
+
+/// A tool as the Response echoes it: function tools carry every key of
+/// their schema (`description`, `parameters`, `strict`), `null` where the
+/// request left one out.
+fn echoed_tool(tool: &Value) -> Value {
+    let mut tool = tool.clone();
+    if let Some(object) = tool
+        .as_object_mut()
+        .filter(|t| t.get("type").and_then(Value::as_str) == Some("function"))
+    {
+        for key in ["description", "parameters", "strict"] {
+            object.entry(key).or_insert(Value::Null);
+        }
+    }
+    tool
 }
 
 #[cfg(test)]

@@ -161,7 +161,7 @@ impl Transcript {
     }
 }
 
-fn text_message(role: &'static str, text: String) -> ChatMessage {
+pub(crate) fn text_message(role: &'static str, text: String) -> ChatMessage {
     ChatMessage {
         role,
         content: Some(ChatContent::Text(text)),

@@ -7,9 +7,11 @@
 //! (`reasoning_content` vs `reasoning`, missing fields, extra fields).
 
 mod messages;
+mod think;
 mod tools;
 
 pub use messages::{to_messages, Rendered, RENDERING};
+pub use think::ThinkTags;
 pub use tools::{ToolKind, ToolMap};
 
 use serde::{Deserialize, Serialize};
@@ -25,7 +27,8 @@ pub struct ChatRequest {
     pub model: String,
     pub messages: ChatMessages,
     pub stream: bool,
-    pub stream_options: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<Value>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -42,6 +45,8 @@ pub struct ChatRequest {
     pub presence_penalty: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_format: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -210,7 +215,7 @@ impl ChatRequest {
             model: request.model().to_owned(),
             messages,
             stream: true,
-            stream_options: json!({"include_usage": true}),
+            stream_options: Some(json!({"include_usage": true})),
             tool_choice: if no_calls {
                 None
             } else {
@@ -223,6 +228,7 @@ impl ChatRequest {
             frequency_penalty: request.frequency_penalty,
             presence_penalty: request.presence_penalty,
             max_tokens: request.max_output_tokens,
+            max_completion_tokens: None,
             response_format: response_format(request.text.as_ref())?,
             reasoning_effort: request
                 .reasoning
@@ -239,6 +245,41 @@ impl ChatRequest {
             prompt_cache_key: request.prompt_cache_key.clone(),
             service_tier: None,
         })
+    }
+
+    /// Whether the request asks for output that follows a JSON schema.
+    pub fn has_json_schema(&self) -> bool {
+        self.response_format
+            .as_ref()
+            .and_then(|f| f.get("type"))
+            .and_then(Value::as_str)
+            == Some("json_schema")
+    }
+
+    /// For servers without `json_schema` response formats: asks for a JSON
+    /// object instead and puts the schema in the system message.
+    pub fn schema_in_prompt(&mut self) {
+        if !self.has_json_schema() {
+            return;
+        }
+        let Some(format) = self.response_format.take() else {
+            return;
+        };
+        let schema = format
+            .pointer("/json_schema/schema")
+            .cloned()
+            .unwrap_or_default();
+        let instruction = format!(
+            "Answer with one JSON object, and nothing else, that conforms to this JSON schema: {schema}"
+        );
+        self.response_format = Some(json!({"type": "json_object"}));
+        self.messages.system = Some(match self.messages.system.take() {
+            Some(ChatMessage {
+                content: Some(ChatContent::Text(text)),
+                ..
+            }) => messages::text_message("system", format!("{text}\n\n{instruction}")),
+            _ => messages::text_message("system", instruction),
+        });
     }
 }
 
@@ -283,9 +324,9 @@ fn response_format(text: Option<&Value>) -> Result<Option<Value>, ApiError> {
 /// One `chat.completion.chunk`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ChatChunk {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::or_default")]
     pub choices: Vec<ChunkChoice>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::or_default")]
     pub usage: Option<ChatUsage>,
     /// An error reported in the middle of a stream (vLLM, LiteLLM and others
     /// send `data: {"error": {...}}` when generation fails).
@@ -310,79 +351,185 @@ impl ChatChunk {
 /// The first (and only) choice of a chunk.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ChunkChoice {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::or_default")]
     pub delta: Delta,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::text")]
     pub finish_reason: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::or_default")]
     pub logprobs: Option<ChunkLogprobs>,
 }
 
 /// What a chunk adds.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Delta {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::text")]
     pub content: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::text")]
     pub refusal: Option<String>,
-    #[serde(default)]
+    /// Reasoning as vLLM (older versions), SGLang and DeepSeek send it.
+    #[serde(default, deserialize_with = "lenient::text")]
     pub reasoning_content: Option<String>,
-    #[serde(default)]
+    /// Reasoning as Ollama, OpenRouter and newer vLLM send it.
+    #[serde(default, deserialize_with = "lenient::text")]
     pub reasoning: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::or_default")]
     pub tool_calls: Vec<ToolCallDelta>,
 }
 
 impl Delta {
     /// Reasoning text, whichever field the backend uses.
     pub fn reasoning_text(&self) -> Option<&str> {
-        self.reasoning_content
-            .as_deref()
-            .or(self.reasoning.as_deref())
-            .filter(|s| !s.is_empty())
+        [&self.reasoning_content, &self.reasoning]
+            .into_iter()
+            .filter_map(Option::as_deref)
+            .find(|s| !s.is_empty())
     }
 }
 
 /// A fragment of a tool call, merged by `index`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ToolCallDelta {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::or_default")]
     pub index: Option<usize>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::text")]
     pub id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::or_default")]
     pub function: Option<FunctionDelta>,
 }
 
 /// A fragment of a tool call's function.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct FunctionDelta {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::text")]
     pub name: Option<String>,
-    #[serde(default)]
+    /// Arguments as text; a server that sends them as a JSON object gets
+    /// them serialized.
+    #[serde(default, deserialize_with = "lenient::json_text")]
     pub arguments: Option<String>,
 }
 
 /// Log probabilities of a chunk's content tokens.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ChunkLogprobs {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::or_default")]
     pub content: Option<Vec<Value>>,
 }
 
 /// Token counts reported by the backend.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ChatUsage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::or_default")]
     pub prompt_tokens: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::or_default")]
     pub completion_tokens: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::or_default")]
     pub total_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::or_default")]
     pub prompt_tokens_details: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::or_default")]
     pub completion_tokens_details: Option<Value>,
+}
+
+/// A whole `chat.completion`: the answer of a backend that did not stream.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ChatCompletion {
+    #[serde(default, deserialize_with = "lenient::or_default")]
+    pub choices: Vec<CompletionChoice>,
+    #[serde(default, deserialize_with = "lenient::or_default")]
+    pub usage: Option<ChatUsage>,
+}
+
+/// A choice of a [`ChatCompletion`].
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CompletionChoice {
+    /// The whole message: the same fields as a [`Delta`].
+    #[serde(default, deserialize_with = "lenient::or_default")]
+    pub message: Delta,
+    #[serde(default, deserialize_with = "lenient::text")]
+    pub finish_reason: Option<String>,
+    #[serde(default, deserialize_with = "lenient::or_default")]
+    pub logprobs: Option<ChunkLogprobs>,
+}
+
+impl ChatCompletion {
+    /// The completion as the one chunk that carries all of it, so it runs
+    /// through the same event machine as a stream. A server that stopped
+    /// without saying why stopped normally (or for its tool calls).
+    pub fn into_chunk(self) -> ChatChunk {
+        let choices = self
+            .choices
+            .into_iter()
+            .take(1)
+            .map(|choice| {
+                let mut delta = choice.message;
+                for (i, call) in delta.tool_calls.iter_mut().enumerate() {
+                    call.index.get_or_insert(i);
+                }
+                let finish_reason = choice.finish_reason.or_else(|| {
+                    Some(
+                        if delta.tool_calls.is_empty() {
+                            "stop"
+                        } else {
+                            "tool_calls"
+                        }
+                        .to_owned(),
+                    )
+                });
+                ChunkChoice {
+                    delta,
+                    finish_reason,
+                    logprobs: choice.logprobs,
+                }
+            })
+            .collect();
+        ChatChunk {
+            choices,
+            usage: self.usage,
+            error: None,
+        }
+    }
+}
+
+/// Deserializers that take what real servers send: `null` for absent,
+/// text as parts, text fields of an unexpected type ignored rather than
+/// failing the whole chunk.
+mod lenient {
+    use serde::{Deserialize, Deserializer};
+    use serde_json::Value;
+
+    /// `T`, with `null` as its default.
+    pub fn or_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Default + Deserialize<'de>,
+    {
+        Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+    }
+
+    /// A string; parts (`[{"type": "text", "text": ...}]`) are joined.
+    pub fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+        Ok(match Value::deserialize(deserializer)? {
+            Value::String(text) => Some(text),
+            Value::Array(parts) => Some(
+                parts
+                    .iter()
+                    .filter_map(|part| part.get("text").and_then(Value::as_str))
+                    .collect(),
+            ),
+            _ => None,
+        })
+    }
+
+    /// A string, or any other JSON value as its text.
+    pub fn json_text<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<String>, D::Error> {
+        Ok(match Value::deserialize(deserializer)? {
+            Value::Null => None,
+            Value::String(text) => Some(text),
+            other => Some(other.to_string()),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use crate::api::response::{
     IncompleteDetails, InputTokensDetails, OutputTokensDetails, Response, ResponseError,
     ResponseStatus, Usage,
 };
-use crate::chat::{ChatChunk, ChatUsage, ToolCallDelta, ToolKind, ToolMap};
+use crate::chat::{ChatChunk, ChatUsage, ThinkTags, ToolCallDelta, ToolKind, ToolMap};
 use crate::error::ApiError;
 use crate::ids::{new_id, now};
 use events::{Event, EventKind, Part};
@@ -63,6 +63,9 @@ pub struct EventStream {
     usage: Option<ChatUsage>,
     sequence: u64,
     pending: Vec<Event>,
+    /// Splits reasoning out of the content, for backends that put it in
+    /// `<think>` tags.
+    think_tags: Option<ThinkTags>,
 }
 
 impl EventStream {
@@ -78,7 +81,14 @@ impl EventStream {
             usage: None,
             sequence: 0,
             pending: Vec::new(),
+            think_tags: None,
         }
+    }
+
+    /// Reads reasoning from `<think>` tags at the start of the content.
+    pub fn with_think_tags(mut self) -> Self {
+        self.think_tags = Some(ThinkTags::default());
+        self
     }
 
     /// The response as it stands.
@@ -117,7 +127,17 @@ impl EventStream {
                 self.reasoning_delta(text);
             }
             let logprobs = choice.logprobs.and_then(|l| l.content).unwrap_or_default();
-            let text = [delta.content.as_deref(), delta.refusal.as_deref()]
+            let content = match (&mut self.think_tags, delta.content) {
+                (Some(tags), Some(content)) => {
+                    let split = tags.push(&content);
+                    if !split.reasoning.is_empty() {
+                        self.reasoning_delta(&split.reasoning);
+                    }
+                    Some(split.content)
+                }
+                (_, content) => content,
+            };
+            let text = [content.as_deref(), delta.refusal.as_deref()]
                 .into_iter()
                 .flatten()
                 .collect::<String>();
@@ -138,6 +158,7 @@ impl EventStream {
     /// `response.completed`, or `response.incomplete` when the backend hit
     /// its length limit.
     pub fn finish(&mut self) -> Vec<Event> {
+        self.flush_think_tags();
         let truncated = matches!(self.finish_reason.as_deref(), Some("length"));
         let filtered = matches!(self.finish_reason.as_deref(), Some("content_filter"));
         let item_status = if truncated {
@@ -170,6 +191,7 @@ impl EventStream {
 
     /// Ends the stream with an `error` event and `response.failed`.
     pub fn fail(&mut self, error: &ApiError) -> Vec<Event> {
+        self.flush_think_tags();
         self.close_all(Status::Incomplete);
         self.take_usage();
         self.response.status = ResponseStatus::Failed;
@@ -208,6 +230,7 @@ impl EventStream {
     /// Marks the response as cut short because the client went away; no
     /// events, as nobody is listening.
     pub fn interrupt(&mut self) {
+        self.flush_think_tags();
         self.close_all(Status::Incomplete);
         self.pending.clear();
         self.take_usage();
@@ -215,6 +238,19 @@ impl EventStream {
         self.response.incomplete_details = Some(IncompleteDetails {
             reason: "interrupted".to_owned(),
         });
+    }
+
+    /// Emits what the think-tag splitter held back at the end of the content.
+    fn flush_think_tags(&mut self) {
+        let Some(split) = self.think_tags.as_mut().map(ThinkTags::finish) else {
+            return;
+        };
+        if !split.reasoning.is_empty() {
+            self.reasoning_delta(&split.reasoning);
+        }
+        if !split.content.is_empty() {
+            self.text_delta(&split.content, Vec::new());
+        }
     }
 
     /// Moves the backend's usage into the response, keeping what an

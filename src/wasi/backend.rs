@@ -1,5 +1,6 @@
 //! [`Backend`] on outbound `wasi:http`, with timeouts, and the answer body
-//! streamed as the host receives it.
+//! streamed as the host receives it. Request bodies go out whole, with their
+//! `Content-Length`: servers on minimal HTTP stacks read nothing else.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,7 +12,7 @@ use spin_sdk::http::{Fields, IncomingResponse, Method, OutgoingRequest, Scheme};
 use spin_sdk::wit::wasi::http0_2_0::outgoing_handler;
 use spin_sdk::wit::wasi::http0_2_0::types::{ErrorCode, FutureIncomingResponse, RequestOptions};
 
-use crate::backend::{Backend, BodyStream};
+use crate::backend::{Answer, Backend, BodyStream, Method as BackendMethod, Outbound};
 use crate::error::ApiError;
 
 /// Outbound HTTP through the host.
@@ -38,39 +39,51 @@ impl BodyStream for WasiBody {
 impl Backend for WasiBackend {
     type Body = WasiBody;
 
-    async fn send(
-        &self,
-        method: &str,
-        url: &str,
-        headers: &[(&str, String)],
-        body: Option<Vec<u8>>,
-    ) -> Result<(u16, WasiBody), ApiError> {
-        let request = outgoing(method, url, headers)?;
-        let mut sink = request.take_body();
-        let future = outgoing_handler::handle(request, Some(self.options()))
-            .map_err(|e| unreachable_backend(url, &e))?;
+    async fn send(&self, request: Outbound) -> Result<Answer<WasiBody>, ApiError> {
+        let Outbound {
+            method,
+            url,
+            mut headers,
+            body,
+        } = request;
+        // Ask for the body as it is: nothing here decodes compressed ones.
+        headers.push(("accept-encoding".to_owned(), "identity".to_owned()));
+        if let Some(body) = &body {
+            headers.push(("content-length".to_owned(), body.len().to_string()));
+        }
+        let outgoing = outgoing(method, &url, &headers)?;
+        let mut sink = outgoing.take_body();
+        let future = outgoing_handler::handle(outgoing, Some(self.options()))
+            .map_err(|e| unreachable_backend(&url, &e))?;
         if let Some(body) = body {
             sink.send(body).await.map_err(|e| {
-                ApiError::backend(format!("Sending to the backend at {url} failed: {e}"))
+                log_failure(&url, &format!("sending the request failed: {e}"));
+                ApiError::backend("Sending the request to the backend failed.")
             })?;
         }
         drop(sink);
         let response = Incoming(future)
             .await
-            .map_err(|e| unreachable_backend(url, &e))?;
+            .map_err(|e| unreachable_backend(&url, &e))?;
         let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .first()
+            .map(|v| String::from_utf8_lossy(v).into_owned());
         let response = std::rc::Rc::new(response);
         let stream = response
             .take_body_stream()
             .map(|piece| piece.map_err(|e| e.to_debug_string()))
             .boxed_local();
-        Ok((
+        Ok(Answer {
             status,
-            WasiBody {
+            content_type,
+            body: WasiBody {
                 stream,
                 _response: response,
             },
-        ))
+        })
     }
 }
 
@@ -87,17 +100,28 @@ impl WasiBackend {
     }
 }
 
+/// The 502 for a backend that could not be reached: the client learns
+/// what went wrong, the host's log also where.
 fn unreachable_backend(url: &str, error: &ErrorCode) -> ApiError {
     let what = match error {
         ErrorCode::ConnectionRefused => "the connection was refused".to_owned(),
         ErrorCode::ConnectionTimeout => "connecting timed out".to_owned(),
         ErrorCode::ConnectionReadTimeout => "it did not answer in time".to_owned(),
         ErrorCode::DnsError(_) => "its host name did not resolve".to_owned(),
-        other => format!("{other:?}"),
+        ErrorCode::HttpRequestDenied => "the host does not allow calls to it".to_owned(),
+        ErrorCode::TlsCertificateError | ErrorCode::TlsProtocolError => {
+            "the TLS handshake failed".to_owned()
+        }
+        _ => "the connection failed".to_owned(),
     };
-    ApiError::backend(format!(
-        "The backend at {url} could not be reached: {what}."
-    ))
+    log_failure(url, &format!("{what} ({error:?})"));
+    ApiError::backend(format!("The backend could not be reached: {what}."))
+}
+
+/// Logs a failed call with its URL, which client-visible errors leave out.
+fn log_failure(url: &str, what: &str) {
+    let url = url.split('?').next().unwrap_or_default();
+    eprintln!("edge-responses: backend call to {url} failed: {what}");
 }
 
 /// Waits for the host to deliver the answer's head.
@@ -121,14 +145,13 @@ impl Future for Incoming {
 }
 
 fn outgoing(
-    method: &str,
+    method: BackendMethod,
     url: &str,
-    headers: &[(&str, String)],
+    headers: &[(String, String)],
 ) -> Result<OutgoingRequest, ApiError> {
     let invalid = || {
-        ApiError::server(format!(
-            "The configured backend_url is not a valid URL: {url}"
-        ))
+        log_failure(url, "the URL is not valid");
+        ApiError::server("A configured backend URL is not valid.")
     };
     let (scheme, rest) = url.split_once("://").ok_or_else(invalid)?;
     let (authority, path) = match rest.find('/') {
@@ -140,17 +163,18 @@ fn outgoing(
         "https" => Scheme::Https,
         _ => return Err(invalid()),
     };
-    let method = if method == "GET" {
-        Method::Get
-    } else {
-        Method::Post
+    let method = match method {
+        BackendMethod::Get => Method::Get,
+        BackendMethod::Post => Method::Post,
     };
     let fields: Vec<(String, Vec<u8>)> = headers
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+        .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
         .collect();
-    let fields = Fields::from_list(&fields)
-        .map_err(|e| ApiError::server(format!("A backend header is invalid: {e:?}")))?;
+    let fields = Fields::from_list(&fields).map_err(|e| {
+        log_failure(url, &format!("a header was refused: {e:?}"));
+        ApiError::server("A configured backend header is not valid.")
+    })?;
     let request = OutgoingRequest::new(fields);
     let valid = request.set_method(&method).is_ok()
         && request.set_scheme(Some(&scheme)).is_ok()

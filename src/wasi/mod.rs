@@ -8,6 +8,9 @@ mod kv;
 pub use backend::WasiBackend;
 pub use kv::WasiKv;
 
+use std::rc::Rc;
+
+use crate::backend::dialect::Learned;
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::service::Service;
@@ -27,5 +30,12 @@ pub fn service() -> Result<Service<WasiKv, WasiBackend>, ApiError> {
             first_byte_timeout: timeout,
             between_bytes_timeout: timeout,
         },
+        learned: LEARNED.with(Rc::clone),
     })
+}
+
+thread_local! {
+    /// What backends taught this instance about their parameters; it lives
+    /// as long as the instance does.
+    static LEARNED: Rc<Learned> = Rc::default();
 }

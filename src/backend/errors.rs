@@ -1,42 +1,10 @@
-//! The chat-completions backend as the service sees it: an HTTP exchange
-//! whose answer body arrives in pieces, and how its failures map to API
-//! errors.
+//! Backend answers that are errors, as the API errors a client sees: the
+//! status and the backend's own message, code and parameter are kept for
+//! 4xx; 5xx become 502s.
 
 use serde_json::Value;
 
 use crate::error::ApiError;
-
-/// A backend answer whose body is read piece by piece.
-pub trait BodyStream {
-    /// The next piece of the body; `None` at its end.
-    #[allow(async_fn_in_trait)]
-    async fn next(&mut self) -> Option<Result<Vec<u8>, String>>;
-
-    /// The whole (remaining) body.
-    #[allow(async_fn_in_trait)]
-    async fn collect(&mut self) -> Result<Vec<u8>, String> {
-        let mut body = Vec::new();
-        while let Some(piece) = self.next().await {
-            body.extend(piece?);
-        }
-        Ok(body)
-    }
-}
-
-/// An HTTP client for the backend.
-pub trait Backend {
-    type Body: BodyStream;
-
-    /// Sends a request; transport failures (refused, timeout) are 502s.
-    #[allow(async_fn_in_trait)]
-    async fn send(
-        &self,
-        method: &str,
-        url: &str,
-        headers: &[(&str, String)],
-        body: Option<Vec<u8>>,
-    ) -> Result<(u16, Self::Body), ApiError>;
-}
 
 /// The API error for a non-2xx backend answer with `body`.
 pub fn status_error(status: u16, body: &[u8]) -> ApiError {
@@ -95,6 +63,30 @@ pub fn status_error(status: u16, body: &[u8]) -> ApiError {
     }
 }
 
+/// The error a 2xx answer carries instead of a completion, as some
+/// gateways send (`{"error": {...}}` or vLLM's `{"object": "error", ...}`
+/// with status 200); `None` when `body` is not such an error. A numeric
+/// code in the 4xx range keeps its status, anything else is a 502.
+pub fn embedded_error(body: &[u8]) -> Option<ApiError> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let detail = match value.get("error") {
+        Some(detail) if !detail.is_null() => detail,
+        _ if value.get("object").and_then(Value::as_str) == Some("error") => &value,
+        _ => return None,
+    };
+    let status = ["code", "status"]
+        .iter()
+        .filter_map(|key| detail.get(*key))
+        .find_map(|code| {
+            code.as_u64()
+                .or_else(|| code.as_str().and_then(|s| s.parse().ok()))
+        })
+        .and_then(|code| u16::try_from(code).ok())
+        .filter(|code| (400..500).contains(code))
+        .unwrap_or(502);
+    Some(status_error(status, body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +112,24 @@ mod tests {
             br#"{"error":"model \"x\" not found, try pulling it first"}"#,
         );
         assert_eq!(ollama.code.as_deref(), Some("model_not_found"));
+    }
+
+    #[test]
+    fn errors_in_a_successful_answer() {
+        let limited = embedded_error(br#"{"error":{"message":"slow down","code":429}}"#).unwrap();
+        assert_eq!(
+            (limited.status, limited.message.as_str()),
+            (429, "slow down")
+        );
+        let vllm = embedded_error(
+            br#"{"object":"error","message":"bad","type":"BadRequestError","code":400}"#,
+        )
+        .unwrap();
+        assert_eq!(vllm.status, 400);
+        let opaque = embedded_error(br#"{"error":"upstream exploded"}"#).unwrap();
+        assert_eq!(opaque.status, 502);
+        assert!(embedded_error(br#"{"choices":[]}"#).is_none());
+        assert!(embedded_error(br#"{"error":null,"choices":[]}"#).is_none());
     }
 
     #[test]
