@@ -4,6 +4,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Settings;
 use crate::error::ApiError;
+use crate::ids::hex;
 
 /// The tenant of an open service (no `api_keys` configured).
 pub const OPEN_TENANT: &str = "open";
@@ -27,7 +28,7 @@ pub fn tenant(settings: &Settings, presented: Option<&str>) -> Result<String, Ap
     if !known {
         return Err(ApiError::unauthorized("Incorrect API key provided."));
     }
-    Ok(digest[..12].iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&digest[..12]))
 }
 
 /// The key of an `Authorization: Bearer <key>` header value.

@@ -29,20 +29,70 @@ pub const DEFAULT_TTL_SECONDS: i64 = 30 * 24 * 3600;
 /// before its first token.
 pub const DEFAULT_BACKEND_TIMEOUT_SECONDS: u64 = 300;
 
+/// A configuration key the component reads. Values are parsed by an
+/// exhaustive `match` on this, and [`KEYS`] lists its names, so the two
+/// cannot drift apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setting {
+    BackendUrl,
+    BackendApiKey,
+    BackendHeaders,
+    BackendMaxTokensParam,
+    BackendThinkTags,
+    Backends,
+    ApiKeys,
+    ResponseTtlSeconds,
+    ForwardClientKey,
+    BackendReasoning,
+    BackendTimeoutSeconds,
+}
+
+impl Setting {
+    const ALL: [Setting; 11] = [
+        Setting::BackendUrl,
+        Setting::BackendApiKey,
+        Setting::BackendHeaders,
+        Setting::BackendMaxTokensParam,
+        Setting::BackendThinkTags,
+        Setting::Backends,
+        Setting::ApiKeys,
+        Setting::ResponseTtlSeconds,
+        Setting::ForwardClientKey,
+        Setting::BackendReasoning,
+        Setting::BackendTimeoutSeconds,
+    ];
+
+    const fn name(self) -> &'static str {
+        match self {
+            Setting::BackendUrl => "backend_url",
+            Setting::BackendApiKey => "backend_api_key",
+            Setting::BackendHeaders => "backend_headers",
+            Setting::BackendMaxTokensParam => "backend_max_tokens_param",
+            Setting::BackendThinkTags => "backend_think_tags",
+            Setting::Backends => "backends",
+            Setting::ApiKeys => "api_keys",
+            Setting::ResponseTtlSeconds => "response_ttl_seconds",
+            Setting::ForwardClientKey => "forward_client_key",
+            Setting::BackendReasoning => "backend_reasoning",
+            Setting::BackendTimeoutSeconds => "backend_timeout_seconds",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Setting> {
+        Setting::ALL.into_iter().find(|key| key.name() == name)
+    }
+}
+
 /// Every configuration key the component reads.
-pub const KEYS: &[&str] = &[
-    "backend_url",
-    "backend_api_key",
-    "api_keys",
-    "response_ttl_seconds",
-    "forward_client_key",
-    "backend_reasoning",
-    "backend_timeout_seconds",
-    "backend_headers",
-    "backend_max_tokens_param",
-    "backend_think_tags",
-    "backends",
-];
+pub const KEYS: [&str; Setting::ALL.len()] = {
+    let mut names = [""; Setting::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = Setting::ALL[i].name();
+        i += 1;
+    }
+    names
+};
 
 /// The component's configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,19 +119,25 @@ impl Settings {
         };
         let mut default = DefaultBackend::default();
         let mut routes = Vec::new();
-        for (key, value) in pairs {
+        for (name, value) in pairs {
+            let Some(key) = Setting::parse(&name) else {
+                continue;
+            };
             let value = value.trim().to_owned();
-            match key.as_str() {
-                "backend_url" => default.url = value,
-                "backend_api_key" => default.api_key = Some(value).filter(|v| !v.is_empty()),
-                "backend_headers" if !value.is_empty() => default.headers = parse_headers(&value)?,
-                "backend_max_tokens_param" if !value.is_empty() => {
+            if value.is_empty() && key != Setting::BackendUrl && key != Setting::ApiKeys {
+                continue;
+            }
+            match key {
+                Setting::BackendUrl => default.url = value,
+                Setting::BackendApiKey => default.api_key = Some(value),
+                Setting::BackendHeaders => default.headers = parse_headers(&value)?,
+                Setting::BackendMaxTokensParam => {
                     default.max_tokens_param =
                         Some(MaxTokensParam::parse(&value).map_err(ApiError::server)?)
                 }
-                "backend_think_tags" => default.think_tags = truthy(&value),
-                "backends" if !value.is_empty() => routes = parse_routes(&value)?,
-                "api_keys" => {
+                Setting::BackendThinkTags => default.think_tags = truthy(&value),
+                Setting::Backends => routes = parse_routes(&value)?,
+                Setting::ApiKeys => {
                     settings.api_keys = value
                         .split([',', ' ', '\n'])
                         .map(str::trim)
@@ -89,24 +145,15 @@ impl Settings {
                         .map(str::to_owned)
                         .collect()
                 }
-                "response_ttl_seconds" if !value.is_empty() => {
-                    let ttl: i64 = value.parse().map_err(|_| {
-                        ApiError::server(format!(
-                            "response_ttl_seconds must be a number, got '{value}'"
-                        ))
-                    })?;
+                Setting::ResponseTtlSeconds => {
+                    let ttl: i64 = number(key, &value)?;
                     settings.response_ttl_seconds = (ttl > 0).then_some(ttl);
                 }
-                "backend_timeout_seconds" if !value.is_empty() => {
-                    settings.backend_timeout_seconds = value.parse().map_err(|_| {
-                        ApiError::server(format!(
-                            "backend_timeout_seconds must be a number, got '{value}'"
-                        ))
-                    })?;
+                Setting::BackendTimeoutSeconds => {
+                    settings.backend_timeout_seconds = number(key, &value)?
                 }
-                "forward_client_key" => settings.forward_client_key = truthy(&value),
-                "backend_reasoning" => settings.backend_reasoning = truthy(&value),
-                _ => {}
+                Setting::ForwardClientKey => settings.forward_client_key = truthy(&value),
+                Setting::BackendReasoning => settings.backend_reasoning = truthy(&value),
             }
         }
         routes.extend(default.into_route()?);
@@ -145,6 +192,12 @@ impl DefaultBackend {
         route.think_tags = self.think_tags;
         Ok(Some(route))
     }
+}
+
+fn number<T: std::str::FromStr>(key: Setting, value: &str) -> Result<T, ApiError> {
+    value
+        .parse()
+        .map_err(|_| ApiError::server(format!("{} must be a number, got '{value}'", key.name())))
 }
 
 fn truthy(value: &str) -> bool {

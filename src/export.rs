@@ -1,6 +1,7 @@
 //! The typed `edge:responses/responses` export, on the same service as the
 //! HTTP routes.
 
+use crate::api::to_json;
 use crate::error::ApiError;
 use crate::service::{ListQuery, Order};
 use crate::wasi;
@@ -43,28 +44,24 @@ impl From<ApiError> for wit::Error {
     }
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_default()
-}
-
 impl wit::Guest for Component {
     fn create(api_key: Option<String>, request: String) -> Result<String, wit::Error> {
         spin_sdk::http::run(async move {
             let service = wasi::service()?;
             service.create(api_key.as_deref(), request.as_bytes()).await
         })
-        .map(|r| to_json(&r))
+        .and_then(|r| to_json(&r))
         .map_err(Into::into)
     }
 
     fn get(api_key: Option<String>, id: String) -> Result<String, wit::Error> {
         let service = wasi::service()?;
-        Ok(to_json(&service.get(api_key.as_deref(), &id)?))
+        Ok(to_json(&service.get(api_key.as_deref(), &id)?)?)
     }
 
     fn delete(api_key: Option<String>, id: String) -> Result<String, wit::Error> {
         let service = wasi::service()?;
-        Ok(to_json(&service.delete(api_key.as_deref(), &id)?))
+        Ok(to_json(&service.delete(api_key.as_deref(), &id)?)?)
     }
 
     fn list_input_items(
@@ -82,10 +79,7 @@ impl wit::Guest for Component {
             before: query.before,
         };
         let service = wasi::service()?;
-        Ok(to_json(&service.list_input_items(
-            api_key.as_deref(),
-            &id,
-            &query,
-        )?))
+        let list = service.list_input_items(api_key.as_deref(), &id, &query)?;
+        Ok(to_json(&list)?)
     }
 }

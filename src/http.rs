@@ -11,9 +11,11 @@
 use futures::SinkExt;
 use spin_sdk::http::{Fields, IncomingRequest, Method, OutgoingResponse, ResponseOutparam};
 
+use crate::api::to_json;
 use crate::auth::bearer;
+use crate::create::{Discard, EventSink};
 use crate::error::ApiError;
-use crate::service::{EventSink, ListQuery, Order};
+use crate::service::{ListQuery, Order};
 use crate::wasi;
 
 /// Entry point of every HTTP request.
@@ -29,21 +31,20 @@ async fn handle(request: IncomingRequest, out: ResponseOutparam) {
             return create(request, api_key.as_deref(), out).await;
         }
         (Method::Get, ["v1", "responses", id]) => {
-            with_service(|s| s.get(api_key.as_deref(), id).map(|r| json_body(&r)))
+            with_service(|s| json_body(&s.get(api_key.as_deref(), id)?))
         }
         (Method::Delete, ["v1", "responses", id]) => {
-            with_service(|s| s.delete(api_key.as_deref(), id).map(|v| json_body(&v)))
+            with_service(|s| json_body(&s.delete(api_key.as_deref(), id)?))
         }
         (Method::Get, ["v1", "responses", id, "input_items"]) => with_service(|s| {
             let query = list_query(query)?;
-            s.list_input_items(api_key.as_deref(), id, &query)
-                .map(|v| json_body(&v))
+            json_body(&s.list_input_items(api_key.as_deref(), id, &query)?)
         }),
         (Method::Get, ["v1", "models"]) => match wasi::service() {
             Ok(service) => service
                 .models(api_key.as_deref())
                 .await
-                .map(|list| json_body(&list)),
+                .and_then(|list| json_body(&list)),
             Err(e) => Err(e),
         },
         (_, ["v1", "responses"])
@@ -64,8 +65,8 @@ fn with_service<T>(
     f(&wasi::service()?)
 }
 
-fn json_body<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_default()
+fn json_body<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
+    to_json(value).map(String::into_bytes)
 }
 
 /// `POST /v1/responses`: JSON, or an event stream when `stream` is true.
@@ -87,10 +88,13 @@ async fn create(request: IncomingRequest, api_key: Option<&str>, out: ResponseOu
         Err(error) => return respond_error(out, &error).await,
     };
     if !exchange.streaming {
-        let (response, failure) = exchange.run(&mut crate::service::Discard).await;
+        let (response, failure) = exchange.run(&mut Discard).await;
         return match failure {
             Some(error) => respond_error(out, &error).await,
-            None => respond(out, 200, "application/json", json_body(&response)).await,
+            None => match json_body(&response) {
+                Ok(body) => respond(out, 200, "application/json", body).await,
+                Err(error) => respond_error(out, &error).await,
+            },
         };
     }
     let Some(response) = start_response(200, "text/event-stream") else {

@@ -1,52 +1,111 @@
-//! Object ids and timestamps.
+//! Time and fresh ids, as the service is given them.
 //!
 //! Ids carry OpenAI's prefixes (`resp_`, `msg_`, `fc_`, ...) followed by 192
-//! random bits from the host's cryptographic source (`wasi:random`), so they
-//! are unguessable: an id is all it takes to read a stored response.
+//! bits from an [`Entropy`] source in hex. The component's source is the
+//! host's cryptographic `wasi:random`, so ids are unguessable: an id is all
+//! it takes to read a stored response. The clock and the entropy come in
+//! through [`Env`], so the core touches neither the host nor the wall
+//! clock, and tests fix both.
 
-/// A new id with `prefix`, e.g. `new_id("resp")` → `resp_3f9c…`.
-pub fn new_id(prefix: &str) -> String {
-    let bytes = random_bytes();
-    let mut id = String::with_capacity(prefix.len() + 1 + bytes.len() * 2);
-    id.push_str(prefix);
-    id.push('_');
-    for b in bytes {
-        id.push(char::from(HEX[usize::from(b >> 4)]));
-        id.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    id
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-#[cfg(target_arch = "wasm32")]
-fn random_bytes() -> Vec<u8> {
-    wasi::random::random::get_random_bytes(24)
-}
-
-/// Native builds (unit tests only) draw from the standard library's
-/// randomly seeded hasher: unique, not meant to be secret.
-#[cfg(not(target_arch = "wasm32"))]
-fn random_bytes() -> Vec<u8> {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let state = std::collections::hash_map::RandomState::new();
-    (0..3)
-        .flat_map(|_| {
-            let mut h = state.build_hasher();
-            h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-            h.finish().to_le_bytes()
-        })
-        .collect()
-}
+use std::rc::Rc;
 
 /// Seconds since the Unix epoch.
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+pub trait Clock {
+    fn now(&self) -> i64;
+}
+
+/// Random bytes.
+pub trait Entropy {
+    fn fill(&self, bytes: &mut [u8]);
+}
+
+/// The clock and the entropy of one request; cheap to clone.
+#[derive(Clone)]
+pub struct Env {
+    clock: Rc<dyn Clock>,
+    entropy: Rc<dyn Entropy>,
+}
+
+/// Random bytes in an id.
+const ID_BYTES: usize = 24;
+
+impl Env {
+    pub fn new(clock: Rc<dyn Clock>, entropy: Rc<dyn Entropy>) -> Self {
+        Env { clock, entropy }
+    }
+
+    /// Seconds since the Unix epoch.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    /// A new id with `prefix`, e.g. `new_id("resp")` → `resp_3f9c…`.
+    pub fn new_id(&self, prefix: &str) -> String {
+        let mut bytes = [0u8; ID_BYTES];
+        self.entropy.fill(&mut bytes);
+        let mut id = String::with_capacity(prefix.len() + 1 + ID_BYTES * 2);
+        id.push_str(prefix);
+        id.push('_');
+        push_hex(&mut id, &bytes);
+        id
+    }
+}
+
+/// `bytes` in lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut text, bytes);
+    text
+}
+
+fn push_hex(text: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        text.push(char::from(DIGITS[usize::from(b >> 4)]));
+        text.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+}
+
+/// A fixed clock and counting entropy, for tests: every run makes the same
+/// ids and timestamps.
+#[cfg(test)]
+pub mod fixed {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use super::{Clock, Entropy, Env};
+
+    /// A clock that says what it is told.
+    #[derive(Debug, Default)]
+    pub struct FixedClock(pub Cell<i64>);
+
+    impl Clock for FixedClock {
+        fn now(&self) -> i64 {
+            self.0.get()
+        }
+    }
+
+    /// Entropy that counts: the n-th id ends in n.
+    #[derive(Debug, Default)]
+    pub struct Counter(Cell<u64>);
+
+    impl Entropy for Counter {
+        fn fill(&self, bytes: &mut [u8]) {
+            self.0.set(self.0.get() + 1);
+            bytes.fill(0);
+            let n = self.0.get().to_be_bytes();
+            let len = bytes.len();
+            let at = len.saturating_sub(n.len());
+            bytes[at..].copy_from_slice(&n[n.len() - (len - at)..]);
+        }
+    }
+
+    /// An environment at `time` with counting ids, and its clock.
+    pub fn env(time: i64) -> (Env, Rc<FixedClock>) {
+        let clock = Rc::new(FixedClock(Cell::new(time)));
+        let env = Env::new(clock.clone(), Rc::new(Counter::default()));
+        (env, clock)
+    }
 }
 
 #[cfg(test)]
@@ -55,10 +114,15 @@ mod tests {
 
     #[test]
     fn ids_have_prefix_and_are_unique() {
-        let a = new_id("resp");
-        let b = new_id("resp");
+        let (env, clock) = fixed::env(1_700_000_000);
+        let a = env.new_id("resp");
+        let b = env.new_id("resp");
         assert!(a.starts_with("resp_"));
         assert_eq!(a.len(), "resp_".len() + 48);
-        assert_ne!(a, b);
+        assert!(a.ends_with("01") && b.ends_with("02"), "{a} {b}");
+        assert_eq!(env.now(), 1_700_000_000);
+        clock.0.set(5);
+        assert_eq!(env.now(), 5);
+        assert_eq!(hex(&[0, 0xab, 0x1f]), "00ab1f");
     }
 }

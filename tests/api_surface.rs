@@ -1086,9 +1086,11 @@ async fn backend_errors_map_to_the_right_status() {
         "{e}"
     );
 
-    // Nothing failed is stored.
+    // Nothing failed is stored: the store holds only the turn that follows.
+    assert!(common::stored_values(h.server.store_path()).is_empty());
     let response = create(&h, request).await;
     assert_eq!(response["status"], "completed");
+    assert!(!common::stored_values(h.server.store_path()).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

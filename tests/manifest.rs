@@ -20,7 +20,7 @@ fn component_variables_cover_every_configuration_key() {
         .expect("application variables");
     for key in edge_responses::config::KEYS {
         let template = variables
-            .get(*key)
+            .get(key)
             .and_then(Value::as_str)
             .unwrap_or_else(|| panic!("spin.toml does not pass `{key}` to the component"));
         // Every template names only declared application variables.

@@ -30,40 +30,47 @@ fn decode() -> (Resolve, WorldId) {
     }
 }
 
-/// Drops the patch version of `wasi:...@0.2.x` names.
-fn unpatched(name: &str) -> String {
-    match name.rsplit_once("@0.2.") {
-        Some((base, patch)) if patch.chars().all(|c| c.is_ascii_digit()) => format!("{base}@0.2"),
-        _ => name.to_owned(),
-    }
-}
+/// Every import, with its full version. spin-sdk 5.2 binds outbound HTTP
+/// at `wasi:http@0.2.6` and the incoming handler at `@0.2.0`; the component
+/// encoder merges each 0.2.x interface into its newest version, so every
+/// WASI 0.2 import is `@0.2.6` while the export stays `@0.2.0`. Wasmtime, and
+/// so Spin, links 0.2.x imports by their `0.2` semver track.
+const IMPORTS: &[&str] = &[
+    "wasi:cli/environment@0.2.6",
+    "wasi:cli/exit@0.2.6",
+    "wasi:cli/stderr@0.2.6",
+    "wasi:cli/stdin@0.2.6",
+    "wasi:cli/stdout@0.2.6",
+    "wasi:cli/terminal-input@0.2.6",
+    "wasi:cli/terminal-output@0.2.6",
+    "wasi:cli/terminal-stderr@0.2.6",
+    "wasi:cli/terminal-stdin@0.2.6",
+    "wasi:cli/terminal-stdout@0.2.6",
+    "wasi:clocks/monotonic-clock@0.2.6",
+    "wasi:clocks/wall-clock@0.2.6",
+    "wasi:config/store@0.2.0-draft-2024-09-27",
+    "wasi:http/outgoing-handler@0.2.6",
+    "wasi:http/types@0.2.6",
+    "wasi:io/error@0.2.6",
+    "wasi:io/poll@0.2.6",
+    "wasi:io/streams@0.2.6",
+    "wasi:keyvalue/atomics@0.2.0-draft2",
+    "wasi:keyvalue/batch@0.2.0-draft2",
+    "wasi:keyvalue/store@0.2.0-draft2",
+    "wasi:random/insecure-seed@0.2.6",
+    "wasi:random/random@0.2.6",
+];
 
 #[test]
 fn imports_are_standard_wasi_only() {
     let (resolve, world) = decode();
-    let imports: BTreeSet<String> = names(&resolve, &resolve.worlds[world].imports)
-        .iter()
-        .map(|n| unpatched(n))
-        .collect();
-    let required = [
-        "wasi:http/outgoing-handler@0.2",
-        "wasi:http/types@0.2",
-        "wasi:keyvalue/store@0.2.0-draft2",
-        "wasi:keyvalue/batch@0.2.0-draft2",
-        "wasi:keyvalue/atomics@0.2.0-draft2",
-        "wasi:config/store@0.2.0-draft-2024-09-27",
-    ];
-    for name in required {
-        assert!(
-            imports.contains(name),
-            "missing import {name}; imports: {imports:#?}"
-        );
-    }
-    let basics = ["wasi:cli/", "wasi:io/", "wasi:random/", "wasi:clocks/"];
+    let imports = names(&resolve, &resolve.worlds[world].imports);
+    let expected: BTreeSet<String> = IMPORTS.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        imports, expected,
+        "the component's imports changed: every host it runs on must provide them"
+    );
     for name in &imports {
-        let allowed = required.contains(&name.as_str())
-            || basics.iter().any(|prefix| name.starts_with(prefix));
-        assert!(allowed, "unexpected import {name}");
         assert!(!name.starts_with("fermyon:") && !name.starts_with("spin:"));
     }
 }

@@ -139,7 +139,9 @@ async fn completion<B: BodyStream>(
     if let Some(error) = embedded_error(&bytes) {
         return Err(error);
     }
-    let completion: ChatCompletion = serde_json::from_slice(&bytes).map_err(|e| {
+    // Parsed from text, as stream chunks are: one instance of the parser.
+    let text = String::from_utf8_lossy(&bytes);
+    let completion: ChatCompletion = serde_json::from_str(&text).map_err(|e| {
         ApiError::backend(format!(
             "The backend's answer is not a chat completion ({e}); it began: {}",
             excerpt(&bytes)

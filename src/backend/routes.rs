@@ -8,7 +8,6 @@
 //! URLs and keys come only from configuration; a request picks among them by
 //! its model name and nothing else.
 
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::dialect::MaxTokensParam;
@@ -118,66 +117,75 @@ impl Route {
     }
 }
 
-/// One entry of the `backends` setting.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RouteConfig {
-    url: String,
-    #[serde(default)]
-    models: Models,
-    #[serde(default)]
-    api_key: Option<String>,
-    #[serde(default)]
-    headers: Option<Value>,
-    #[serde(default)]
-    max_tokens_param: Option<String>,
-    #[serde(default)]
-    think_tags: Option<bool>,
-}
-
-/// `models`: one name or pattern, or a list of them.
-#[derive(Debug, Default, Deserialize)]
-#[serde(untagged)]
-enum Models {
-    #[default]
-    Any,
-    One(String),
-    Many(Vec<String>),
-}
+/// The keys an entry of the `backends` setting may have.
+const ROUTE_KEYS: [&str; 6] = [
+    "url",
+    "models",
+    "api_key",
+    "headers",
+    "max_tokens_param",
+    "think_tags",
+];
 
 /// The routes of the `backends` setting: a JSON array of
 /// `{"models", "url", "api_key", "headers", "max_tokens_param", "think_tags"}`.
+/// (Read from a [`Value`] rather than derived: serde's untagged and
+/// unknown-field machinery would cost the component more than this.)
 pub fn parse_routes(text: &str) -> Result<Vec<Route>, ApiError> {
     let invalid =
         |detail: String| ApiError::server(format!("The `backends` setting is not valid: {detail}"));
-    let configs: Vec<RouteConfig> =
-        serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
-    configs
-        .into_iter()
+    let value: Value = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    let entries = value
+        .as_array()
+        .ok_or_else(|| invalid("it must be a JSON array of routes".to_owned()))?;
+    entries
+        .iter()
         .enumerate()
-        .map(|(i, config)| {
-            let mut route = Route::new(&config.url);
-            check_url(&route.base).map_err(|e| invalid(format!("entry {i}: {e}")))?;
-            route.models = match config.models {
-                Models::Any => Vec::new(),
-                Models::One(model) => vec![model],
-                Models::Many(models) => models,
-            };
-            route.api_key = config.api_key.filter(|k| !k.trim().is_empty());
-            if let Some(headers) = &config.headers {
-                route.headers =
-                    header_object(headers).map_err(|e| invalid(format!("entry {i}: {e}")))?;
-            }
-            route.max_tokens_param = config
-                .max_tokens_param
-                .as_deref()
-                .map(MaxTokensParam::parse)
-                .transpose()
-                .map_err(|e| invalid(format!("entry {i}: {e}")))?;
-            route.think_tags = config.think_tags.unwrap_or(false);
-            Ok(route)
-        })
+        .map(|(i, entry)| route(entry).map_err(|e| invalid(format!("entry {i}: {e}"))))
         .collect()
+}
+
+/// One entry of the `backends` setting.
+fn route(entry: &Value) -> Result<Route, String> {
+    let object = entry.as_object().ok_or("a route must be an object")?;
+    if let Some(unknown) = object.keys().find(|k| !ROUTE_KEYS.contains(&k.as_str())) {
+        return Err(format!("unknown key '{unknown}'"));
+    }
+    let text = |key: &str| -> Result<Option<&str>, String> {
+        match object.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(format!("'{key}' must be a string")),
+        }
+    };
+    let url = text("url")?.ok_or("'url' is required")?;
+    let mut route = Route::new(url);
+    check_url(&route.base)?;
+    route.models = match object.get("models") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(model)) => vec![model.clone()],
+        Some(Value::Array(models)) => models
+            .iter()
+            .map(|m| m.as_str().map(str::to_owned))
+            .collect::<Option<_>>()
+            .ok_or("'models' must be a name or a list of names")?,
+        Some(_) => return Err("'models' must be a name or a list of names".to_owned()),
+    };
+    route.api_key = text("api_key")?
+        .filter(|k| !k.trim().is_empty())
+        .map(str::to_owned);
+    if let Some(headers) = object.get("headers").filter(|h| !h.is_null()) {
+        route.headers = header_object(headers)?;
+    }
+    route.max_tokens_param = text("max_tokens_param")?
+        .map(MaxTokensParam::parse)
+        .transpose()?;
+    route.think_tags = match object.get("think_tags") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(on)) => *on,
+        Some(_) => return Err("'think_tags' must be true or false".to_owned()),
+    };
+    Ok(route)
 }
 
 /// `backend_headers`: a JSON object, or `Name: value` lines.

@@ -59,8 +59,6 @@ pub struct ChatRequest {
     pub user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_cache_key: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub service_tier: Option<String>,
 }
 
 /// The messages of a chat request: the system message, the messages kept
@@ -243,7 +241,6 @@ impl ChatRequest {
                 .clone()
                 .or_else(|| request.user.clone()),
             prompt_cache_key: request.prompt_cache_key.clone(),
-            service_tier: None,
         })
     }
 

@@ -48,7 +48,15 @@ pub fn flat_name(namespace: &str, name: &str) -> String {
     }
 }
 
-const FREEFORM_PARAMETERS: &str = r#"{"type":"object","properties":{"input":{"type":"string","description":"The raw input of the tool."}},"required":["input"],"additionalProperties":false}"#;
+/// The parameters of the function a custom (freeform) tool becomes.
+fn freeform_parameters() -> Value {
+    json!({
+        "type": "object",
+        "properties": {"input": {"type": "string", "description": "The raw input of the tool."}},
+        "required": ["input"],
+        "additionalProperties": false,
+    })
+}
 
 impl ToolMap {
     /// Indexes `tools` and resolves `tool_choice` against them.
@@ -117,9 +125,8 @@ impl ToolMap {
                 "\nPut the tool's raw input, in this format, in the `input` string: {format}"
             ));
         }
-        let parameters: Value =
-            serde_json::from_str(FREEFORM_PARAMETERS).unwrap_or_else(|_| json!({}));
-        let function = json!({"name": name, "description": description, "parameters": parameters});
+        let function =
+            json!({"name": name, "description": description, "parameters": freeform_parameters()});
         self.insert(
             name.to_owned(),
             function,

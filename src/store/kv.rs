@@ -1,8 +1,10 @@
 //! The key-value operations the store needs, and an in-memory
-//! implementation for unit tests. The component implements [`Kv`] on
+//! implementation for tests. The component implements [`Kv`] on
 //! `wasi:keyvalue` (store, batch, atomics).
 
+#[cfg(test)]
 use std::cell::RefCell;
+#[cfg(test)]
 use std::collections::BTreeMap;
 
 /// A failed key-value operation.
@@ -26,19 +28,22 @@ pub trait Kv {
     fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError>;
 }
 
-/// An in-memory [`Kv`] that counts its round trips.
+/// An in-memory [`Kv`] that counts its round trips, for tests.
+#[cfg(test)]
 #[derive(Debug, Default)]
 pub struct MemoryKv {
     pub values: RefCell<BTreeMap<String, Vec<u8>>>,
     pub round_trips: RefCell<u64>,
 }
 
+#[cfg(test)]
 impl MemoryKv {
     fn trip(&self) {
         *self.round_trips.borrow_mut() += 1;
     }
 }
 
+#[cfg(test)]
 impl Kv for MemoryKv {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         self.trip();

@@ -33,7 +33,9 @@
 mod kv;
 mod record;
 
-pub use kv::{Kv, KvError, MemoryKv};
+#[cfg(test)]
+pub use kv::MemoryKv;
+pub use kv::{Kv, KvError};
 pub use record::KeptChat;
 
 use serde::{Deserialize, Serialize};

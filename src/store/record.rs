@@ -18,11 +18,7 @@
 //! conversation costs its messages, not its responses' settings, tools and
 //! usage. Reading a whole turn parses the items and the rest and puts the
 //! output back.
-//!
-//! Turns written before the head existed are one document,
-//! `{"response", "input"}`; they are still read.
 
-use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use super::{Turn, TurnItems};
@@ -65,7 +61,7 @@ trait Head {
     fn lengths(&self) -> [usize; 3];
 }
 
-/// A head read for its items, or a whole turn of the older layout.
+/// A head read for its items.
 #[derive(Deserialize)]
 struct ItemsHead {
     #[serde(default)]
@@ -76,11 +72,6 @@ struct ItemsHead {
     items: usize,
     #[serde(default)]
     rest: usize,
-    /// The older layout: the whole response and its input.
-    #[serde(default)]
-    response: Option<Response>,
-    #[serde(default)]
-    input: Vec<Item>,
 }
 
 impl Head for ItemsHead {
@@ -102,9 +93,6 @@ struct ChatHead {
     items: usize,
     #[serde(default)]
     rest: usize,
-    /// The older layout, which has no kept messages.
-    #[serde(default)]
-    response: Option<IgnoredAny>,
 }
 
 impl Head for ChatHead {
@@ -156,11 +144,7 @@ pub fn decode_chat(bytes: &[u8], reasoning: bool) -> Result<Option<KeptMessages>
     for record in Records::<ChatHead>::new(bytes) {
         let (head, [chat, _, _]) = record?;
         match head.chat {
-            Some(_)
-                if head.rendering == Some(RENDERING)
-                    && head.reasoning == Some(reasoning)
-                    && head.response.is_none() =>
-            {
+            Some(_) if head.rendering == Some(RENDERING) && head.reasoning == Some(reasoning) => {
                 messages.push_array(chat)
             }
             _ => return Ok(None),
@@ -174,20 +158,11 @@ pub fn decode_items(bytes: &[u8]) -> Result<Vec<TurnItems>, ApiError> {
     Records::<ItemsHead>::new(bytes)
         .map(|record| {
             let (head, [_, items, _]) = record?;
-            Ok(match head.response {
-                Some(response) => TurnItems {
-                    id: response.id,
-                    input: head.input,
-                    output: response.output,
-                },
-                None => {
-                    let items: ItemsIn = serde_json::from_slice(items).map_err(unreadable)?;
-                    TurnItems {
-                        id: head.id,
-                        input: items.input,
-                        output: items.output,
-                    }
-                }
+            let items: ItemsIn = serde_json::from_slice(items).map_err(unreadable)?;
+            Ok(TurnItems {
+                id: head.id,
+                input: items.input,
+                output: items.output,
             })
         })
         .collect()
@@ -197,13 +172,7 @@ pub fn decode_items(bytes: &[u8]) -> Result<Vec<TurnItems>, ApiError> {
 pub fn decode_turns(bytes: &[u8]) -> Result<Vec<Turn>, ApiError> {
     Records::<ItemsHead>::new(bytes)
         .map(|record| {
-            let (head, [_, items, rest]) = record?;
-            if let Some(response) = head.response {
-                return Ok(Turn {
-                    response,
-                    input: head.input,
-                });
-            }
+            let (_, [_, items, rest]) = record?;
             let items: ItemsIn = serde_json::from_slice(items).map_err(unreadable)?;
             let mut response: Response = serde_json::from_slice(rest).map_err(unreadable)?;
             response.output = items.output;
@@ -366,28 +335,7 @@ mod tests {
         let mut partly = encode(&a, Some(&kept(false, "a"))).unwrap();
         partly.extend(encode(&b, None).unwrap());
         assert!(decode_chat(&partly, false).unwrap().is_none());
-        let mut old =
-            serde_json::to_vec(&json!({"response": a.response, "input": a.input})).unwrap();
-        old.extend(encode(&b, Some(&kept(false, "b"))).unwrap());
-        assert!(decode_chat(&old, false).unwrap().is_none());
         assert_eq!(texts(decode_chat(b"", false).unwrap()), Some(json!([])));
-    }
-
-    #[test]
-    fn turns_of_the_older_layout_are_read() {
-        let old = turn("resp_old", "old");
-        let mut bytes = serde_json::to_vec(&json!({
-            "response": old.response,
-            "input": old.input,
-        }))
-        .unwrap();
-        let new = turn("resp_new", "new");
-        bytes.extend(encode(&new, None).unwrap());
-        assert_eq!(decode_turns(&bytes).unwrap(), [old.clone(), new]);
-        let items = decode_items(&bytes).unwrap();
-        assert_eq!(items[0].id, "resp_old");
-        assert_eq!(items[0].output, old.response.output);
-        assert_eq!(items[1].id, "resp_new");
     }
 
     #[test]

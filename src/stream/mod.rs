@@ -23,7 +23,7 @@ use crate::api::response::{
 };
 use crate::chat::{ChatChunk, ChatUsage, ThinkTags, ToolCallDelta, ToolKind, ToolMap};
 use crate::error::ApiError;
-use crate::ids::{new_id, now};
+use crate::ids::Env;
 use events::{Event, EventKind, Part};
 
 /// The open reasoning item.
@@ -66,11 +66,13 @@ pub struct EventStream {
     /// Splits reasoning out of the content, for backends that put it in
     /// `<think>` tags.
     think_tags: Option<ThinkTags>,
+    /// Where item ids and the completion time come from.
+    env: Env,
 }
 
 impl EventStream {
     /// A stream for `response` (in progress, no output yet).
-    pub fn new(response: Response, tools: ToolMap) -> Self {
+    pub fn new(response: Response, tools: ToolMap, env: Env) -> Self {
         EventStream {
             response,
             tools,
@@ -82,6 +84,7 @@ impl EventStream {
             sequence: 0,
             pending: Vec::new(),
             think_tags: None,
+            env,
         }
     }
 
@@ -168,7 +171,7 @@ impl EventStream {
         };
         self.close_all(item_status);
         self.take_usage();
-        self.response.completed_at = Some(now());
+        self.response.completed_at = Some(self.env.now());
         if truncated || filtered {
             let reason = if truncated {
                 "max_output_tokens"
@@ -300,7 +303,7 @@ impl EventStream {
             self.close_message(Status::Completed);
         }
         if self.reasoning.is_none() {
-            let id = new_id("rs");
+            let id = self.env.new_id("rs");
             let index = self.add_item(Item::Reasoning(Reasoning {
                 id: Some(id.clone()),
                 summary: Vec::new(),
@@ -338,7 +341,7 @@ impl EventStream {
             self.close_reasoning();
         }
         if self.message.is_none() {
-            let id = new_id("msg");
+            let id = self.env.new_id("msg");
             let index = self.add_item(Item::Message(Message {
                 id: Some(id.clone()),
                 role: Role::Assistant,
@@ -422,10 +425,10 @@ impl EventStream {
             return;
         };
         if call.call_id.is_empty() {
-            call.call_id = new_id("call");
+            call.call_id = self.env.new_id("call");
         }
         let kind = self.tools.lookup(&call.name);
-        call.item_id = new_id(match kind {
+        call.item_id = self.env.new_id(match kind {
             ToolKind::Function { .. } => "fc",
             ToolKind::Custom { .. } => "ctc",
         });

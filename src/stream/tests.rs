@@ -11,7 +11,11 @@ fn stream(tools: Value) -> EventStream {
     )
     .unwrap();
     let map = ToolMap::new(request.tools.as_deref().unwrap_or_default(), None).unwrap();
-    EventStream::new(Response::start("resp_1".into(), 1, &request), map)
+    EventStream::new(
+        Response::start("resp_1".into(), 1, &request),
+        map,
+        crate::ids::fixed::env(1).0,
+    )
 }
 
 fn chunk(v: Value) -> ChatChunk {

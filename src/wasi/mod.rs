@@ -3,6 +3,7 @@
 //! API; everything here is host I/O.
 
 mod backend;
+mod env;
 mod kv;
 
 pub use backend::WasiBackend;
@@ -31,6 +32,7 @@ pub fn service() -> Result<Service<WasiKv, WasiBackend>, ApiError> {
             between_bytes_timeout: timeout,
         },
         learned: LEARNED.with(Rc::clone),
+        env: env::host_env(),
     })
 }
 

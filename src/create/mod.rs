@@ -1,0 +1,158 @@
+//! `POST /v1/responses`, as a pipeline of steps, each in its own module:
+//!
+//! 1. **authenticate**: the caller's tenant ([`crate::auth`]);
+//! 2. **parse and validate** the body ([`CreateRequest::parse`]);
+//! 3. **resolve state** ([`resolve`]): the conversation it continues, item
+//!    references, the replay;
+//! 4. **render** the chat request and pick its backend ([`render`]);
+//! 5. **run the model loop** ([`model`]): the backend calls that make the
+//!    response, their chunks turned into events by the [`EventStream`];
+//! 6. **store** the response before its terminal event ([`save`]);
+//! 7. **emit** the events to the client ([`emit`]).
+//!
+//! [`Create::start`] runs steps 1 to 4 and opens the first backend call:
+//! its errors are answered as plain HTTP errors. [`Create::run`] does the
+//! rest, streaming to an [`EventSink`].
+
+pub mod emit;
+mod model;
+mod render;
+mod resolve;
+mod save;
+
+pub use emit::{Discard, EventSink};
+pub use resolve::with_id;
+
+use crate::api::items::Item;
+use crate::api::request::CreateRequest;
+use crate::api::response::Response;
+use crate::backend::Backend;
+use crate::error::ApiError;
+use crate::service::Service;
+use crate::store::{Conversation, Kv};
+use crate::stream::EventStream;
+use emit::Emitter;
+use model::{Call, Ended, ModelLoop};
+use save::Finished;
+
+/// A create whose backend call is open.
+pub struct Create<'s, K: Kv, B: Backend> {
+    service: &'s Service<K, B>,
+    tenant: String,
+    stream: EventStream,
+    model: ModelLoop<B::Body>,
+    input: Vec<Item>,
+    /// The conversation this request continues.
+    parent: Option<Conversation>,
+    store: bool,
+    /// Whether the client asked for an event stream.
+    pub streaming: bool,
+}
+
+impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
+    /// Steps 1 to 4, then the first backend call. Client errors, and any
+    /// failure of a plain request, are errors here; a stream whose backend
+    /// failed (5xx, unreachable) ends in `error` + `response.failed` instead,
+    /// like a failure mid-stream.
+    pub async fn start(
+        service: &'s Service<K, B>,
+        api_key: Option<&str>,
+        body: &[u8],
+    ) -> Result<Self, ApiError> {
+        let tenant = service.tenant(api_key)?;
+        let request = CreateRequest::parse(body)?;
+        let settings = &service.settings;
+        let store = service.store(&tenant);
+        let resolved =
+            resolve::resolve(&request, &store, &service.env, settings.backend_reasoning)?;
+        let plan = render::render(&request, &settings.routes, resolved.kept, resolved.rendered)?;
+        let call = Call {
+            backend: &service.backend,
+            route: plan.route,
+            learned: &service.learned,
+            client_key: service.client_key(api_key),
+        };
+        let model = ModelLoop::open(call, plan.chat, request.max_tool_calls).await;
+        if let Some(error) = model.failure() {
+            if !request.stream() || error.status < 500 {
+                return Err(error.clone());
+            }
+        }
+        let env = service.env.clone();
+        let response = Response::start(env.new_id("resp"), env.now(), &request);
+        let mut stream = EventStream::new(response, plan.tools, env);
+        if plan.route.think_tags {
+            stream = stream.with_think_tags();
+        }
+        Ok(Create {
+            service,
+            tenant,
+            stream,
+            model,
+            input: resolved.input,
+            parent: resolved.parent,
+            store: request.store(),
+            streaming: request.stream(),
+        })
+    }
+
+    /// Steps 5 to 7: streams the model's answer into `sink`, stores the
+    /// response before its terminal event, and returns it with the error
+    /// that ended it, if any.
+    pub async fn run(mut self, sink: &mut impl EventSink) -> (Response, Option<ApiError>) {
+        let mut out = Emitter::new(sink, self.streaming);
+        if !out.events(self.stream.start()).await {
+            return self.interrupted();
+        }
+        let failure = match self.model.run(&mut self.stream, &mut out).await {
+            Ended::Finished => None,
+            Ended::Failed(error) => Some(error),
+            Ended::ClientGone => return self.interrupted(),
+        };
+        let mut events = match &failure {
+            Some(error) => self.stream.fail(error),
+            None => self.stream.finish(),
+        };
+        // A plain request that failed is answered with an error alone: its
+        // client never learns the response's id, so nothing is stored. A
+        // stream has already shown the id, so its failure is kept.
+        let stored = match (&failure, self.streaming) {
+            (Some(_), false) => Ok(()),
+            _ => self.save(),
+        };
+        let failure = match stored {
+            Ok(()) => failure,
+            Err(error) => {
+                events = self.stream.fail_instead(events, &error);
+                Some(error)
+            }
+        };
+        out.events(events).await;
+        out.done().await;
+        (self.stream.into_response(), failure)
+    }
+
+    /// The client went away: keep what was produced, marked incomplete.
+    fn interrupted(mut self) -> (Response, Option<ApiError>) {
+        self.stream.interrupt();
+        let error = self.save().err();
+        (self.stream.into_response(), error)
+    }
+
+    fn save(&self) -> Result<(), ApiError> {
+        if !self.store {
+            return Ok(());
+        }
+        let settings = &self.service.settings;
+        let finished = Finished {
+            response: self.stream.response(),
+            input: &self.input,
+            parent: self.parent.as_ref(),
+            send_reasoning: settings.backend_reasoning,
+            expires_at: settings
+                .response_ttl_seconds
+                .map(|ttl| self.service.env.now().saturating_add(ttl)),
+        };
+        save::save(&self.service.store(&self.tenant), finished)
+    }
+}

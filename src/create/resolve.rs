@@ -1,0 +1,158 @@
+//! Step 3 of a create, resolving state: the conversation
+//! `previous_response_id` continues, the request's input with ids given and
+//! item references replaced by the items they name, and the replay, as the
+//! chat messages earlier turns kept plus the messages rendered now.
+//!
+//! Kept messages are passed on as stored bytes; when a turn kept none (or
+//! the new input opens with a tool call that joins the last assistant
+//! message), the whole conversation is rendered from its items instead.
+
+use crate::api::items::{Item, Status};
+use crate::api::request::{CreateRequest, Input};
+use crate::chat::{ChatMessage, KeptMessages, Rendered};
+use crate::error::ApiError;
+use crate::ids::Env;
+use crate::store::{find_item, Conversation, Kv, ResponseStore};
+
+/// What a request continues and adds.
+pub struct Resolved {
+    /// The request's input as it will be stored.
+    pub input: Vec<Item>,
+    /// The conversation it continues.
+    pub parent: Option<Conversation>,
+    /// Messages of earlier turns, as they were kept.
+    pub kept: KeptMessages,
+    /// Messages rendered now: the input, or the whole conversation.
+    pub rendered: Vec<ChatMessage>,
+}
+
+/// Resolves `request` against the caller's `store`.
+pub fn resolve<K: Kv>(
+    request: &CreateRequest,
+    store: &ResponseStore<'_, K>,
+    env: &Env,
+    send_reasoning: bool,
+) -> Result<Resolved, ApiError> {
+    let parent = match &request.previous_response_id {
+        Some(id) => Some(previous(store, id, env.now())?),
+        None => None,
+    };
+    // References are resolved against the conversation's items; without
+    // them the items are only read if the turns kept no messages.
+    let references = request.input.as_ref().is_some_and(Input::has_references);
+    let mut history = match &parent {
+        Some(conversation) if references => conversation.items()?,
+        _ => Vec::new(),
+    };
+    let input = prepare_input(request.input.clone(), &history, store, env)?;
+    let rendered = Rendered::new(&input, send_reasoning);
+    let kept = match &parent {
+        None => Some(KeptMessages::default()),
+        Some(_) if rendered.leading_call => None,
+        Some(conversation) => conversation.kept_chat(send_reasoning)?,
+    };
+    let (kept, rendered) = match kept {
+        Some(kept) => (kept, rendered.messages),
+        None => {
+            if history.is_empty() {
+                history = parent
+                    .as_ref()
+                    .map(Conversation::items)
+                    .transpose()?
+                    .unwrap_or_default();
+            }
+            history.extend(input.iter().cloned());
+            let all = Rendered::new(&history, send_reasoning).messages;
+            (KeptMessages::default(), all)
+        }
+    };
+    Ok(Resolved {
+        input,
+        parent,
+        kept,
+        rendered,
+    })
+}
+
+/// The stored conversation `previous_response_id` names, or 404 on that
+/// parameter.
+fn previous<K: Kv>(
+    store: &ResponseStore<'_, K>,
+    id: &str,
+    now: i64,
+) -> Result<Conversation, ApiError> {
+    store
+        .conversation(id, now)
+        .and_then(|found| {
+            found.ok_or_else(|| {
+                ApiError::not_found(format!("Previous response with id '{id}' not found."))
+            })
+        })
+        .map_err(|e| match e.status {
+            404 => e.with_param("previous_response_id"),
+            _ => e,
+        })
+}
+
+/// The request's input as stored: ids assigned, assistant text normalized,
+/// item references resolved against the earlier conversation, else against
+/// every stored response of the caller.
+fn prepare_input<K: Kv>(
+    input: Option<Input>,
+    history: &[Item],
+    store: &ResponseStore<'_, K>,
+    env: &Env,
+) -> Result<Vec<Item>, ApiError> {
+    let items = input.map(Input::into_items).unwrap_or_default();
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let item = match item {
+            Item::ItemReference(reference) => {
+                let known = find_item(history, &reference.id)
+                    .or_else(|| find_item(&out, &reference.id))
+                    .cloned();
+                let found = match known {
+                    Some(item) => Some(item),
+                    None => store.item(&reference.id, env.now())?,
+                };
+                found.ok_or_else(|| {
+                    ApiError::not_found(format!("Item with id '{}' not found.", reference.id))
+                        .with_param(format!("input[{i}].id"))
+                })?
+            }
+            other => other,
+        };
+        out.push(with_id(item, env));
+    }
+    Ok(out)
+}
+
+/// Gives an input item the id and status a stored item has.
+pub fn with_id(mut item: Item, env: &Env) -> Item {
+    match &mut item {
+        Item::Message(m) => {
+            m.normalize();
+            m.id.get_or_insert_with(|| env.new_id("msg"));
+            m.status.get_or_insert(Status::Completed);
+        }
+        Item::FunctionCall(c) => {
+            c.id.get_or_insert_with(|| env.new_id("fc"));
+            c.status.get_or_insert(Status::Completed);
+        }
+        Item::FunctionCallOutput(o) => {
+            o.id.get_or_insert_with(|| env.new_id("fco"));
+            o.status.get_or_insert(Status::Completed);
+        }
+        Item::CustomToolCall(c) => {
+            c.id.get_or_insert_with(|| env.new_id("ctc"));
+        }
+        Item::CustomToolCallOutput(o) => {
+            o.id.get_or_insert_with(|| env.new_id("ctco"));
+        }
+        Item::Reasoning(r) => {
+            r.id.get_or_insert_with(|| env.new_id("rs"));
+        }
+        Item::ItemReference(_) | Item::Other(_) => {}
+    }
+    item
+}

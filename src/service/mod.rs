@@ -1,0 +1,114 @@
+//! The Responses API operations, one implementation behind both entry
+//! points (the HTTP routes and the typed `responses` export).
+//!
+//! [`Service`] holds what a request runs with: settings, the key-value
+//! store, the backend client, what backends taught the instance, and the
+//! clock and id source. It is generic over the store and the backend, so
+//! the WASI glue stays thin and the whole API runs natively in tests.
+//! Creating is the pipeline in [`crate::create`]; reading, deleting and
+//! listing are here.
+
+mod list;
+mod models;
+#[cfg(test)]
+mod tests;
+
+pub use list::{ListQuery, Order};
+
+use std::rc::Rc;
+
+use serde_json::{json, Value};
+
+use crate::api::response::Response;
+use crate::auth;
+use crate::backend::dialect::Learned;
+use crate::backend::Backend;
+use crate::config::Settings;
+use crate::create::{Create, Discard};
+use crate::error::ApiError;
+use crate::ids::Env;
+use crate::store::{Kv, ResponseStore, Turn};
+
+/// The service for one request.
+pub struct Service<K, B> {
+    pub settings: Settings,
+    pub kv: K,
+    pub backend: B,
+    /// What backends taught the instance about their parameters.
+    pub learned: Rc<Learned>,
+    /// The clock and the source of ids.
+    pub env: Env,
+}
+
+impl<K: Kv, B: Backend> Service<K, B> {
+    pub(crate) fn store(&self, tenant: &str) -> ResponseStore<'_, K> {
+        ResponseStore::new(&self.kv, tenant)
+    }
+
+    pub(crate) fn tenant(&self, api_key: Option<&str>) -> Result<String, ApiError> {
+        auth::tenant(&self.settings, api_key)
+    }
+
+    /// The client's key, when it is to be passed on to backends that have
+    /// none of their own.
+    pub(crate) fn client_key<'k>(&self, api_key: Option<&'k str>) -> Option<&'k str> {
+        api_key.filter(|_| self.settings.forward_client_key)
+    }
+
+    /// Starts a create: validates it, resolves its state and opens the
+    /// backend call. Errors here are answered as plain HTTP errors.
+    pub async fn start(
+        &self,
+        api_key: Option<&str>,
+        body: &[u8],
+    ) -> Result<Create<'_, K, B>, ApiError> {
+        Create::start(self, api_key, body).await
+    }
+
+    /// A non-streaming create: the finished Response, or the error that
+    /// ended it.
+    pub async fn create(&self, api_key: Option<&str>, body: &[u8]) -> Result<Response, ApiError> {
+        let create = self.start(api_key, body).await?;
+        let (response, failure) = create.run(&mut Discard).await;
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(response),
+        }
+    }
+
+    /// The caller's stored turn of response `id`, or 404.
+    fn stored_turn(&self, api_key: Option<&str>, id: &str) -> Result<Turn, ApiError> {
+        let tenant = self.tenant(api_key)?;
+        self.store(&tenant)
+            .turn(id, self.env.now())?
+            .ok_or_else(|| missing(id))
+    }
+
+    /// `GET /v1/responses/{id}`.
+    pub fn get(&self, api_key: Option<&str>, id: &str) -> Result<Response, ApiError> {
+        Ok(self.stored_turn(api_key, id)?.response)
+    }
+
+    /// `DELETE /v1/responses/{id}`.
+    pub fn delete(&self, api_key: Option<&str>, id: &str) -> Result<Value, ApiError> {
+        let tenant = self.tenant(api_key)?;
+        if !self.store(&tenant).delete(id, self.env.now())? {
+            return Err(missing(id));
+        }
+        Ok(json!({"id": id, "object": "response.deleted", "deleted": true}))
+    }
+
+    /// `GET /v1/responses/{id}/input_items`.
+    pub fn list_input_items(
+        &self,
+        api_key: Option<&str>,
+        id: &str,
+        query: &ListQuery,
+    ) -> Result<Value, ApiError> {
+        list::page(self.stored_turn(api_key, id)?.input, query)
+    }
+}
+
+fn missing(id: &str) -> ApiError {
+    ApiError::not_found(format!("Response with id '{id}' not found."))
+}
