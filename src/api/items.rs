@@ -7,6 +7,9 @@
 //! string or as parts, unknown fields and unknown item kinds are all taken.
 //! Producing is strict: every item we emit carries `id` and `status`, and
 //! `output_text` parts always carry `annotations` and `logprobs`.
+//!
+//! The module is long because it is the one place the item kinds are
+//! defined: the enum and the type of each variant, with their wire tests.
 
 use std::borrow::Cow;
 

@@ -1,6 +1,7 @@
 //! The whole API natively: create, stream, continue, branch, delete, item
 //! references and the error paths, on [`MemoryKv`] and an in-memory backend
-//! that replays scripted answers, with a fixed clock and counting ids.
+//! that replays scripted answers, with a fixed clock and counting ids. (One
+//! file of cases over one fixture, hence its length.)
 
 use std::cell::RefCell;
 use std::collections::VecDeque;

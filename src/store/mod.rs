@@ -29,6 +29,10 @@
 //! (segments) of the whole conversation, so replaying a chain of any depth
 //! takes one `get` plus one `get-many`, and each turn is stored once: bytes
 //! grow linearly with the conversation.
+//!
+//! The module is long because every read and write of that layout is a
+//! method of [`ResponseStore`], next to the keys it builds; how one turn is
+//! encoded is in `record`.
 
 mod kv;
 mod record;

@@ -6,25 +6,25 @@
 //! tool calls), emits their deltas, closes them, and ends with exactly one
 //! terminal event. The non-streaming path runs the same machine and keeps
 //! only the final [`Response`], so both paths produce identical objects.
+//!
+//! The module is long because the machine is one type whose transitions
+//! share its open items; the finished items it writes are in `output`.
 
 pub mod events;
+mod output;
 pub mod sse;
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::api::items::{
-    ContentPart, CustomToolCall, FunctionCall, Item, Message, Reasoning, Role, Status, TextPart,
-};
-use crate::api::response::{
-    IncompleteDetails, InputTokensDetails, OutputTokensDetails, Response, ResponseError,
-    ResponseStatus, Usage,
-};
+use crate::api::items::{ContentPart, Item, Message, Reasoning, Role, Status};
+use crate::api::response::{IncompleteDetails, Response, ResponseError, ResponseStatus};
 use crate::chat::{ChatChunk, ChatUsage, ThinkTags, ToolCallDelta, ToolKind, ToolMap};
 use crate::error::ApiError;
 use crate::ids::Env;
 use events::{Event, EventKind, Part};
+use output::{call_item, custom_input, message_item, reasoning_item, response_error_code, usage};
 
 /// The open reasoning item.
 struct OpenReasoning {
@@ -528,97 +528,6 @@ impl EventStream {
         self.close_reasoning();
         self.close_message(status);
         self.close_calls(status);
-    }
-}
-
-/// The `error.code` of a failed Response. OpenAI's schema allows a fixed
-/// set of codes there (typed clients reject others); the `error` event
-/// carries the specific one.
-fn response_error_code(code: &str) -> &str {
-    const CODES: [&str; 3] = ["server_error", "rate_limit_exceeded", "invalid_prompt"];
-    if CODES.contains(&code) {
-        code
-    } else {
-        "server_error"
-    }
-}
-
-fn reasoning_item(id: &str, text: &str, status: Status) -> Item {
-    Item::Reasoning(Reasoning {
-        id: Some(id.to_owned()),
-        summary: Vec::new(),
-        content: Some(vec![TextPart {
-            kind: "reasoning_text".to_owned(),
-            text: text.to_owned(),
-        }]),
-        encrypted_content: None,
-        status: Some(status),
-    })
-}
-
-fn message_item(id: &str, part: ContentPart, status: Status) -> Item {
-    Item::Message(Message {
-        id: Some(id.to_owned()),
-        role: Role::Assistant,
-        content: vec![part],
-        status: Some(status),
-        phase: None,
-    })
-}
-
-fn call_item(call: &OpenCall, kind: &ToolKind, arguments: String, status: Status) -> Item {
-    match kind {
-        ToolKind::Function { name, namespace } => Item::FunctionCall(FunctionCall {
-            id: Some(call.item_id.clone()),
-            call_id: call.call_id.clone(),
-            name: name.clone(),
-            arguments,
-            namespace: namespace.clone(),
-            status: Some(status),
-        }),
-        ToolKind::Custom { name } => Item::CustomToolCall(CustomToolCall {
-            id: Some(call.item_id.clone()),
-            call_id: call.call_id.clone(),
-            name: name.clone(),
-            input: custom_input(&arguments),
-            namespace: None,
-            status: Some(status),
-        }),
-    }
-}
-
-/// The raw input of a custom tool from the `{"input": "..."}` arguments the
-/// backend produced; arguments of another shape are passed on verbatim.
-fn custom_input(arguments: &str) -> String {
-    match serde_json::from_str::<Value>(arguments) {
-        Ok(Value::Object(map)) => match map.get("input") {
-            Some(Value::String(input)) => input.clone(),
-            _ => arguments.to_owned(),
-        },
-        _ => arguments.to_owned(),
-    }
-}
-
-fn usage(chat: ChatUsage) -> Usage {
-    let detail = |v: &Option<Value>, key: &str| {
-        v.as_ref()
-            .and_then(|d| d.get(key))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
-    Usage {
-        input_tokens: chat.prompt_tokens,
-        input_tokens_details: InputTokensDetails {
-            cached_tokens: detail(&chat.prompt_tokens_details, "cached_tokens"),
-            cache_write_tokens: 0,
-        },
-        output_tokens: chat.completion_tokens,
-        output_tokens_details: OutputTokensDetails {
-            reasoning_tokens: detail(&chat.completion_tokens_details, "reasoning_tokens"),
-        },
-        total_tokens: chat
-            .total_tokens
-            .unwrap_or(chat.prompt_tokens + chat.completion_tokens),
     }
 }
 
