@@ -32,6 +32,27 @@ async fn error(h: &Harness, body: Value, expected: u16) -> Value {
     error
 }
 
+/// A catalogue of cases: every case runs, and each failure names its case.
+#[derive(Default)]
+struct Catalogue(Vec<String>);
+
+impl Catalogue {
+    fn check(&mut self, case: impl std::fmt::Display, ok: bool, detail: impl std::fmt::Display) {
+        if !ok {
+            self.0.push(format!("{case}: {detail}"));
+        }
+    }
+
+    fn finish(self) {
+        assert!(
+            self.0.is_empty(),
+            "{} case(s) failed:\n{}",
+            self.0.len(),
+            self.0.join("\n")
+        );
+    }
+}
+
 fn sent(h: &Harness) -> Value {
     h.backend
         .last_request()
@@ -366,15 +387,22 @@ async fn invalid_requests_are_400_with_param() {
             "input",
         ),
     ];
+    let mut catalogue = Catalogue::default();
     for (request, param) in cases {
-        let error = error(&h, request.clone(), 400).await;
-        assert_eq!(error["type"], "invalid_request_error", "{request}");
+        let (status, body) = h.post("/v1/responses", &request).await;
+        let error = &body["error"];
         let got = error["param"].as_str().unwrap_or_default();
-        assert!(
-            got.starts_with(param),
-            "{request}: param {got}, expected {param}"
+        let ok = status == 400
+            && error["type"] == "invalid_request_error"
+            && error["message"].is_string()
+            && got.starts_with(param);
+        catalogue.check(
+            &request,
+            ok,
+            format!("{status} {body}, expected param {param}"),
         );
     }
+    catalogue.finish();
     assert_eq!(
         h.backend.chat_requests().len(),
         0,
@@ -389,20 +417,19 @@ async fn metadata_is_validated() {
         (0..17).map(|i| (format!("k{i}"), json!("v"))).collect();
     let sixteen: serde_json::Map<String, Value> =
         (0..16).map(|i| (format!("k{i}"), json!("v"))).collect();
-    for metadata in [
-        Value::Object(many),
-        json!({"k".repeat(65): "v"}),
-        json!({"k": "v".repeat(513)}),
-        json!({"k": 5}),
+    let mut catalogue = Catalogue::default();
+    for (case, metadata) in [
+        ("17 pairs", Value::Object(many)),
+        ("a 65-character key", json!({"k".repeat(65): "v"})),
+        ("a 513-character value", json!({"k": "v".repeat(513)})),
+        ("a number value", json!({"k": 5})),
     ] {
-        let error = error(
-            &h,
-            json!({"model": "m", "input": "x", "metadata": metadata}),
-            400,
-        )
-        .await;
-        assert_eq!(error["param"], "metadata");
+        let request = json!({"model": "m", "input": "x", "metadata": metadata});
+        let (status, body) = h.post("/v1/responses", &request).await;
+        let ok = status == 400 && body["error"]["param"] == "metadata";
+        catalogue.check(case, ok, format!("{status} {body}"));
     }
+    catalogue.finish();
     let edge = json!({"k".repeat(64): "v".repeat(512)});
     let response = create(&h, json!({"model": "m", "input": "x", "metadata": edge})).await;
     assert_eq!(response["metadata"], edge);
@@ -1033,58 +1060,98 @@ async fn models_are_passed_through() {
 async fn backend_errors_map_to_the_right_status() {
     let h = Harness::start().await;
     let request = json!({"model": "m", "input": "hi"});
-
-    h.backend
-        .push(Reply::error(400, "max_tokens is too large").param("max_tokens"));
-    let e = error(&h, request.clone(), 400).await;
-    assert_eq!(e["message"], "max_tokens is too large");
-    assert_eq!(e["param"], "max_tokens");
-
-    h.backend
-        .push(Reply::error(404, "The model `nope` does not exist").code("model_not_found"));
-    let e = error(&h, json!({"model": "nope", "input": "hi"}), 404).await;
-    assert_eq!(e["code"], "model_not_found");
-    assert!(e["message"].as_str().unwrap().contains("nope"));
-
-    h.backend.push(Reply::raw(
-        404,
-        "application/json",
-        r#"{"error":"model \"nope\" not found, try pulling it first"}"#,
-    ));
-    let e = error(&h, json!({"model": "nope", "input": "hi"}), 404).await;
-    assert_eq!(e["code"], "model_not_found");
-
-    h.backend.push(Reply::error(429, "slow down"));
-    let e = error(&h, request.clone(), 429).await;
-    assert_eq!(e["message"], "slow down");
-
-    h.backend.push(Reply::error(500, "GPU on fire"));
-    let e = error(&h, request.clone(), 502).await;
-    assert!(
-        e["message"].as_str().unwrap().contains("GPU on fire"),
-        "{e}"
-    );
-    assert_eq!(e["code"], "backend_error");
-
-    h.backend
-        .push(Reply::raw(503, "text/html", "<html>Bad gateway</html>"));
-    let e = error(&h, request.clone(), 502).await;
-    assert!(e["message"].as_str().unwrap().contains("503"), "{e}");
-
-    h.backend.push(Reply::text("partial answer").cut_after(2));
-    let e = error(&h, request.clone(), 502).await;
-    assert!(e["message"].as_str().unwrap().contains("backend"), "{e}");
-
-    h.backend.push(Reply::text("bad").malformed_after(1));
-    error(&h, request.clone(), 502).await;
-
-    h.backend
-        .push(Reply::text("x").error_after(1, "out of memory"));
-    let e = error(&h, request.clone(), 502).await;
-    assert!(
-        e["message"].as_str().unwrap().contains("out of memory"),
-        "{e}"
-    );
+    let nope = json!({"model": "nope", "input": "hi"});
+    // (case, backend reply, request, status, code, words the message holds)
+    let cases = [
+        (
+            "400 keeps message and param",
+            Reply::error(400, "max_tokens is too large").param("max_tokens"),
+            &request,
+            400,
+            None,
+            "max_tokens is too large",
+        ),
+        (
+            "404 model_not_found",
+            Reply::error(404, "The model `nope` does not exist").code("model_not_found"),
+            &nope,
+            404,
+            Some("model_not_found"),
+            "nope",
+        ),
+        (
+            "Ollama's 404 shape",
+            Reply::raw(
+                404,
+                "application/json",
+                r#"{"error":"model \"nope\" not found, try pulling it first"}"#,
+            ),
+            &nope,
+            404,
+            Some("model_not_found"),
+            "nope",
+        ),
+        (
+            "429",
+            Reply::error(429, "slow down"),
+            &request,
+            429,
+            None,
+            "slow down",
+        ),
+        (
+            "500 is a 502",
+            Reply::error(500, "GPU on fire"),
+            &request,
+            502,
+            Some("backend_error"),
+            "GPU on fire",
+        ),
+        (
+            "an HTML 503",
+            Reply::raw(503, "text/html", "<html>Bad gateway</html>"),
+            &request,
+            502,
+            Some("backend_error"),
+            "503",
+        ),
+        (
+            "cut mid-stream",
+            Reply::text("partial answer").cut_after(2),
+            &request,
+            502,
+            Some("backend_error"),
+            "backend",
+        ),
+        (
+            "a malformed chunk",
+            Reply::text("bad").malformed_after(1),
+            &request,
+            502,
+            Some("backend_error"),
+            "malformed",
+        ),
+        (
+            "an in-stream error",
+            Reply::text("x").error_after(1, "out of memory"),
+            &request,
+            502,
+            Some("backend_error"),
+            "out of memory",
+        ),
+    ];
+    let mut catalogue = Catalogue::default();
+    for (case, reply, body, status, code, words) in cases {
+        h.backend.push(reply);
+        let (got, answer) = h.post("/v1/responses", body).await;
+        let error = &answer["error"];
+        let ok = got == status
+            && code.is_none_or(|code| error["code"] == code)
+            && error["message"].as_str().is_some_and(|m| m.contains(words))
+            && error.get("param").is_some();
+        catalogue.check(case, ok, format!("{got} {answer}"));
+    }
+    catalogue.finish();
 
     // Nothing failed is stored: the store holds only the turn that follows.
     assert!(common::stored_values(h.server.store_path()).is_empty());
@@ -1129,15 +1196,12 @@ async fn odd_requests_are_answered_never_with_a_500() {
         json!({"model": "m", "input": "x", "service_tier": "flex", "truncation": "auto"}),
         json!({"model": "m", "input": "x", "conversation": "conv_1", "prompt": {"id": "pmpt_1"}}),
     ];
+    let mut catalogue = Catalogue::default();
     for request in requests {
         let (status, body) = h.post("/v1/responses", &request).await;
-        assert!(
-            status == 200 || (400..500).contains(&status),
-            "{request} -> {status} {body}"
-        );
-        if status != 200 {
-            assert!(body["error"]["message"].is_string(), "{request} -> {body}");
-        }
+        let ok =
+            status == 200 || ((400..500).contains(&status) && body["error"]["message"].is_string());
+        catalogue.check(&request, ok, format!("{status} {body}"));
     }
     for path in [
         "/v1/responses/..%2F..",
@@ -1146,6 +1210,11 @@ async fn odd_requests_are_answered_never_with_a_500() {
         "/v1/responses/x/input_items?limit=99999999999999999999",
     ] {
         let (status, body) = h.get(path).await;
-        assert!((400..500).contains(&status), "{path} -> {status} {body}");
+        catalogue.check(
+            path,
+            (400..500).contains(&status),
+            format!("{status} {body}"),
+        );
     }
+    catalogue.finish();
 }
