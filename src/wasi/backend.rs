@@ -55,16 +55,22 @@ impl Backend for WasiBackend {
         let mut sink = outgoing.take_body();
         let future = outgoing_handler::handle(outgoing, Some(self.options()))
             .map_err(|e| unreachable_backend(&url, &e))?;
-        if let Some(body) = body {
-            sink.send(body).await.map_err(|e| {
-                log_failure(&url, &format!("sending the request failed: {e}"));
-                ApiError::backend("Sending the request to the backend failed.")
-            })?;
-        }
+        let sent = match body {
+            Some(body) => sink.send(body).await.map_err(|e| e.to_string()),
+            None => Ok(()),
+        };
         drop(sink);
+        // When the body could not be written, the answer says why (a refused
+        // connection shows up there too).
         let response = Incoming(future)
             .await
             .map_err(|e| unreachable_backend(&url, &e))?;
+        if let Err(e) = sent {
+            log_failure(&url, &format!("sending the request failed: {e}"));
+            return Err(ApiError::backend(
+                "Sending the request to the backend failed.",
+            ));
+        }
         let status = response.status();
         let content_type = response
             .headers()
