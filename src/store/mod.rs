@@ -342,11 +342,10 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
         // tells a continuation whether it can append to that thread.
         let len_key = self.len_key(&pointer.turn.thread);
         let (log, len) = self.read_log_and(&pointer.segments, Some(len_key))?;
-        let thread_len = len.and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok());
         Ok(Some(Conversation {
             pointer,
             log,
-            thread_len: thread_len.and_then(|b| u64::try_from(i64::from_le_bytes(b)).ok()),
+            thread_len: len.as_deref().and_then(counter),
         }))
     }
 
@@ -505,6 +504,23 @@ fn completed_pack(parent: &Conversation, own: &Segment, bytes: &[u8]) -> Option<
         return None;
     }
     Some((start, [earlier, bytes].concat()))
+}
+
+/// A counter `increment` wrote, as stored: 8 bytes little-endian (SQLite
+/// stores, ours and Spin's) or decimal text (Redis, through `INCRBY`). No
+/// little-endian count below 2^62 is all ASCII digits, so the two never mix.
+fn counter(bytes: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(bytes).ok().filter(|t| {
+        !t.is_empty()
+            && t.bytes()
+                .enumerate()
+                .all(|(i, b)| b.is_ascii_digit() || (i == 0 && b == b'-'))
+    });
+    let value = match text {
+        Some(text) => text.parse::<i64>().ok()?,
+        None => i64::from_le_bytes(<[u8; 8]>::try_from(bytes).ok()?),
+    };
+    u64::try_from(value).ok()
 }
 
 fn storage(e: KvError) -> ApiError {

@@ -316,3 +316,17 @@ fn a_branch_takes_no_slot_from_its_parents_thread() {
     assert_eq!(pointer.segments.len(), 1);
     assert_eq!(pointer.turn.thread, "resp_0");
 }
+
+#[test]
+fn counters_read_in_either_form() {
+    assert_eq!(super::counter(&7i64.to_le_bytes()), Some(7));
+    assert_eq!(super::counter(b"7"), Some(7));
+    assert_eq!(super::counter(b"12345678"), Some(12_345_678));
+    assert_eq!(
+        super::counter(&12_345_678i64.to_le_bytes()),
+        Some(12_345_678)
+    );
+    assert_eq!(super::counter(b"-1"), None);
+    assert_eq!(super::counter(b""), None);
+    assert_eq!(super::counter(b"abc"), None);
+}
