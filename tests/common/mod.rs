@@ -1,6 +1,8 @@
 //! The integration-test harness: the built component served by the host,
 //! in-process on an ephemeral loopback port with a temporary store, in front
-//! of the scripted chat-completions backend.
+//! of a scripted chat-completions backend: the in-process one (hyper), or,
+//! with `EDGE_RESPONSES_TEST_BACKEND=python`, the independent Python one
+//! (`tests/python/chat_backend.py`) driven through the same [`Backend`] API.
 
 #![allow(dead_code)]
 
@@ -24,6 +26,21 @@ pub fn component() -> PathBuf {
     path
 }
 
+/// The backend the integration tests run against, chosen by the
+/// environment variable `EDGE_RESPONSES_TEST_BACKEND`: `scripted` (the
+/// default) starts the in-process scripted backend, `python` starts
+/// `tests/python/chat_backend.py`.
+pub fn start_backend() -> Backend {
+    match std::env::var("EDGE_RESPONSES_TEST_BACKEND").as_deref() {
+        Ok("python") => {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/chat_backend.py");
+            Backend::start_python(&script).expect("the python backend starts")
+        }
+        Ok("scripted") | Ok("") | Err(_) => Backend::start().expect("backend starts"),
+        Ok(other) => panic!("EDGE_RESPONSES_TEST_BACKEND={other}: expected `scripted` or `python`"),
+    }
+}
+
 /// A backend and a host serving the component against it.
 pub struct Harness {
     pub backend: Backend,
@@ -41,7 +58,7 @@ impl Harness {
 
     /// A service with extra `wasi:config` values.
     pub async fn with_variables(extra: &[(&str, &str)]) -> Harness {
-        let backend = Backend::start().expect("backend starts");
+        let backend = start_backend();
         let state = tempfile::tempdir().expect("temp dir");
         let mut variables = BTreeMap::from([("backend_url".to_owned(), backend.url())]);
         for (k, v) in extra {

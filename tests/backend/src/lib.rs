@@ -4,7 +4,8 @@
 //! [`Backend`] listens on a loopback port and speaks the wire format of real
 //! backends (vLLM, Ollama, OpenAI): `POST /v1/chat/completions`, streamed as
 //! server-sent events when the request says `"stream": true`, and
-//! `GET /v1/models`. Every request is recorded so a test can assert what a
+//! `GET /v1/models` (under any base path: `/openai/deployments/<name>/chat/completions`
+//! is answered too). Every request is recorded so a test can assert what a
 //! client sent, and every chat-completions request takes the next scripted
 //! [`Reply`] from a queue (or the default reply when the queue is empty; it
 //! starts as [`Reply::echo`], `Hello! You said: <last user message>`).
@@ -15,8 +16,29 @@
 //! - `render`: chat-completions JSON, as stream chunks or one object;
 //! - `respond`: playing a reply out over HTTP (delays, gates, faults);
 //! - `body`: the streaming response body;
-//! - `record`: [`RecordedRequest`];
-//! - `control`: scripting over HTTP (`POST /_scripted/replies`) for non-Rust clients.
+//! - `record`: [`RecordedRequest`] and its JSON log form;
+//! - `control`: the JSON *reply spec* ([`Reply::to_spec`],
+//!   [`Reply::from_spec`]) used to script a backend over HTTP;
+//! - `remote`: [`Backend::start_python`]'s child process and the control
+//!   client that drives it.
+//!
+//! # Two implementations
+//!
+//! [`Backend::start`] serves from this process, on hyper. [`Backend::start_python`]
+//! starts `tests/python/chat_backend.py`, an independent implementation of
+//! the same behaviour on Python's `http.server` (stdlib only), and drives it
+//! over HTTP; the same tests run against both. Its wire habits differ on
+//! purpose: it reads request bodies only by `content-length` (a chunked body
+//! reads as empty), and ends streams by closing the connection instead of
+//! chunked framing.
+//!
+//! # Quirks of real backends
+//!
+//! [`Backend::require_content_length`], [`Backend::reject_param`],
+//! [`Backend::require_header`] and [`Backend::require_query`] make the
+//! backend refuse requests the way some servers and gateways do;
+//! [`Reply::json_despite_stream`] and [`Reply::no_usage`] answer the way
+//! some proxies do.
 //!
 //! # Scripting a streamed tool call
 //!
@@ -81,6 +103,7 @@
 mod body;
 mod control;
 mod record;
+mod remote;
 mod render;
 mod reply;
 mod respond;

@@ -117,7 +117,7 @@ impl<'a> Renderer<'a> {
             }
         }
         let finish_index = self.place_finish_reason(&mut chunks);
-        if self.request.include_usage {
+        if self.sends_stream_usage() {
             chunks.push(self.usage_chunk());
         }
         StreamPlan {
@@ -138,7 +138,7 @@ impl<'a> Renderer<'a> {
         if !self.completion.tool_calls.is_empty() {
             message.insert("tool_calls".into(), self.tool_calls());
         }
-        json!({
+        let mut completion = json!({
             "id": self.id,
             "object": "chat.completion",
             "created": self.created,
@@ -150,8 +150,17 @@ impl<'a> Renderer<'a> {
                 "logprobs": self.all_logprobs(),
                 "finish_reason": self.finish_reason(),
             }],
-            "usage": self.usage(),
-        })
+        });
+        if !self.completion.usage.omit {
+            completion["usage"] = self.usage();
+        }
+        completion
+    }
+
+    /// Whether a stream carries usage: asked for with
+    /// `stream_options.include_usage` and not suppressed by the reply.
+    fn sends_stream_usage(&self) -> bool {
+        self.request.include_usage && !self.completion.usage.omit
     }
 
     /// An in-stream error event, as vLLM sends when generation fails.
@@ -173,7 +182,7 @@ impl<'a> Renderer<'a> {
                 "finish_reason": null,
             }],
         });
-        if self.request.include_usage {
+        if self.sends_stream_usage() {
             chunk["usage"] = Value::Null;
         }
         chunk

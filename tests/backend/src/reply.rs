@@ -8,10 +8,14 @@
 //! one JSON object is decided by the request's `stream` flag; rendering lives
 //! in [`crate::render`].
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
+
+use crate::remote;
 
 /// Delta field that carries reasoning text by default (vLLM, DeepSeek).
 pub const DEFAULT_REASONING_FIELD: &str = "reasoning_content";
@@ -94,6 +98,7 @@ pub(crate) struct Completion {
     pub(crate) logprobs: bool,
     pub(crate) empty_deltas: bool,
     pub(crate) keepalive_comment: bool,
+    pub(crate) json_despite_stream: bool,
 }
 
 /// Token counts; `None` means "compute a default".
@@ -102,6 +107,8 @@ pub(crate) struct UsageSpec {
     pub(crate) counts: Option<(u64, u64)>,
     pub(crate) reasoning_tokens: Option<u64>,
     pub(crate) cached_tokens: Option<u64>,
+    /// Never send `usage`, whatever the request asks.
+    pub(crate) omit: bool,
 }
 
 /// Deliberate wire faults, positioned by streamed data-chunk index.
@@ -151,6 +158,7 @@ impl Reply {
                 logprobs: false,
                 empty_deltas: false,
                 keepalive_comment: false,
+                json_despite_stream: false,
             },
             faults: Faults::default(),
             timing: Timing::default(),
@@ -321,6 +329,24 @@ impl Reply {
         self
     }
 
+    /// Answers with one `application/json` `chat.completion` object (with
+    /// `content-length`) even when the request asks for a stream, as some
+    /// proxies do. Reasoning goes in `message.<reasoning_field>`, tool calls
+    /// in `message.tool_calls`; faults and delays apply as to a non-streamed
+    /// answer.
+    pub fn json_despite_stream(mut self) -> Self {
+        self.completion.json_despite_stream = true;
+        self
+    }
+
+    /// Never sends `usage`: no usage chunk (and no `usage: null` on the
+    /// other chunks) whatever `stream_options` says, and no `usage` in a
+    /// `chat.completion` object.
+    pub fn no_usage(mut self) -> Self {
+        self.completion.usage.omit = true;
+        self
+    }
+
     /// Waits this long before the first streamed chunk (response headers go
     /// out at once), or before the whole response when not streaming.
     pub fn delay_before_first(mut self, delay: Duration) -> Self {
@@ -430,6 +456,12 @@ impl Default for Reply {
 ///
 /// Created by [`Reply::pause_before`] and friends. Dropping the gate
 /// releases it, so a forgotten gate never blocks a stream for good.
+///
+/// A gate whose reply went to a backend in another process
+/// ([`Backend::start_python`](crate::Backend::start_python)) is driven over
+/// that backend's control endpoints: [`Gate::reached`] polls
+/// `GET /_scripted/gates/{id}` (for at most two minutes in all)
+/// and [`Gate::release`] posts to `/_scripted/gates/{id}/release`.
 #[derive(Debug)]
 pub struct Gate {
     state: Arc<GateState>,
@@ -439,16 +471,34 @@ impl Gate {
     /// Lets the stream go on.
     pub fn release(&self) {
         self.state.released.send_replace(true);
+        if let Some(addr) = self.state.remote.get() {
+            // A backend that is already gone has nothing left to hold.
+            let _ = remote::release_gate(*addr, &self.state.id);
+        }
     }
 
     /// Whether the backend has produced every chunk before the gate and is
     /// now waiting on it.
     pub fn is_reached(&self) -> bool {
-        *self.state.reached.borrow()
+        match self.state.remote.get() {
+            Some(addr) => remote::gate_reached(*addr, &self.state.id),
+            None => *self.state.reached.borrow(),
+        }
     }
 
     /// Waits until the backend reaches the gate.
+    ///
+    /// # Panics
+    ///
+    /// For a gate on a backend in another process, when the backend does
+    /// not reach it within two minutes or cannot be asked.
     pub async fn reached(&self) {
+        if let Some(addr) = self.state.remote.get() {
+            if let Err(error) = remote::wait_for_gate(*addr, &self.state.id).await {
+                panic!("gate {}: {error:#}", self.state.id);
+            }
+            return;
+        }
         let mut reached = self.state.reached.subscribe();
         // The sender lives in `self.state`, so the wait cannot fail.
         let _ = reached.wait_for(|reached| *reached).await;
@@ -464,15 +514,29 @@ impl Drop for Gate {
 /// The state a [`Gate`] shares with the stream it holds.
 #[derive(Debug)]
 pub(crate) struct GateState {
+    /// Names the gate in a reply spec and on the control endpoints.
+    pub(crate) id: String,
     reached: watch::Sender<bool>,
     released: watch::Sender<bool>,
+    /// The control address of the out-of-process backend the gated reply
+    /// was sent to, once it was.
+    remote: OnceLock<SocketAddr>,
 }
 
 impl GateState {
-    fn new() -> Self {
+    /// A gate with a fresh id, unique in this process.
+    pub(crate) fn new() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        GateState::with_id(format!("gate-{}", NEXT.fetch_add(1, Ordering::Relaxed)))
+    }
+
+    /// A gate with the given id (from a reply spec).
+    pub(crate) fn with_id(id: String) -> Self {
         GateState {
+            id,
             reached: watch::Sender::new(false),
             released: watch::Sender::new(false),
+            remote: OnceLock::new(),
         }
     }
 
@@ -482,6 +546,41 @@ impl GateState {
         let mut released = self.released.subscribe();
         // The sender lives in `self`, so the wait cannot fail.
         let _ = released.wait_for(|released| *released).await;
+    }
+
+    /// Lets the stream go on (the control endpoint's release).
+    pub(crate) fn release(&self) {
+        self.released.send_replace(true);
+    }
+
+    pub(crate) fn is_released(&self) -> bool {
+        *self.released.borrow()
+    }
+
+    pub(crate) fn is_reached(&self) -> bool {
+        *self.reached.borrow()
+    }
+
+    /// Waits at most `limit` for the gate to be reached; whether it was.
+    pub(crate) async fn reached_within(&self, limit: Duration) -> bool {
+        let mut reached = self.reached.subscribe();
+        let waited = tokio::time::timeout(limit, reached.wait_for(|reached| *reached)).await;
+        matches!(waited, Ok(Ok(_)))
+    }
+
+    /// Ties the gate to a backend in another process, which from now on
+    /// holds the stream; the first backend a gated reply is sent to wins.
+    pub(crate) fn bind_remote(&self, addr: SocketAddr) {
+        let _ = self.remote.set(addr);
+    }
+}
+
+impl Reply {
+    /// Ties this reply's gates to the out-of-process backend at `addr`.
+    pub(crate) fn bind_gates(&self, addr: SocketAddr) {
+        for (_, gate) in &self.timing.gates {
+            gate.bind_remote(addr);
+        }
     }
 }
 
@@ -505,7 +604,7 @@ pub(crate) fn split_words(text: &str) -> Vec<String> {
     pieces
 }
 
-fn default_error_type(status: u16) -> &'static str {
+pub(crate) fn default_error_type(status: u16) -> &'static str {
     match status {
         401 => "authentication_error",
         403 => "permission_error",

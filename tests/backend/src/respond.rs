@@ -26,7 +26,9 @@ pub(crate) async fn respond(reply: Reply, info: RequestInfo) -> Outcome {
             tokio::time::sleep(*duration).await;
             return None;
         }
-        Kind::Completion if info.stream => stream_response(&reply, &info),
+        Kind::Completion if info.stream && !reply.completion.json_despite_stream => {
+            stream_response(&reply, &info)
+        }
         Kind::Completion => {
             hold(&reply.timing).await;
             completion_response(&reply, &info)

@@ -1,6 +1,7 @@
 //! Wire-level tests: start a backend, talk HTTP to it, and check the bytes
 //! it sends against what real chat-completions backends send.
 
+#[macro_use]
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -34,9 +35,52 @@ fn streamed_with_usage(text: &str) -> Value {
     body
 }
 
-#[tokio::test]
-async fn urls_point_at_the_bound_port() {
-    let backend = Backend::start().unwrap();
+// Each scenario below runs twice: against the in-process backend and
+// against the Python one (`<name>::in_process`, `<name>::python`).
+on_both_backends!(
+    urls_point_at_the_bound_port,
+    default_reply_echoes_the_last_user_message,
+    echo_reads_text_parts,
+    queued_replies_come_first_then_the_default,
+    streamed_text_arrives_word_by_word,
+    usage_chunk_only_when_asked,
+    reasoning_comes_before_content,
+    reasoning_field_can_be_renamed,
+    streamed_tool_calls_are_split_like_real_backends,
+    tool_call_chunks_can_interleave,
+    non_streamed_tool_calls,
+    finish_reason_and_placement_options,
+    logprobs_cover_content_tokens,
+    empty_deltas_and_keepalive_comments,
+    error_replies_carry_openai_error_bodies,
+    raw_replies_are_sent_verbatim,
+    cut_streams_break_the_connection_without_done,
+    cut_non_streamed_bodies_break_mid_body,
+    malformed_chunks_are_not_json,
+    in_stream_errors_end_with_done,
+    streams_can_end_without_done,
+    hang_sends_nothing_then_closes,
+    delays_hold_chunks_back,
+    gate_holds_the_finish_chunk_until_released,
+    gate_at_a_chunk_index_and_before_done,
+    gate_holds_a_non_streamed_response,
+    requests_are_recorded,
+    invalid_bodies_get_400_and_keep_the_queue,
+    models_and_unknown_routes,
+    recording_can_be_turned_off,
+    wait_for_requests_sees_concurrent_arrivals,
+    shutdown_closes_the_port,
+    content_length_can_be_required,
+    rejected_params_leave_the_queue_alone,
+    required_headers_answer_like_azure,
+    required_queries_answer_like_azure,
+    json_despite_stream_answers_one_object,
+    no_usage_ignores_stream_options,
+    specs_script_the_backend_over_http,
+    any_base_path_is_served,
+);
+
+async fn urls_point_at_the_bound_port(backend: Backend) {
     let port = backend.addr().port();
     assert_ne!(port, 0);
     assert_eq!(backend.origin(), format!("http://127.0.0.1:{port}"));
@@ -49,9 +93,7 @@ async fn non_loopback_addresses_are_refused() {
     assert!(Backend::start_on(addr).is_err());
 }
 
-#[tokio::test]
-async fn default_reply_echoes_the_last_user_message() {
-    let backend = Backend::start().unwrap();
+async fn default_reply_echoes_the_last_user_message(backend: Backend) {
     let response = chat(backend.addr(), &request("hi there")).await;
     assert_eq!(response.status, 200);
     assert_eq!(response.content_type(), "application/json");
@@ -71,9 +113,7 @@ async fn default_reply_echoes_the_last_user_message() {
     assert_eq!(body["usage"]["total_tokens"], 9);
 }
 
-#[tokio::test]
-async fn echo_reads_text_parts() {
-    let backend = Backend::start().unwrap();
+async fn echo_reads_text_parts(backend: Backend) {
     let body = json!({
         "model": "m",
         "messages": [{"role": "user", "content": [{"type": "text", "text": "from parts"}]}],
@@ -85,9 +125,7 @@ async fn echo_reads_text_parts() {
     );
 }
 
-#[tokio::test]
-async fn queued_replies_come_first_then_the_default() {
-    let backend = Backend::start().unwrap();
+async fn queued_replies_come_first_then_the_default(backend: Backend) {
     backend.push_all([Reply::text("one"), Reply::text("two")]);
     backend.set_default(Reply::text("fallback"));
     assert_eq!(backend.pending_replies(), 2);
@@ -100,9 +138,7 @@ async fn queued_replies_come_first_then_the_default() {
     assert_eq!(backend.pending_replies(), 0);
 }
 
-#[tokio::test]
-async fn streamed_text_arrives_word_by_word() {
-    let backend = Backend::start().unwrap();
+async fn streamed_text_arrives_word_by_word(backend: Backend) {
     backend.push(Reply::text("The quick brown fox"));
     let response = chat(backend.addr(), &streamed("go")).await;
     assert_eq!(response.status, 200);
@@ -140,9 +176,7 @@ async fn streamed_text_arrives_word_by_word() {
     assert_eq!(finishes, 1);
 }
 
-#[tokio::test]
-async fn usage_chunk_only_when_asked() {
-    let backend = Backend::start().unwrap();
+async fn usage_chunk_only_when_asked(backend: Backend) {
     backend.push(
         Reply::text("a b")
             .usage(7, 2)
@@ -172,9 +206,7 @@ async fn usage_chunk_only_when_asked() {
     assert_eq!(data_payloads(&text).last().unwrap(), "[DONE]");
 }
 
-#[tokio::test]
-async fn reasoning_comes_before_content() {
-    let backend = Backend::start().unwrap();
+async fn reasoning_comes_before_content(backend: Backend) {
     backend.push(Reply::text("Answer.").reasoning("Think first"));
     let chunks = chunks(&chat(backend.addr(), &streamed("q")).await.text());
     let deltas = deltas(&chunks);
@@ -195,9 +227,7 @@ async fn reasoning_comes_before_content() {
     assert_eq!(body["choices"][0]["message"]["content"], "Answer.");
 }
 
-#[tokio::test]
-async fn reasoning_field_can_be_renamed() {
-    let backend = Backend::start().unwrap();
+async fn reasoning_field_can_be_renamed(backend: Backend) {
     backend.push(
         Reply::text("ok")
             .reasoning("hmm yes")
@@ -214,9 +244,7 @@ async fn reasoning_field_can_be_renamed() {
     assert!(message["content"].is_null());
 }
 
-#[tokio::test]
-async fn streamed_tool_calls_are_split_like_real_backends() {
-    let backend = Backend::start().unwrap();
+async fn streamed_tool_calls_are_split_like_real_backends(backend: Backend) {
     backend.push(
         Reply::text("Checking.")
             .tool_call("call_1", "get_weather", r#"{"city":"Paris","unit":"c"}"#)
@@ -281,9 +309,7 @@ async fn streamed_tool_calls_are_split_like_real_backends() {
     );
 }
 
-#[tokio::test]
-async fn tool_call_chunks_can_interleave() {
-    let backend = Backend::start().unwrap();
+async fn tool_call_chunks_can_interleave(backend: Backend) {
     backend.push(
         Reply::new()
             .tool_call("a", "f", "1234")
@@ -299,9 +325,7 @@ async fn tool_call_chunks_can_interleave() {
     assert_eq!(indexes, [0, 1, 0, 1, 0, 1]);
 }
 
-#[tokio::test]
-async fn non_streamed_tool_calls() {
-    let backend = Backend::start().unwrap();
+async fn non_streamed_tool_calls(backend: Backend) {
     backend.push(Reply::new().tool_call("call_9", "lookup", r#"{"q":"x"}"#));
     let body = chat(backend.addr(), &request("q")).await.json();
     let choice = &body["choices"][0];
@@ -317,9 +341,7 @@ async fn non_streamed_tool_calls() {
     );
 }
 
-#[tokio::test]
-async fn finish_reason_and_placement_options() {
-    let backend = Backend::start().unwrap();
+async fn finish_reason_and_placement_options(backend: Backend) {
     backend.push(
         Reply::text("cut short")
             .finish_reason("length")
@@ -331,9 +353,7 @@ async fn finish_reason_and_placement_options() {
     assert_eq!(last["choices"][0]["delta"]["content"], " short");
 }
 
-#[tokio::test]
-async fn logprobs_cover_content_tokens() {
-    let backend = Backend::start().unwrap();
+async fn logprobs_cover_content_tokens(backend: Backend) {
     backend.push(Reply::text("a b").logprobs());
     let chunks = chunks(&chat(backend.addr(), &streamed("q")).await.text());
     let entries: Vec<&Value> = chunks
@@ -358,9 +378,7 @@ async fn logprobs_cover_content_tokens() {
     assert_eq!(content[0]["top_logprobs"].as_array().unwrap().len(), 2);
 }
 
-#[tokio::test]
-async fn empty_deltas_and_keepalive_comments() {
-    let backend = Backend::start().unwrap();
+async fn empty_deltas_and_keepalive_comments(backend: Backend) {
     backend.push(Reply::text("x y").empty_deltas().keepalive_comment());
     let text = chat(backend.addr(), &streamed("q")).await.text();
     assert!(text.starts_with(": keep-alive\n\n"));
@@ -371,9 +389,7 @@ async fn empty_deltas_and_keepalive_comments() {
     assert_eq!(joined(&chunks, "content"), "x y");
 }
 
-#[tokio::test]
-async fn error_replies_carry_openai_error_bodies() {
-    let backend = Backend::start().unwrap();
+async fn error_replies_carry_openai_error_bodies(backend: Backend) {
     backend.push(Reply::error(404, "The model `nope` does not exist").code("model_not_found"));
     backend.push(Reply::error(429, "slow down").header("retry-after", "2"));
     backend.push(Reply::error(500, "boom"));
@@ -401,9 +417,7 @@ async fn error_replies_carry_openai_error_bodies() {
     assert_eq!(response.json()["error"]["type"], "server_error");
 }
 
-#[tokio::test]
-async fn raw_replies_are_sent_verbatim() {
-    let backend = Backend::start().unwrap();
+async fn raw_replies_are_sent_verbatim(backend: Backend) {
     backend.push(Reply::raw(502, "text/html", "<html>bad gateway</html>"));
     let response = chat(backend.addr(), &request("q")).await;
     assert_eq!(response.status, 502);
@@ -411,9 +425,7 @@ async fn raw_replies_are_sent_verbatim() {
     assert_eq!(response.text(), "<html>bad gateway</html>");
 }
 
-#[tokio::test]
-async fn cut_streams_break_the_connection_without_done() {
-    let backend = Backend::start().unwrap();
+async fn cut_streams_break_the_connection_without_done(backend: Backend) {
     backend.push(Reply::text("one two three four").cut_after(2));
     let mut reader = EventReader::new(open_chat(backend.addr(), &streamed("q")).await);
     let first: Value = reader.next_json().await;
@@ -433,18 +445,14 @@ async fn cut_streams_break_the_connection_without_done() {
     );
 }
 
-#[tokio::test]
-async fn cut_non_streamed_bodies_break_mid_body() {
-    let backend = Backend::start().unwrap();
+async fn cut_non_streamed_bodies_break_mid_body(backend: Backend) {
     backend.push(Reply::text("a long enough answer").cut_after(0));
     let response = open_chat(backend.addr(), &request("q")).await;
     assert_eq!(response.status(), 200);
     assert!(collect(response).await.is_err());
 }
 
-#[tokio::test]
-async fn malformed_chunks_are_not_json() {
-    let backend = Backend::start().unwrap();
+async fn malformed_chunks_are_not_json(backend: Backend) {
     backend.push(Reply::text("a b").malformed_after(1));
     let text = chat(backend.addr(), &streamed("q")).await.text();
     let payloads = data_payloads(&text);
@@ -458,9 +466,7 @@ async fn malformed_chunks_are_not_json() {
     assert!(serde_json::from_slice::<Value>(&response.body).is_err());
 }
 
-#[tokio::test]
-async fn in_stream_errors_end_with_done() {
-    let backend = Backend::start().unwrap();
+async fn in_stream_errors_end_with_done(backend: Backend) {
     backend.push(Reply::text("a b c").error_after(2, "generation failed"));
     let text = chat(backend.addr(), &streamed("q")).await.text();
     let payloads = data_payloads(&text);
@@ -470,18 +476,14 @@ async fn in_stream_errors_end_with_done() {
     assert_eq!(payloads[3], "[DONE]");
 }
 
-#[tokio::test]
-async fn streams_can_end_without_done() {
-    let backend = Backend::start().unwrap();
+async fn streams_can_end_without_done(backend: Backend) {
     backend.push(Reply::text("a").without_done());
     let text = chat(backend.addr(), &streamed("q")).await.text();
     assert!(!text.contains("[DONE]"));
     assert_eq!(joined(&chunks(&text), "content"), "a");
 }
 
-#[tokio::test]
-async fn hang_sends_nothing_then_closes() {
-    let backend = Backend::start().unwrap();
+async fn hang_sends_nothing_then_closes(backend: Backend) {
     backend.push(Reply::hang(Duration::from_secs(30)));
     let waited = tokio::time::timeout(
         Duration::from_millis(200),
@@ -499,9 +501,7 @@ async fn hang_sends_nothing_then_closes() {
     assert!(result.is_err(), "the connection closes without a response");
 }
 
-#[tokio::test]
-async fn delays_hold_chunks_back() {
-    let backend = Backend::start().unwrap();
+async fn delays_hold_chunks_back(backend: Backend) {
     backend.push(
         Reply::text("a b c")
             .delay_before_first(Duration::from_millis(50))
@@ -517,9 +517,7 @@ async fn delays_hold_chunks_back() {
     assert!(started.elapsed() >= Duration::from_millis(50 + 4 * 20));
 }
 
-#[tokio::test]
-async fn gate_holds_the_finish_chunk_until_released() {
-    let backend = Backend::start().unwrap();
+async fn gate_holds_the_finish_chunk_until_released(backend: Backend) {
     let (reply, gate) = Reply::text("a b c").pause_before_last();
     backend.push(reply);
     let mut reader = EventReader::new(open_chat(backend.addr(), &streamed("q")).await);
@@ -543,9 +541,7 @@ async fn gate_holds_the_finish_chunk_until_released() {
     assert!(reader.next().await.is_none());
 }
 
-#[tokio::test]
-async fn gate_at_a_chunk_index_and_before_done() {
-    let backend = Backend::start().unwrap();
+async fn gate_at_a_chunk_index_and_before_done(backend: Backend) {
     let (reply, first_gate) = Reply::text("a b").pause_before(1);
     let (reply, done_gate) = reply.pause_before_done();
     backend.push(reply);
@@ -563,9 +559,7 @@ async fn gate_at_a_chunk_index_and_before_done() {
     assert_eq!(reader.next().await.unwrap(), "[DONE]");
 }
 
-#[tokio::test]
-async fn gate_holds_a_non_streamed_response() {
-    let backend = Backend::start().unwrap();
+async fn gate_holds_a_non_streamed_response(backend: Backend) {
     let (reply, gate) = Reply::text("held").pause_before_last();
     backend.push(reply);
     let addr = backend.addr();
@@ -577,9 +571,7 @@ async fn gate_holds_a_non_streamed_response() {
     assert_eq!(body["choices"][0]["message"]["content"], "held");
 }
 
-#[tokio::test]
-async fn requests_are_recorded() {
-    let backend = Backend::start().unwrap();
+async fn requests_are_recorded(backend: Backend) {
     let mut body = streamed("record me");
     body["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
     let mut connection = support::Connection::open(backend.addr()).await;
@@ -618,9 +610,7 @@ async fn requests_are_recorded() {
     assert!(backend.last_request().is_none());
 }
 
-#[tokio::test]
-async fn invalid_bodies_get_400_and_keep_the_queue() {
-    let backend = Backend::start().unwrap();
+async fn invalid_bodies_get_400_and_keep_the_queue(backend: Backend) {
     backend.push(Reply::text("kept"));
     let mut connection = support::Connection::open(backend.addr()).await;
     let response = connection
@@ -641,9 +631,7 @@ async fn invalid_bodies_get_400_and_keep_the_queue() {
     assert_eq!(backend.pending_replies(), 1);
 }
 
-#[tokio::test]
-async fn models_and_unknown_routes() {
-    let backend = Backend::start().unwrap();
+async fn models_and_unknown_routes(backend: Backend) {
     let mut connection = support::Connection::open(backend.addr()).await;
     let response = collect(connection.send("GET", "/v1/models", &[], "").await)
         .await
@@ -694,17 +682,13 @@ async fn keep_alive_serves_several_requests_on_one_connection() {
     assert_eq!(backend.connections(), 2);
 }
 
-#[tokio::test]
-async fn recording_can_be_turned_off() {
-    let backend = Backend::start().unwrap();
+async fn recording_can_be_turned_off(backend: Backend) {
     backend.set_recording(false);
     chat(backend.addr(), &request("q")).await;
     assert_eq!(backend.request_count(), 0);
 }
 
-#[tokio::test]
-async fn wait_for_requests_sees_concurrent_arrivals() {
-    let backend = Backend::start().unwrap();
+async fn wait_for_requests_sees_concurrent_arrivals(backend: Backend) {
     let (reply, gate) = Reply::text("slow").pause_before(0);
     backend.push(reply);
     let addr = backend.addr();
@@ -718,9 +702,7 @@ async fn wait_for_requests_sees_concurrent_arrivals() {
         .any(|text| joined(&chunks(text), "content") == "slow"));
 }
 
-#[tokio::test]
-async fn shutdown_closes_the_port() {
-    let backend = Backend::start().unwrap();
+async fn shutdown_closes_the_port(backend: Backend) {
     let addr = backend.addr();
     chat(addr, &request("q")).await;
     backend.shutdown().await;
@@ -801,4 +783,384 @@ fn binary_rejects_unknown_flags() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown argument"));
+}
+
+/// Sends raw request bytes (which must ask for `connection: close`) and
+/// returns the whole raw response.
+async fn raw_exchange(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    String::from_utf8(response).unwrap()
+}
+
+/// A chat-completions POST whose body is sent chunked, without
+/// `content-length`.
+fn chunked_post(addr: SocketAddr, body: &str) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    )
+}
+
+/// The JSON body of a raw response with `content-length`.
+fn raw_json(response: &str) -> Value {
+    let (_, body) = response.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str(body).unwrap()
+}
+
+async fn content_length_can_be_required(backend: Backend) {
+    let body = request("framed").to_string();
+
+    // Off (the default): the in-process backend reads a chunked body like
+    // any other; the Python one reads it as empty.
+    let response = raw_exchange(backend.addr(), &chunked_post(backend.addr(), &body)).await;
+    let recorded = backend.last_request().unwrap();
+    assert!(recorded.chunked);
+    assert_eq!(recorded.content_length, None);
+    if backend.is_python() {
+        assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
+        assert_eq!(recorded.raw_text(), "");
+    } else {
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert_eq!(recorded.raw_text(), body);
+    }
+
+    backend.require_content_length(true);
+    let response = raw_exchange(backend.addr(), &chunked_post(backend.addr(), &body)).await;
+    assert!(response.starts_with("HTTP/1.1 411 "), "{response}");
+    assert_eq!(
+        raw_json(&response),
+        json!({"error": {
+            "message": "A request body needs a Content-Length header.",
+            "type": "invalid_request_error",
+            "param": null,
+            "code": null,
+        }})
+    );
+    assert_eq!(
+        backend.chat_requests().len(),
+        2,
+        "refused requests are logged"
+    );
+
+    let response = chat(backend.addr(), &request("framed")).await;
+    assert_eq!(response.status, 200);
+    let recorded = backend.last_request().unwrap();
+    assert!(!recorded.chunked);
+    assert_eq!(recorded.content_length, Some(body.len() as u64));
+
+    backend.require_content_length(false);
+    let response = raw_exchange(backend.addr(), &chunked_post(backend.addr(), &body)).await;
+    assert!(!response.starts_with("HTTP/1.1 411 "), "{response}");
+}
+
+async fn rejected_params_leave_the_queue_alone(backend: Backend) {
+    backend.push(Reply::text("queued"));
+    backend.reject_param(
+        "max_tokens",
+        Reply::error(400, "Unsupported parameter: 'max_tokens'").param("max_tokens"),
+    );
+    backend.reject_param(
+        "store",
+        Reply::raw(422, "text/plain", "store is not supported"),
+    );
+
+    let mut body = request("q");
+    body["max_tokens"] = json!(5);
+    let response = chat(backend.addr(), &body).await;
+    assert_eq!(response.status, 400);
+    assert_eq!(response.json()["error"]["param"], "max_tokens");
+    // A null value still names the key.
+    let mut body = request("q");
+    body["store"] = Value::Null;
+    let response = chat(backend.addr(), &body).await;
+    assert_eq!(response.status, 422);
+    assert_eq!(response.text(), "store is not supported");
+    assert_eq!(backend.pending_replies(), 1);
+    assert_eq!(backend.chat_requests().len(), 2);
+
+    // A nested key of the same name is not a top-level one.
+    let mut body = request("q");
+    body["metadata"] = json!({"max_tokens": 1});
+    let response = chat(backend.addr(), &body).await;
+    assert_eq!(
+        response.json()["choices"][0]["message"]["content"],
+        "queued"
+    );
+
+    backend.clear_rejections();
+    let mut body = request("q");
+    body["max_tokens"] = json!(5);
+    let response = chat(backend.addr(), &body).await;
+    assert_eq!(response.status, 200);
+}
+
+async fn required_headers_answer_like_azure(backend: Backend) {
+    backend.require_header("api-key", "secret");
+    let mut connection = support::Connection::open(backend.addr()).await;
+    for (method, path, body) in [
+        ("POST", "/v1/chat/completions", request("q").to_string()),
+        ("GET", "/v1/models", String::new()),
+    ] {
+        let without = collect(connection.send(method, path, &[], &body).await)
+            .await
+            .unwrap();
+        assert_eq!(without.status, 401);
+        assert_eq!(
+            without.json(),
+            json!({"error": {
+                "message": "Access denied due to invalid subscription key or wrong API endpoint.",
+                "type": "invalid_request_error",
+                "param": null,
+                "code": "401",
+            }})
+        );
+        let wrong = collect(
+            connection
+                .send(method, path, &[("api-key", "Secret")], &body)
+                .await,
+        )
+        .await
+        .unwrap();
+        assert_eq!(wrong.status, 401);
+        let right = collect(
+            connection
+                .send(method, path, &[("API-Key", "secret")], &body)
+                .await,
+        )
+        .await
+        .unwrap();
+        assert_eq!(right.status, 200, "{}", right.text());
+    }
+    assert_eq!(backend.request_count(), 6);
+}
+
+async fn required_queries_answer_like_azure(backend: Backend) {
+    backend.require_query("api-version=2024-10-21");
+    let mut connection = support::Connection::open(backend.addr()).await;
+    let body = request("q").to_string();
+    for path in [
+        "/v1/chat/completions",
+        "/v1/chat/completions?api-version=2024-02-01",
+        "/v1/chat/completions?api-version=2024-10-21&x=1",
+    ] {
+        let response = collect(connection.send("POST", path, &[], &body).await)
+            .await
+            .unwrap();
+        assert_eq!(response.status, 404, "{path}");
+        assert_eq!(
+            response.json(),
+            json!({"error": {"code": "404", "message": "Resource not found"}})
+        );
+    }
+    let response = collect(
+        connection
+            .send(
+                "POST",
+                "/v1/chat/completions?api-version=2024-10-21",
+                &[],
+                &body,
+            )
+            .await,
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status, 200);
+    let models = collect(connection.send("GET", "/v1/models", &[], "").await)
+        .await
+        .unwrap();
+    assert_eq!(models.status, 404);
+    let models = collect(
+        connection
+            .send("GET", "/v1/models?api-version=2024-10-21", &[], "")
+            .await,
+    )
+    .await
+    .unwrap();
+    assert_eq!(models.status, 200);
+    assert_eq!(
+        backend.last_request().unwrap().query.as_deref(),
+        Some("api-version=2024-10-21")
+    );
+}
+
+async fn json_despite_stream_answers_one_object(backend: Backend) {
+    backend.push(
+        Reply::text("It is sunny.")
+            .reasoning("Look it up")
+            .reasoning_field("reasoning")
+            .tool_call("call_1", "get_weather", r#"{"city":"Paris"}"#)
+            .usage(9, 4)
+            .json_despite_stream(),
+    );
+    let response = chat(backend.addr(), &streamed_with_usage("q")).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.content_type(), "application/json");
+    assert_eq!(
+        response.headers["content-length"],
+        response.body.len().to_string()
+    );
+    let body = response.json();
+    assert_eq!(body["object"], "chat.completion");
+    let message = &body["choices"][0]["message"];
+    assert_eq!(message["content"], "It is sunny.");
+    assert_eq!(message["reasoning"], "Look it up");
+    assert!(message.get("reasoning_content").is_none());
+    assert_eq!(message["tool_calls"][0]["function"]["name"], "get_weather");
+    assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(body["usage"]["total_tokens"], 13);
+
+    backend.push(Reply::text("plain").json_despite_stream().no_usage());
+    let body = chat(backend.addr(), &streamed("q")).await.json();
+    assert_eq!(body["choices"][0]["message"]["content"], "plain");
+    assert!(body.get("usage").is_none());
+}
+
+async fn no_usage_ignores_stream_options(backend: Backend) {
+    backend.push(Reply::text("a b").usage(1, 2).no_usage());
+    let text = chat(backend.addr(), &streamed_with_usage("q")).await.text();
+    let chunks = chunks(&text);
+    assert!(chunks.iter().all(|chunk| chunk.get("usage").is_none()));
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "stop"
+    );
+    assert_eq!(data_payloads(&text).last().unwrap(), "[DONE]");
+
+    backend.push(Reply::text("a b").no_usage());
+    let body = chat(backend.addr(), &request("q")).await.json();
+    assert!(body.get("usage").is_none());
+    assert_eq!(body["choices"][0]["message"]["content"], "a b");
+}
+
+async fn specs_script_the_backend_over_http(backend: Backend) {
+    let mut control = support::Connection::open(backend.addr()).await;
+    let mut call = async |method: &str, path: &str, body: Value| {
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        collect(control.send(method, path, &[], &body).await)
+            .await
+            .unwrap()
+    };
+    let (reply, gate) = Reply::text("held back").pause_before(1);
+    drop(gate);
+    let queued = call(
+        "POST",
+        "/_scripted/replies",
+        json!([Reply::text("spec").no_usage().to_spec(), reply.to_spec()]),
+    )
+    .await;
+    assert_eq!(queued.json(), json!({"queued": 2}));
+    assert_eq!(backend.pending_replies(), 2);
+    let refused = call("POST", "/_scripted/replies", json!([{"txet": "typo"}])).await;
+    assert_eq!(refused.status, 400);
+    assert!(refused.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("txet"));
+
+    let body = chat(backend.addr(), &request("q")).await.json();
+    assert_eq!(body["choices"][0]["message"]["content"], "spec");
+    assert!(body.get("usage").is_none());
+    // The gate was released before the spec was sent: nothing holds.
+    let body = chat(backend.addr(), &request("q")).await.json();
+    assert_eq!(body["choices"][0]["message"]["content"], "held back");
+
+    call(
+        "POST",
+        "/_scripted/default",
+        json!({"text": "fallback", "gates": [{"id": "g1", "at": "finish"}]}),
+    )
+    .await;
+    call(
+        "POST",
+        "/_scripted/quirks",
+        json!({"reject_params": {"seed": {"error": {"status": 400, "message": "no seed"}}}}),
+    )
+    .await;
+    call("POST", "/_scripted/models", json!(["m1"])).await;
+    let not_yet = call("GET", "/_scripted/gates/g1?wait=0", Value::Null).await;
+    assert_eq!(not_yet.json(), json!({"reached": false, "released": false}));
+
+    let addr = backend.addr();
+    let held = tokio::spawn(async move { chat(addr, &streamed("q")).await });
+    let reached = call("GET", "/_scripted/gates/g1?wait=30", Value::Null).await;
+    assert_eq!(reached.json()["reached"], true);
+    call("POST", "/_scripted/gates/g1/release", json!({})).await;
+    let text = held.await.unwrap().text();
+    assert_eq!(joined(&chunks(&text), "content"), "fallback");
+
+    let mut body = request("q");
+    body["seed"] = json!(1);
+    assert_eq!(chat(backend.addr(), &body).await.status, 400);
+    call(
+        "POST",
+        "/_scripted/quirks",
+        json!({"clear": ["reject_params"]}),
+    )
+    .await;
+    assert_eq!(chat(backend.addr(), &body).await.status, 200);
+
+    let log = call("GET", "/_scripted/requests?wait_for=4&wait=5", Value::Null).await;
+    let log = log.json();
+    let log = log["requests"].as_array().unwrap();
+    assert_eq!(log.len(), 5, "control requests are not logged");
+    assert_eq!(log[0]["path"], "/v1/chat/completions");
+    assert!(log[0]["body_base64"].as_str().unwrap().starts_with("eyJ"));
+    assert_eq!(log[0]["chunked"], false);
+    assert!(log[0]["content_length"].is_u64());
+    let connections = call("GET", "/_scripted/connections", Value::Null).await;
+    assert!(connections.json()["connections"].as_u64().unwrap() >= 5);
+    call("POST", "/_scripted/recording", json!({"recording": false})).await;
+    chat(backend.addr(), &request("q")).await;
+    call("DELETE", "/_scripted/requests", Value::Null).await;
+    assert_eq!(backend.request_count(), 0);
+    let unknown = call("GET", "/_scripted/nothing", Value::Null).await;
+    assert_eq!(unknown.status, 404);
+}
+
+async fn any_base_path_is_served(backend: Backend) {
+    let mut connection = support::Connection::open(backend.addr()).await;
+    let body = request("azure").to_string();
+    for path in [
+        "/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21",
+        "/api/v1/chat/completions",
+        "/chat/completions",
+    ] {
+        let response = collect(connection.send("POST", path, &[], &body).await)
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200, "{path}");
+        assert_eq!(
+            response.json()["choices"][0]["message"]["content"],
+            "Hello! You said: azure"
+        );
+    }
+    let models = collect(
+        connection
+            .send("GET", "/openai/deployments/gpt4o/models", &[], "")
+            .await,
+    )
+    .await
+    .unwrap();
+    assert_eq!(models.json()["data"][0]["id"], "test-model");
+    let unknown = collect(
+        connection
+            .send("POST", "/v1/chat/completions/extra", &[], &body)
+            .await,
+    )
+    .await
+    .unwrap();
+    assert_eq!(unknown.status, 404);
+    let chat = backend.chat_requests();
+    assert_eq!(chat.len(), 3);
+    assert_eq!(chat[0].path, "/openai/deployments/gpt4o/chat/completions");
+    assert_eq!(chat[0].query.as_deref(), Some("api-version=2024-10-21"));
 }

@@ -1,9 +1,11 @@
-//! A small HTTP/1.1 client over hyper for talking to the backend, and
-//! helpers that split server-sent events.
+//! A small HTTP/1.1 client over hyper for talking to the backend, helpers
+//! that split server-sent events, and [`on_both_backends!`], which runs a
+//! scenario against the in-process backend and against the Python one.
 
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::path::Path;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -11,8 +13,38 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use scripted_backend::Backend;
 use serde_json::Value;
 use tokio::net::TcpStream;
+
+/// Runs each `async fn name(backend: Backend)` of the list twice, as the
+/// tests `name::in_process` and `name::python`.
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test]
+            async fn in_process() {
+                super::$scenario(scripted_backend::Backend::start().unwrap()).await;
+            }
+
+            #[tokio::test]
+            async fn python() {
+                super::$scenario(crate::support::python_backend()).await;
+            }
+        }
+    )*};
+}
+
+/// `tests/python/chat_backend.py`.
+pub fn python_script() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../python/chat_backend.py")
+}
+
+/// The Python backend, started from `tests/python/chat_backend.py`.
+pub fn python_backend() -> Backend {
+    Backend::start_python(&python_script()).expect("the python backend starts")
+}
 
 /// A response read to its end.
 #[derive(Debug)]
