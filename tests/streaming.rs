@@ -843,7 +843,9 @@ async fn deltas_reach_the_client_before_the_backend_finishes() {
         .await
         .expect("a delta before the end");
     assert_eq!(delta["delta"], "first");
-    assert!(gate.is_reached(), "the backend is still held");
+    // The gate is not released yet: the backend holds the rest of the
+    // answer, whether or not it has marked the gate as reached.
+    gate.reached().await;
     assert_eq!(
         reader
             .names()
@@ -993,4 +995,78 @@ async fn streamed_and_plain_responses_have_the_same_shape() {
         v
     };
     assert_eq!(strip(streamed.terminal()), strip(&plain));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_completion_to_a_stream_request_gives_every_event() {
+    let h = Harness::start().await;
+    h.backend.push(
+        Reply::text("Let me check.")
+            .reasoning("Weather, so call the tool")
+            .tool_call("call_1", "get_weather", r#"{"city":"Paris"}"#)
+            .usage(9, 4)
+            .json_despite_stream(),
+    );
+    let body = json!({"model": "m", "input": "weather?", "stream": true,
+                      "tools": weather_tools()});
+    let s = stream(&h, &body).await;
+    let reasoning = vec![
+        vec!["response.output_item.added", "response.content_part.added"],
+        vec!["response.reasoning_text.delta"],
+        vec![
+            "response.reasoning_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+        ],
+    ];
+    let mut middle = reasoning;
+    middle.extend(message_events(1));
+    middle.extend(call_events(1));
+    assert_eq!(s.names(), sequence(middle, "response.completed"));
+    let response = s.terminal();
+    assert_eq!(
+        response["output"][0]["content"][0]["text"],
+        "Weather, so call the tool"
+    );
+    assert_eq!(output_text(response), "Let me check.");
+    assert_eq!(response["output"][2]["type"], "function_call");
+    assert_eq!(response["output"][2]["call_id"], "call_1");
+    assert_eq!(response["output"][2]["arguments"], r#"{"city":"Paris"}"#);
+    assert_eq!(response["usage"]["input_tokens"], 9);
+    assert_eq!(response["usage"]["output_tokens"], 4);
+    assert!(h.backend.last_request().unwrap().is_stream());
+    assert_stored(&h, &s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn think_tags_stream_as_reasoning() {
+    let h = Harness::with_variables(&[("backend_think_tags", "true")]).await;
+    h.backend.push(Reply::chunks([
+        "<thi",
+        "nk>Two plus",
+        " two</th",
+        "ink>\n\n",
+        "It is",
+        " 4.",
+    ]));
+    let s = stream(&h, &request("2+2?")).await;
+    let response = s.terminal();
+    assert_eq!(response["output"][0]["type"], "reasoning");
+    assert_eq!(response["output"][0]["content"][0]["text"], "Two plus two");
+    assert_eq!(output_text(response), "It is 4.");
+    let deltas: String = s
+        .of_type("response.output_text.delta")
+        .iter()
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, "It is 4.");
+    assert_stored(&h, &s).await;
+
+    // Without the setting, the tags are text like any other.
+    let plain = Harness::start().await;
+    plain
+        .backend
+        .push(Reply::chunks(["<think>hm</think>", "Hi"]));
+    let s = stream(&plain, &request("hi")).await;
+    assert_eq!(output_text(s.terminal()), "<think>hm</think>Hi");
 }

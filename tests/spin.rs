@@ -1,0 +1,322 @@
+//! The built component under a real `spin up` of the unmodified
+//! `spin.toml`, configured through its variables, with Spin's default
+//! SQLite store and with Redis through a runtime config file: a backend that
+//! reads request bodies by `Content-Length` only and sits behind a path with
+//! a query string and a required header (as Azure OpenAI does), then the
+//! official `openai` SDK tests.
+//!
+//! Spin is found at `EDGE_RESPONSES_SPIN`, else at
+//! `../shared/tools/spin/spin` next to the repository, else on `PATH`;
+//! Redis is `redis-server` on `PATH` (`scripts/ensure-redis` installs it).
+//! Without them the tests say so loudly and pass.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{component, output_text, parse_sse, python};
+use scripted_backend::{Backend, Reply};
+use serde_json::{json, Value};
+
+const QUERY: &str = "api-version=2024-10-21";
+
+fn spin() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("EDGE_RESPONSES_SPIN") {
+        return Some(PathBuf::from(path));
+    }
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/spin/spin");
+    if shared.exists() {
+        return Some(shared);
+    }
+    on_path("spin")
+}
+
+fn skip(what: &str) {
+    eprintln!("\n*** SKIPPED: {what}; the component was not run under Spin ***\n");
+}
+
+fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+/// `redis-server` on a free loopback port, without persistence, killed on
+/// drop.
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let server = on_path("redis-server")?;
+        let port = free_port();
+        let child = std::process::Command::new(server)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .ok()?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Redis { child, port });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// A Spin runtime config whose default store is this Redis.
+    fn runtime_config(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("runtime-config.toml");
+        let config = format!(
+            "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\n",
+            self.port
+        );
+        std::fs::write(&path, config).expect("the runtime config is written");
+        path
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("its address").port()
+}
+
+/// `spin up` serving the repository's `spin.toml`, killed on drop.
+struct Spin {
+    child: tokio::process::Child,
+    url: String,
+    _state: tempfile::TempDir,
+}
+
+impl Spin {
+    async fn up(spin: &Path, variables: &[(&str, &str)], redis: Option<&Redis>) -> Spin {
+        component();
+        let state = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let mut command = tokio::process::Command::new(spin);
+        command
+            .arg("up")
+            .arg("--from")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("spin.toml"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--state-dir")
+            .arg(state.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            // `spin up` runs the app in a child of its own: a group of their
+            // own lets the test stop both.
+            .process_group(0)
+            .kill_on_drop(true);
+        for (name, value) in variables {
+            command.arg("--variable").arg(format!("{name}={value}"));
+        }
+        if let Some(redis) = redis {
+            command
+                .arg("--runtime-config-file")
+                .arg(redis.runtime_config(state.path()));
+        }
+        let child = command.spawn().expect("spin starts");
+        let spin = Spin {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _state: state,
+        };
+        spin.wait_until_serving().await;
+        spin
+    }
+
+    async fn wait_until_serving(&self) {
+        let client = reqwest::Client::new();
+        for _ in 0..600 {
+            let answer = client
+                .get(format!("{}/v1/responses/resp_none", self.url))
+                .send()
+                .await;
+            if answer.is_ok_and(|a| a.status() == 404) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("spin up did not serve within 60 s");
+    }
+}
+
+impl Drop for Spin {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", "--", &format!("-{pid}")])
+                .status();
+        }
+        let _ = self.child.start_kill();
+    }
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, String) {
+    let answer = client
+        .post(format!("{url}/v1/responses"))
+        .json(body)
+        .send()
+        .await
+        .expect("spin answers");
+    let status = answer.status().as_u16();
+    (status, answer.text().await.expect("a body"))
+}
+
+/// Create, read, continue (streamed, answered with one JSON completion)
+/// and delete under Spin, against a strict Azure-like backend.
+async fn strict_backend_scenario(spin: &Path, redis: Option<&Redis>) {
+    let backend = Backend::start().expect("backend starts");
+    backend.require_content_length(true);
+    backend.require_query(QUERY);
+    backend.require_header("api-key", "azure-key");
+    let path = format!("/openai/deployments/gpt-4o?{QUERY}");
+    let origin = backend.origin();
+    let spin = Spin::up(
+        spin,
+        &[
+            ("backend_origin", origin.as_str()),
+            ("backend_path", path.as_str()),
+            ("backend_headers", "api-key: azure-key"),
+            ("backend_max_tokens_param", "max_completion_tokens"),
+        ],
+        redis,
+    )
+    .await;
+    let client = reqwest::Client::new();
+
+    let (status, text) = post(
+        &client,
+        &spin.url,
+        &json!({"model": "gpt-4o", "input": "hello", "max_output_tokens": 20}),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let first: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(output_text(&first), "Hello! You said: hello");
+    let sent = backend.last_request().expect("the backend was called");
+    assert_eq!(sent.path, "/openai/deployments/gpt-4o/chat/completions");
+    assert_eq!(sent.query.as_deref(), Some(QUERY));
+    assert_eq!(sent.content_length, Some(sent.raw_body.len() as u64));
+    assert_eq!(sent.body["max_completion_tokens"], 20);
+
+    // Spin's key-value store keeps the turn: it can be read and continued.
+    let id = first["id"].as_str().expect("an id");
+    let stored: Value = client
+        .get(format!("{}/v1/responses/{id}", spin.url))
+        .send()
+        .await
+        .expect("spin answers")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(stored, first);
+    backend.push(Reply::text("Streamed on.").json_despite_stream());
+    let (status, text) = post(
+        &client,
+        &spin.url,
+        &json!({"model": "gpt-4o", "input": "more", "stream": true, "previous_response_id": id}),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let frames = parse_sse(&text);
+    let (_, completed) = frames
+        .iter()
+        .find(|(event, _)| event == "response.completed")
+        .unwrap_or_else(|| panic!("no response.completed: {text}"));
+    let completed: Value = serde_json::from_str(completed).expect("JSON");
+    assert_eq!(output_text(&completed["response"]), "Streamed on.");
+    assert_eq!(backend.last_request().unwrap().messages().len(), 3);
+
+    // A delete is seen at once; the response is gone.
+    let deleted = client
+        .delete(format!("{}/v1/responses/{id}", spin.url))
+        .send()
+        .await
+        .expect("spin answers");
+    assert_eq!(deleted.status(), 200);
+    let gone = client
+        .get(format!("{}/v1/responses/{id}", spin.url))
+        .send()
+        .await
+        .expect("spin answers");
+    assert_eq!(gone.status(), 404);
+}
+
+/// The official `openai` SDK tests against the component under Spin.
+async fn sdk_scenario(spin: &Path, redis: Option<&Redis>) {
+    let backend = Backend::start().expect("backend starts");
+    let origin = backend.origin();
+    let spin = Spin::up(spin, &[("backend_origin", origin.as_str())], redis).await;
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_openai_sdk.py");
+    let output = tokio::process::Command::new(python())
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .arg(&tests)
+        .env("EDGE_RESPONSES_BASE_URL", &spin.url)
+        .env("EDGE_RESPONSES_BACKEND_ORIGIN", &origin)
+        .output()
+        .await
+        .expect("python runs");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "openai SDK tests under Spin failed:\n{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_backend_under_spin_with_sqlite() {
+    let Some(spin) = spin() else {
+        return skip("no Spin CLI found (set EDGE_RESPONSES_SPIN)");
+    };
+    strict_backend_scenario(&spin, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_backend_under_spin_with_redis() {
+    let Some(spin) = spin() else {
+        return skip("no Spin CLI found (set EDGE_RESPONSES_SPIN)");
+    };
+    let Some(redis) = Redis::start() else {
+        return skip("no redis-server on PATH (scripts/ensure-redis installs it)");
+    };
+    strict_backend_scenario(&spin, Some(&redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_under_spin_with_sqlite() {
+    let Some(spin) = spin() else {
+        return skip("no Spin CLI found (set EDGE_RESPONSES_SPIN)");
+    };
+    sdk_scenario(&spin, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_under_spin_with_redis() {
+    let Some(spin) = spin() else {
+        return skip("no Spin CLI found (set EDGE_RESPONSES_SPIN)");
+    };
+    let Some(redis) = Redis::start() else {
+        return skip("no redis-server on PATH (scripts/ensure-redis installs it)");
+    };
+    sdk_scenario(&spin, Some(&redis)).await;
+}
