@@ -56,11 +56,13 @@ const BACKEND_THREAD: &str = "scripted-backen";
 /// component cache in a separate process.
 const COMPILE_ONLY_FLAG: &str = "--compile-only";
 
-const USAGE: &str = "usage: bench [--quick] [--json PATH]
+const USAGE: &str = "usage: bench [--quick] [--json PATH] [--component PATH]
 
-  --quick      short smoke run (well under a minute); results go to
-               target/bench-quick/ unless --json is given
-  --json PATH  write the JSON results to PATH (markdown beside it, .md)
+  --quick           short smoke run (well under a minute); results go to
+                    target/bench-quick/ unless --json is given
+  --json PATH       write the JSON results to PATH (markdown beside it, .md)
+  --component PATH  measure this component instead of building the
+                    current one (to compare two builds)
 
 Builds the component first (cargo build -p edge-responses --target wasm32-wasip2 --profile component).";
 
@@ -77,6 +79,8 @@ fn main() -> ExitCode {
 struct Options {
     quick: bool,
     json: Option<PathBuf>,
+    /// A component to measure as it is, instead of building one.
+    component: Option<PathBuf>,
     compile_only: bool,
 }
 
@@ -85,6 +89,7 @@ impl Options {
         let mut options = Options {
             quick: false,
             json: None,
+            component: None,
             compile_only: false,
         };
         while let Some(arg) = args.next() {
@@ -93,6 +98,10 @@ impl Options {
                 "--json" => {
                     let path = args.next().context("--json needs a path")?;
                     options.json = Some(PathBuf::from(path));
+                }
+                "--component" => {
+                    let path = args.next().context("--component needs a path")?;
+                    options.component = Some(PathBuf::from(path));
                 }
                 COMPILE_ONLY_FLAG => options.compile_only = true,
                 "-h" | "--help" => {
@@ -175,8 +184,11 @@ fn build_component(root: &Path) -> anyhow::Result<()> {
 fn run() -> anyhow::Result<()> {
     let options = Options::parse(std::env::args().skip(1))?;
     let root = workspace_root();
-    let component = root.join(DEFAULT_COMPONENT);
-    if !options.compile_only {
+    let component = match &options.component {
+        Some(path) => std::path::absolute(path)?,
+        None => root.join(DEFAULT_COMPONENT),
+    };
+    if !options.compile_only && options.component.is_none() {
         build_component(&root)?;
     }
     if !component.is_file() {
@@ -201,7 +213,7 @@ fn run() -> anyhow::Result<()> {
     });
 
     progress("compiling the component, or loading it from the cache");
-    fill_compile_cache()?;
+    fill_compile_cache(&component)?;
 
     let component_bytes = std::fs::metadata(&component)?.len();
     let load_average = system::load_average();
@@ -285,10 +297,12 @@ fn host_config(component: &Path, state_dir: &Path, store_dir: &Path, backend: &B
 /// Starts the host once in a child process, so the measured process loads
 /// the compiled component from the cache and its memory figures do not
 /// include the compiler's.
-fn fill_compile_cache() -> anyhow::Result<()> {
+fn fill_compile_cache(component: &Path) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the bench executable")?;
     let status = std::process::Command::new(exe)
         .arg(COMPILE_ONLY_FLAG)
+        .arg("--component")
+        .arg(component)
         .status()
         .context("running the bench to compile the component")?;
     if !status.success() {
