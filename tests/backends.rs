@@ -589,3 +589,31 @@ async fn every_listed_backend_works() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_schema_falls_back_to_json_object_with_the_schema_in_the_prompt() {
+    let h = Harness::start().await;
+    h.backend.reject_param(
+        "response_format.json_schema",
+        Reply::error(400, "response_format of type json_schema is not supported")
+            .param("response_format"),
+    );
+    h.backend.push(Reply::text(r#"{"name":"Ada"}"#));
+    let schema = json!({"type": "object", "properties": {"name": {"type": "string"}}});
+    let response = create(
+        &h,
+        json!({"model": "m", "input": "Who?", "instructions": "Be brief.",
+               "text": {"format": {"type": "json_schema", "name": "person", "schema": schema}}}),
+    )
+    .await;
+    assert_eq!(output_text(&response), r#"{"name":"Ada"}"#);
+    // The response still says what the client asked for.
+    assert_eq!(response["text"]["format"]["type"], "json_schema");
+    let sent = h.backend.chat_requests();
+    assert_eq!(sent.len(), 2);
+    let retried = &sent[1].body;
+    assert_eq!(retried["response_format"], json!({"type": "json_object"}));
+    let system = retried["messages"][0]["content"].as_str().unwrap();
+    assert!(system.starts_with("Be brief."), "{system}");
+    assert!(system.contains(&schema.to_string()), "{system}");
+}

@@ -639,7 +639,7 @@ class State:
     def next_reply(self, body):
         with self.lock:
             for name, reply in self.rejections.items():
-                if name in body:
+                if _has_path(body, name):
                     return reply
             if self.queue:
                 return self.queue.pop(0)
@@ -1077,6 +1077,16 @@ def parse_json(raw):
         return json.loads(text, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
+
+
+def _has_path(body, path):
+    """Whether `body` has the key at dotted `path` (`a.b` is body["a"]["b"])."""
+    value = body
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return False
+        value = value[key]
+    return True
 
 
 def _reject_constant(name):

@@ -280,8 +280,9 @@ impl Backend {
         }
     }
 
-    /// Answers every chat-completions request whose JSON body has the
-    /// top-level key `name` with `reply` (typically a [`Reply::error`])
+    /// Answers every chat-completions request whose JSON body has the key
+    /// `name` (a dotted path such as `response_format.json_schema` names a
+    /// nested key) with `reply` (typically a [`Reply::error`])
     /// instead of taking one from the queue, which is left as it is.
     /// Several names can be registered; registering a name again replaces
     /// its reply. A request with several of them gets the reply of the name
@@ -485,14 +486,14 @@ impl Shared {
     }
 
     /// The reply for a chat-completions request: a rejection of one of its
-    /// top-level keys, else the next queued reply, else the default.
+    /// keys, else the next queued reply, else the default.
     fn next_reply(&self, body: &Value) -> Reply {
         let mut state = self.lock();
         let rejected = state
             .quirks
             .rejections
             .iter()
-            .find(|(name, _)| body.get(name).is_some());
+            .find(|(name, _)| has_path(body, name));
         if let Some((_, reply)) = rejected {
             return reply.clone();
         }
@@ -972,3 +973,11 @@ impl std::fmt::Display for ConnectionClosed {
 }
 
 impl std::error::Error for ConnectionClosed {}
+
+/// Whether `body` has the key at dotted `path` (`a.b` is `body["a"]["b"]`).
+fn has_path(body: &Value, path: &str) -> bool {
+    path.split('.')
+        .try_fold(body, |value, key| value.get(key))
+        .is_some()
+}
+
