@@ -4,36 +4,11 @@
 
 mod common;
 
-use std::path::Path;
+use common::Harness;
 
-use common::{python, Harness};
-
-/// Runs pytest over `target` (relative to tests/python) against `h`, with
-/// extra pytest arguments and environment; returns pytest's report.
+/// Runs pytest over `target` (relative to tests/python) against `h`.
 async fn pytest(h: &Harness, target: &str, args: &[&str], env: &[(&str, &str)]) -> String {
-    let tests = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/python")
-        .join(target);
-    let output = tokio::process::Command::new(python())
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
-        .args(args)
-        .arg(&tests)
-        .env("EDGE_RESPONSES_BASE_URL", h.server.url())
-        .env("EDGE_RESPONSES_BACKEND_ORIGIN", h.backend.origin())
-        .envs(env.iter().copied())
-        .output()
-        .await
-        .expect("python runs");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success(),
-        "openai SDK tests failed:\n{report}"
-    );
-    report
+    common::pytest(&h.server.url(), &h.backend.origin(), target, args, env).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{component, output_text, parse_sse, python};
+use common::{component, output_text, parse_sse};
 use scripted_backend::{Backend, Reply};
 use serde_json::{json, Value};
 
@@ -263,24 +263,7 @@ async fn sdk_scenario(spin: &Path, redis: Option<&Redis>) {
     let backend = Backend::start().expect("backend starts");
     let origin = backend.origin();
     let spin = Spin::up(spin, &[("backend_origin", origin.as_str())], redis).await;
-    let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_openai_sdk.py");
-    let output = tokio::process::Command::new(python())
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
-        .arg(&tests)
-        .env("EDGE_RESPONSES_BASE_URL", &spin.url)
-        .env("EDGE_RESPONSES_BACKEND_ORIGIN", &origin)
-        .output()
-        .await
-        .expect("python runs");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success(),
-        "openai SDK tests under Spin failed:\n{report}"
-    );
+    common::pytest(&spin.url, &origin, "test_openai_sdk.py", &[], &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -220,3 +220,39 @@ pub fn stored_values(store: &Path) -> Vec<(String, usize)> {
         .expect("the table reads");
     rows.map(|row| row.expect("a row")).collect()
 }
+
+/// Runs pytest over `target` (relative to tests/python) against the
+/// Responses API at `base_url` in front of the scripted backend at
+/// `backend_origin`, with extra pytest arguments and environment; returns
+/// pytest's report, and fails the test when pytest does.
+pub async fn pytest(
+    base_url: &str,
+    backend_origin: &str,
+    target: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> String {
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(target);
+    let output = tokio::process::Command::new(python())
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .args(args)
+        .arg(&tests)
+        .env("EDGE_RESPONSES_BASE_URL", base_url)
+        .env("EDGE_RESPONSES_BACKEND_ORIGIN", backend_origin)
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("python runs");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "openai SDK tests against {base_url} failed:\n{report}"
+    );
+    report
+}
