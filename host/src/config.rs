@@ -17,7 +17,14 @@ pub const ENV_PREFIX: &str = "EDGE_RESPONSES_";
 
 /// `EDGE_RESPONSES_*` variables that configure the host itself rather than
 /// the component, so they are not passed on as config values.
-const HOST_SETTINGS: &[&str] = &["LISTEN", "COMPONENT", "STORE", "STATE_DIR"];
+const HOST_SETTINGS: &[&str] = &[
+    "LISTEN",
+    "COMPONENT",
+    "STORE",
+    "STATE_DIR",
+    "MAX_MEMORY",
+    "QUEUE_TIMEOUT",
+];
 
 /// Config values from environment variables: `EDGE_RESPONSES_BACKEND_URL=x`
 /// becomes `backend_url = x`. Host settings (`EDGE_RESPONSES_LISTEN`, ...) and
@@ -91,6 +98,8 @@ mod tests {
             ("EDGE_RESPONSES_BACKEND_URL", "http://127.0.0.1:9"),
             ("EDGE_RESPONSES_API_KEYS", "a,b"),
             ("EDGE_RESPONSES_LISTEN", "127.0.0.1:1"),
+            ("EDGE_RESPONSES_MAX_MEMORY", "1GiB"),
+            ("EDGE_RESPONSES_QUEUE_TIMEOUT", "5s"),
             ("EDGE_RESPONSES_", "empty"),
             ("PATH", "/bin"),
         ]

@@ -3,17 +3,21 @@
 //! loading it from the on-disk cache, the `Linker` with every interface the
 //! component imports, and the pre-instantiated component.
 //!
-//! The engine, its instance pool and the compiled components are shared by
-//! every server in the process, so servers started side by side (as tests do)
-//! compile a component once and draw on one pool. Each request then only pays
-//! for a fresh `Store` and an instantiation, see [`Runtime::new_store`] and
-//! [`Runtime::instance_slot`].
+//! The instance pool holds as many instances as the memory budget allows
+//! (see `admission`); its limits, the native stack of each instance and the
+//! address space reserved per linear memory are set here. The engine, its
+//! pool and the compiled components are shared by every server in the
+//! process with the same instance count, so servers started side by side
+//! (as tests do) compile a component once and draw on one pool. Each request
+//! then only pays for a fresh `Store` and an instantiation, see
+//! [`Runtime::new_store`] and [`Runtime::instance_slot`].
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
@@ -22,23 +26,43 @@ use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+use crate::admission::{Admission, Overloaded};
 use crate::bindings::EdgeResponsesPre;
 use crate::config::{self, ConfigValues};
 use crate::keyvalue::{self, KeyValue};
 use crate::state::InstanceState;
 
-/// Component instances that may be alive at once in the process. Requests
-/// beyond this wait for a slot instead of failing.
-pub(crate) const MAX_INSTANCES: u32 = 128;
-
-/// Generous per-component upper bounds for a Rust `wasm32-wasip2` component
-/// (main module, WASI adapter, and the small shim modules components carry).
+/// Per-component upper bounds, checked when a component loads: the
+/// component has one linear memory, two tables and three core module
+/// instances (its main module and the two small shims components carry).
+/// Only memories and tables take pool space up front, so those bounds are
+/// tight; a component beyond them fails to load and says why.
 const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
-const MEMORIES_PER_COMPONENT: u32 = 2;
+const MEMORIES_PER_COMPONENT: u32 = 1;
 const TABLES_PER_COMPONENT: u32 = 4;
 
-/// Largest linear memory a guest may grow to.
+/// Elements of the largest table (the component's has 253).
+const TABLE_ELEMENTS: usize = 4096;
+
+/// Largest linear memory a guest may grow to. Each pooled memory reserves
+/// wasmtime's default 4 GiB of address space plus guard regions anyway (so
+/// compiled code needs no bounds checks); this caps what it may commit.
 const MAX_MEMORY_BYTES: usize = 1 << 30;
+
+/// Of the linear-memory pages an instance wrote, how much is reset in place
+/// when it ends (zeroed, or copied back from the data image) and stays
+/// resident, so the slot's next request takes no page faults there; the
+/// rest goes back to the kernel. A request with a short input writes about
+/// 24 KiB, so an idle slot keeps what its last request used, never more
+/// than this. (Without the kernel's `PAGEMAP_SCAN`, it is the first 1 MiB
+/// of memory that is reset in place: the guest's stack.)
+const LINEAR_MEMORY_KEEP_RESIDENT: usize = 1 << 20;
+
+/// Native stack of an instance's fiber: guest frames (up to
+/// [`MAX_WASM_STACK`]) and the host calls made from it, SQLite's included.
+/// Only the pages a request touches become resident.
+const ASYNC_STACK_BYTES: usize = 1 << 20;
+const MAX_WASM_STACK: usize = 512 << 10;
 
 /// The compiled, linked component, ready to instantiate.
 pub(crate) struct Runtime {
@@ -46,19 +70,24 @@ pub(crate) struct Runtime {
     responses: Option<EdgeResponsesPre<InstanceState>>,
     kv: KeyValue,
     config: ConfigValues,
-    slots: Arc<Semaphore>,
+    admission: Admission,
+    instance_limit: u32,
 }
 
 impl Runtime {
     /// Compiles (or loads from `cache_dir`) the component at `wasm` and links
-    /// it against the host's interfaces. Blocking: compilation takes seconds.
+    /// it against the host's interfaces, on a pool of `instance_limit`
+    /// instances that requests wait for up to `queue_timeout`. Blocking:
+    /// compilation takes seconds.
     pub(crate) fn load(
         wasm: &Path,
         cache_dir: &Path,
         kv: KeyValue,
         config: ConfigValues,
+        instance_limit: u32,
+        queue_timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let shared = Shared::get()?;
+        let shared = Shared::get(instance_limit)?;
         let component = shared.component(wasm, cache_dir)?;
         let pre = linker(&shared.engine)?
             .instantiate_pre(&component)
@@ -72,7 +101,8 @@ impl Runtime {
             responses: responses_pre(pre),
             kv,
             config,
-            slots: shared.slots.clone(),
+            admission: Admission::new(shared.slots.clone(), queue_timeout),
+            instance_limit,
         })
     }
 
@@ -82,10 +112,15 @@ impl Runtime {
         Store::new(self.proxy.engine(), state)
     }
 
-    /// Waits until an instance may be created; hold the permit while the
-    /// instance lives.
-    pub(crate) async fn instance_slot(&self) -> anyhow::Result<OwnedSemaphorePermit> {
-        Ok(self.slots.clone().acquire_owned().await?)
+    /// Waits (up to the queue timeout) until an instance may be created;
+    /// hold the permit while the instance lives.
+    pub(crate) async fn instance_slot(&self) -> Result<OwnedSemaphorePermit, Overloaded> {
+        self.admission.admit().await
+    }
+
+    /// How many instances may live at once.
+    pub(crate) fn instance_limit(&self) -> u32 {
+        self.instance_limit
     }
 
     pub(crate) fn proxy(&self) -> &ProxyPre<InstanceState> {
@@ -101,8 +136,8 @@ impl Runtime {
     }
 }
 
-/// The process-wide engine, its instance slots, and the components it has
-/// compiled, by cache key.
+/// An engine with a pool of instances, the permits that guard the pool,
+/// and the components the engine has compiled, by cache key.
 struct Shared {
     engine: Engine,
     slots: Arc<Semaphore>,
@@ -110,17 +145,27 @@ struct Shared {
 }
 
 impl Shared {
-    fn get() -> anyhow::Result<&'static Shared> {
-        static SHARED: OnceLock<Shared> = OnceLock::new();
-        if let Some(shared) = SHARED.get() {
+    /// The process's engine for pools of `instances`, created on first use.
+    /// Engines live as long as the process: it holds one per pool size in
+    /// use (one, outside of tests).
+    fn get(instances: u32) -> anyhow::Result<&'static Shared> {
+        static POOLS: OnceLock<Mutex<HashMap<u32, &'static Shared>>> = OnceLock::new();
+        // The map is only inserted into, so a poisoned lock is still valid.
+        let mut pools = POOLS
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(shared) = pools.get(&instances) {
             return Ok(shared);
         }
-        let shared = Shared {
-            engine: new_engine()?,
-            slots: Arc::new(Semaphore::new(MAX_INSTANCES as usize)),
+        tracing::debug!("creating an engine with a pool of {instances} instances");
+        let shared: &'static Shared = Box::leak(Box::new(Shared {
+            engine: new_engine(instances)?,
+            slots: Arc::new(Semaphore::new(instances as usize)),
             components: Mutex::default(),
-        };
-        Ok(SHARED.get_or_init(|| shared))
+        }));
+        pools.insert(instances, shared);
+        Ok(shared)
     }
 
     /// The compiled component at `wasm`: compiled earlier in this process,
@@ -157,12 +202,17 @@ fn responses_pre(pre: InstancePre<InstanceState>) -> Option<EdgeResponsesPre<Ins
     }
 }
 
-/// An engine with the pooling allocator, or the on-demand allocator where the
-/// pool's address space cannot be reserved (e.g. under a tight `ulimit -v`).
-fn new_engine() -> anyhow::Result<Engine> {
+/// An engine with a pool of `instances` instances, or the on-demand
+/// allocator where the pool's address space cannot be reserved (e.g. under
+/// a tight `ulimit -v`).
+fn new_engine(instances: u32) -> anyhow::Result<Engine> {
     let mut config = wasmtime::Config::new();
-    config.memory_init_cow(true);
-    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_limits()));
+    config
+        .memory_init_cow(true)
+        .async_stack_size(ASYNC_STACK_BYTES)
+        .max_wasm_stack(MAX_WASM_STACK);
+    let pool = pooling_limits(instances);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     match Engine::new(&config) {
         Ok(engine) => Ok(engine),
         Err(err) => {
@@ -173,19 +223,24 @@ fn new_engine() -> anyhow::Result<Engine> {
     }
 }
 
-fn pooling_limits() -> PoolingAllocationConfig {
+/// Pool limits for `instances` instances of the component.
+fn pooling_limits(instances: u32) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::new();
-    pool.total_component_instances(MAX_INSTANCES)
-        .total_core_instances(MAX_INSTANCES * CORE_INSTANCES_PER_COMPONENT)
-        .total_memories(MAX_INSTANCES * MEMORIES_PER_COMPONENT)
-        .total_tables(MAX_INSTANCES * TABLES_PER_COMPONENT)
-        .total_stacks(MAX_INSTANCES)
+    pool.total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+        .total_memories(instances.saturating_mul(MEMORIES_PER_COMPONENT))
+        .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
+        .total_stacks(instances)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .max_memories_per_component(MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(TABLES_PER_COMPONENT)
+        .table_elements(TABLE_ELEMENTS)
         .max_memory_size(MAX_MEMORY_BYTES)
         // Reset a finished instance's memory by zeroing what it touched
         // instead of unmapping it: no page-table flush on every request and
         // no fresh page faults on the next one.
-        .linear_memory_keep_resident(8 << 20)
-        .table_keep_resident(64 << 10)
+        .linear_memory_keep_resident(LINEAR_MEMORY_KEEP_RESIDENT)
+        .table_keep_resident(TABLE_ELEMENTS * std::mem::size_of::<usize>())
         .pagemap_scan(wasmtime::Enabled::Auto);
     pool
 }

@@ -3,9 +3,11 @@
 //!
 //! The response body is the channel the guest writes its `outgoing-body`
 //! into, passed to hyper as is, so bytes reach the client as soon as the
-//! guest flushes them (server-sent events rely on this). Failures before the
-//! guest has produced a response become a 500 with an OpenAI-shaped error
-//! body; failures after that can only cut the body short, and are logged.
+//! guest flushes them (server-sent events rely on this). A request that
+//! finds no free instance within the queue timeout gets a 503 with
+//! `Retry-After`; failures before the guest has produced a response become
+//! a 500; both with an OpenAI-shaped error body. Failures after that can
+//! only cut the body short, and are logged.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -23,12 +25,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
+use crate::admission::Overloaded;
 use crate::engine::Runtime;
 
 /// How long in-flight requests may run on after shutdown begins.
@@ -100,14 +103,22 @@ async fn handle(
 ) -> Response<HyperOutgoingBody> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let slot = match runtime.instance_slot().await {
+        Ok(slot) => slot,
+        Err(overloaded) => {
+            tracing::warn!(%method, %path, "turned away: {overloaded}");
+            return overloaded_response(overloaded);
+        }
+    };
     add_routing_headers(&mut request, peer, local);
-    match run_handler(runtime, request).await {
+    match run_handler(runtime, request, slot).await {
         Ok(response) => response,
         Err(err) => {
             tracing::error!(%method, %path, "request failed: {err:#}");
             error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "The server had an error while processing your request.",
+                None,
             )
         }
     }
@@ -115,12 +126,12 @@ async fn handle(
 
 /// Instantiates the component and calls its `incoming-handler` on a task of
 /// its own, which keeps running (writing the body) after the response head
-/// has been returned.
+/// has been returned, and holds the instance `slot` until it ends.
 async fn run_handler(
     runtime: &Runtime,
     request: Request<Incoming>,
+    slot: OwnedSemaphorePermit,
 ) -> anyhow::Result<Response<HyperOutgoingBody>> {
-    let slot = runtime.instance_slot().await?;
     let mut store = runtime.new_store();
     let (sender, receiver) = oneshot::channel();
     let request = store
@@ -213,12 +224,38 @@ fn add_routing_headers(
     }
 }
 
-/// A response with OpenAI's error envelope.
-pub(crate) fn error_response(status: StatusCode, message: &str) -> Response<HyperOutgoingBody> {
-    let body = format!(
-        r#"{{"error":{{"message":{},"type":"server_error","param":null,"code":null}}}}"#,
-        serde_json::Value::from(message)
+/// The answer to a request that found no free instance in time: 503, with
+/// `Retry-After` in seconds and the error code `server_overloaded`.
+pub(crate) fn overloaded_response(overloaded: Overloaded) -> Response<HyperOutgoingBody> {
+    let mut response = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        OVERLOADED_MESSAGE,
+        Some("server_overloaded"),
     );
+    let seconds = overloaded.retry_after.as_secs().max(1);
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
+/// What a turned-away client is told.
+pub(crate) const OVERLOADED_MESSAGE: &str =
+    "The server is handling as many requests as it can. Please retry after the delay in the Retry-After header.";
+
+/// A response with OpenAI's error envelope (`type` `server_error`).
+pub(crate) fn error_response(
+    status: StatusCode,
+    message: &str,
+    code: Option<&str>,
+) -> Response<HyperOutgoingBody> {
+    let body = serde_json::json!({"error": {
+        "message": message,
+        "type": "server_error",
+        "param": null,
+        "code": code,
+    }})
+    .to_string();
     let body = Full::new(Bytes::from(body))
         .map_err(|never| match never {})
         .boxed_unsync();
@@ -243,7 +280,7 @@ mod tests {
 
     #[tokio::test]
     async fn error_body_is_an_openai_error_envelope() {
-        let response = error_response(StatusCode::INTERNAL_SERVER_ERROR, "it \"broke\"");
+        let response = error_response(StatusCode::INTERNAL_SERVER_ERROR, "it \"broke\"", None);
         assert_eq!(response.status(), 500);
         assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
         let body = response
@@ -262,5 +299,25 @@ mod tests {
                 "code": null,
             }})
         );
+    }
+
+    #[tokio::test]
+    async fn overloaded_is_a_503_to_retry_later() {
+        let overloaded = Overloaded {
+            retry_after: Duration::from_secs(10),
+        };
+        let response = overloaded_response(overloaded);
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()[RETRY_AFTER], "10");
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(json["error"]["code"], "server_overloaded");
+        assert_eq!(json["error"]["type"], "server_error");
+        assert_eq!(json["error"]["param"], serde_json::Value::Null);
     }
 }

@@ -1,7 +1,10 @@
 //! A wasmtime host that serves the edge-responses component the way
 //! `spin up` does: HTTP requests go to its `wasi:http/incoming-handler`, one
 //! fresh instance per request, with `wasi:keyvalue` backed by a SQLite file
-//! (Spin's table layout) and `wasi:config` backed by command-line values.
+//! (Spin's table layout) or a Redis database (Spin's Redis layout), and
+//! `wasi:config` backed by command-line values. As many instances live at
+//! once as a memory budget allows; a request that finds none free within a
+//! queue timeout is turned away with a 503.
 //!
 //! This module owns the public surface: [`Config`] says what to serve and
 //! where, [`Server`] runs it; [`Responses`] calls the component's typed
@@ -21,6 +24,7 @@
 //! # }
 //! ```
 
+mod admission;
 mod bindings;
 pub mod config;
 mod engine;
@@ -34,11 +38,16 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use admission::{
+    instance_limit, parse_duration, parse_size, DEFAULT_MAX_MEMORY, DEFAULT_QUEUE_TIMEOUT,
+    INSTANCE_MEMORY,
+};
 pub use keyvalue::KvStats;
 pub use responses::{ApiError, CallResult, ListQuery, Order, Responses};
 
@@ -63,13 +72,22 @@ pub struct Config {
     /// Holds the key-value database (unless `store` says otherwise) and the
     /// compiled-component cache.
     pub state_dir: PathBuf,
-    /// The key-value database file; default `<state_dir>/sqlite_key_value.db`.
+    /// The key-value store: a SQLite file, default
+    /// `<state_dir>/sqlite_key_value.db`, or a Redis (or Valkey) database
+    /// given as `redis://HOST:PORT[/DB]` (see [`StoreLocation::parse`]).
     pub store: Option<PathBuf>,
     /// The compiled-component cache; default `<state_dir>/cache`. Servers
     /// with different state can share one (tests do, to compile once).
     pub cache: Option<PathBuf>,
     /// `wasi:config` values, e.g. `backend_url`.
     pub variables: BTreeMap<String, String>,
+    /// Memory budget for component instances, in bytes: the server lets
+    /// `max_memory / INSTANCE_MEMORY` instances live at once (see
+    /// [`instance_limit`]). Default [`DEFAULT_MAX_MEMORY`] (2 GiB).
+    pub max_memory: u64,
+    /// How long a request waits for a free instance before it is answered
+    /// 503 `server_overloaded`. Default [`DEFAULT_QUEUE_TIMEOUT`] (10 s).
+    pub queue_timeout: Duration,
 }
 
 impl Config {
@@ -82,14 +100,22 @@ impl Config {
             store: None,
             cache: None,
             variables: BTreeMap::new(),
+            max_memory: DEFAULT_MAX_MEMORY,
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
         }
     }
 
-    /// The key-value database file this config uses.
+    /// The key-value store setting as given: the SQLite file (by default
+    /// `<state_dir>/sqlite_key_value.db`), or the Redis URL.
     pub fn store_path(&self) -> PathBuf {
         self.store
             .clone()
             .unwrap_or_else(|| self.state_dir.join(STORE_FILE))
+    }
+
+    /// The key-value store this config uses.
+    pub fn store_location(&self) -> StoreLocation {
+        StoreLocation::parse(self.store_path())
     }
 
     /// The compiled-component cache directory this config uses.
@@ -107,11 +133,68 @@ impl Default for Config {
     }
 }
 
+/// Where the key-value store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A SQLite file (Spin's `spin_key_value` table).
+    Sqlite(PathBuf),
+    /// A Redis or Valkey database: `redis://[USER:PASSWORD@]HOST:PORT[/DB]`.
+    Redis(String),
+}
+
+/// URL schemes that name a Redis (or Valkey) server rather than a file.
+const REDIS_SCHEMES: &[&str] = &["redis://", "rediss://", "valkey://", "valkeys://"];
+
+impl StoreLocation {
+    /// A `redis://` (or `valkey://`) URL is a Redis database; anything else
+    /// is the path of a SQLite file.
+    pub fn parse(store: impl Into<PathBuf>) -> StoreLocation {
+        let path = store.into();
+        match path.to_str() {
+            Some(text) if is_redis_url(text) => StoreLocation::Redis(text.to_owned()),
+            _ => StoreLocation::Sqlite(path),
+        }
+    }
+}
+
+fn is_redis_url(text: &str) -> bool {
+    REDIS_SCHEMES.iter().any(|scheme| {
+        text.get(..scheme.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(scheme))
+    })
+}
+
+impl std::fmt::Display for StoreLocation {
+    /// The file's path, or the URL without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Sqlite(path) => write!(f, "{}", path.display()),
+            StoreLocation::Redis(url) => f.write_str(&without_password(url)),
+        }
+    }
+}
+
+/// `url` with any password in it replaced by `***`.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..])
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// A running server. Dropping it stops accepting connections; call
 /// [`Server::shutdown`] to also wait for in-flight requests.
 pub struct Server {
     addr: SocketAddr,
     store_path: PathBuf,
+    store: StoreLocation,
     runtime: Arc<engine::Runtime>,
     stop: oneshot::Sender<()>,
     accept_loop: JoinHandle<()>,
@@ -124,12 +207,14 @@ impl Server {
         let listener = http::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let store_path = config.store_path();
+        let store = config.store_location();
         let runtime = Arc::new(load_runtime(config).await?);
         let (stop, stopped) = oneshot::channel();
         let accept_loop = tokio::spawn(http::serve(listener, runtime.clone(), stopped));
         Ok(Server {
             addr,
             store_path,
+            store,
             runtime,
             stop,
             accept_loop,
@@ -154,9 +239,20 @@ impl Server {
         format!("http://{addr}")
     }
 
-    /// The key-value database file.
+    /// The key-value database file (for a Redis store, its URL as given).
     pub fn store_path(&self) -> &Path {
         &self.store_path
+    }
+
+    /// The key-value store.
+    pub fn store(&self) -> &StoreLocation {
+        &self.store
+    }
+
+    /// How many component instances may live at once; requests beyond them
+    /// wait up to the queue timeout.
+    pub fn instance_limit(&self) -> u32 {
+        self.runtime.instance_limit()
     }
 
     /// How many key-value calls guests have made so far, by kind.
@@ -179,16 +275,64 @@ impl Server {
     }
 }
 
-/// Opens the key-value store and compiles (or loads) the component, off the
-/// async runtime's worker threads.
+/// Opens the key-value store, then compiles (or loads) the component off
+/// the async runtime's worker threads.
 async fn load_runtime(config: Config) -> anyhow::Result<engine::Runtime> {
+    let location = config.store_location();
+    let kv = keyvalue::KeyValue::open(&location)
+        .await
+        .with_context(|| format!("opening the key-value store {location}"))?;
+    let instances = instance_limit(config.max_memory);
     tokio::task::spawn_blocking(move || {
-        let store_path = config.store_path();
-        let kv = keyvalue::KeyValue::open(&store_path)
-            .with_context(|| format!("opening the key-value store {}", store_path.display()))?;
         let values = config::ConfigValues::new(config.variables.clone());
-        engine::Runtime::load(&config.component, &config.cache_dir(), kv, values)
+        engine::Runtime::load(
+            &config.component,
+            &config.cache_dir(),
+            kv,
+            values,
+            instances,
+            config.queue_timeout,
+        )
     })
     .await
     .context("loading the component")?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_urls_select_redis_and_anything_else_is_a_file() {
+        let redis = StoreLocation::parse("redis://127.0.0.1:6379/2");
+        assert_eq!(
+            redis,
+            StoreLocation::Redis("redis://127.0.0.1:6379/2".into())
+        );
+        assert!(matches!(
+            StoreLocation::parse("VALKEY://h:1"),
+            StoreLocation::Redis(_)
+        ));
+        for path in ["kv.db", "/var/lib/redis.db", "redis:/x", "./redis://x"] {
+            assert_eq!(
+                StoreLocation::parse(path),
+                StoreLocation::Sqlite(path.into()),
+                "{path}"
+            );
+        }
+        let mut config = Config::new("c.wasm");
+        config.state_dir = "state".into();
+        let default = StoreLocation::Sqlite(Path::new("state").join(STORE_FILE));
+        assert_eq!(config.store_location(), default);
+    }
+
+    #[test]
+    fn a_redis_password_is_not_shown() {
+        let shown = StoreLocation::parse("redis://user:secret@127.0.0.1:6379/0").to_string();
+        assert_eq!(shown, "redis://user:***@127.0.0.1:6379/0");
+        let shown = StoreLocation::parse("redis://:secret@h:1").to_string();
+        assert_eq!(shown, "redis://:***@h:1");
+        let plain = StoreLocation::parse("redis://h:1/3").to_string();
+        assert_eq!(plain, "redis://h:1/3");
+    }
 }

@@ -4,10 +4,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use edge_responses_host::config::{parse_variable, variables_from_env};
-use edge_responses_host::{Config, Server, DEFAULT_COMPONENT, DEFAULT_LISTEN, DEFAULT_STATE_DIR};
+use edge_responses_host::{
+    parse_duration, parse_size, Config, Server, DEFAULT_COMPONENT, DEFAULT_LISTEN,
+    DEFAULT_STATE_DIR, INSTANCE_MEMORY,
+};
 use tracing_subscriber::EnvFilter;
 
 /// Serves the edge-responses component (the OpenAI Responses API) over HTTP.
@@ -26,13 +30,24 @@ struct Flags {
     #[arg(long, env = "EDGE_RESPONSES_COMPONENT", default_value = DEFAULT_COMPONENT)]
     component: PathBuf,
 
-    /// Key-value database file [default: <state-dir>/sqlite_key_value.db].
+    /// Key-value store: a SQLite file, or a Redis / Valkey database as
+    /// redis://HOST:PORT[/DB] [default: <state-dir>/sqlite_key_value.db].
     #[arg(long, env = "EDGE_RESPONSES_STORE")]
     store: Option<PathBuf>,
 
     /// Directory for the key-value database and the compiled-component cache.
     #[arg(long, env = "EDGE_RESPONSES_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+
+    /// Memory budget for component instances (e.g. 2GiB, 512MiB): as many
+    /// instances live at once as fit, at the memory one reserves.
+    #[arg(long, env = "EDGE_RESPONSES_MAX_MEMORY", default_value = "2GiB", value_parser = parse_size)]
+    max_memory: u64,
+
+    /// How long a request waits for a free instance before it gets a 503
+    /// (e.g. 10s, 500ms).
+    #[arg(long, env = "EDGE_RESPONSES_QUEUE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    queue_timeout: Duration,
 
     /// A config value for the component (repeatable).
     #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_variable)]
@@ -78,6 +93,8 @@ impl Flags {
             state_dir: self.state_dir,
             store: self.store,
             cache: None,
+            max_memory: self.max_memory,
+            queue_timeout: self.queue_timeout,
         }
     }
 }
@@ -94,11 +111,21 @@ async fn main() -> anyhow::Result<()> {
         .get("backend_url")
         .cloned()
         .unwrap_or_else(|| "not set".to_owned());
+    let budget = config.max_memory;
+    let queue_timeout = config.queue_timeout;
     let server = Server::start(config).await?;
     println!(
         "edge-responses listening on {} (backend: {backend}, store: {})",
         server.url(),
-        server.store_path().display()
+        server.store()
+    );
+    println!(
+        "instance limit: {} at once ({} MiB budget / {} KiB per instance); \
+         requests beyond it wait up to {:?}, then get 503",
+        server.instance_limit(),
+        budget >> 20,
+        INSTANCE_MEMORY >> 10,
+        queue_timeout
     );
     shutdown_signal().await;
     tracing::info!("shutting down");

@@ -39,16 +39,17 @@ use tokio_rustls::TlsConnector;
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::engine::MAX_INSTANCES;
+use crate::admission::MAX_INSTANCES;
 
 /// How long an unused connection stays in the pool: under the 5 s after
 /// which common model servers (uvicorn, so vLLM; Node) close an idle
 /// keep-alive connection, so a request never races a server-side close.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
-/// Unused connections kept per backend (scheme, host and port). No more
-/// requests than instance slots can be in flight, so a burst that uses every
-/// slot leaves all its connections for the next one.
+/// Unused connections kept per backend (scheme, host and port): as many as
+/// the largest instance pool has instances. No more requests than instances
+/// can be in flight, so a burst that uses every instance leaves all its
+/// connections for the next one; [`IDLE_TIMEOUT`] closes them after it.
 const MAX_IDLE_PER_BACKEND: usize = MAX_INSTANCES as usize;
 
 /// Each timeout the guest leaves unset, as in wasmtime's default sender.

@@ -1,7 +1,9 @@
 //! Typed calls into the component's `edge:responses/responses` export.
 //!
 //! Each call gets a fresh instance, exactly like an HTTP request, and shares
-//! the server's key-value store, config values and instance slots.
+//! the server's key-value store, config values and instance slots; a call
+//! that finds no free instance within the queue timeout is answered with the
+//! same 503 `server_overloaded` error an HTTP request gets.
 
 use std::sync::Arc;
 
@@ -77,7 +79,9 @@ impl Responses {
             .runtime
             .responses()
             .context("the component does not export edge:responses/responses")?;
-        let _slot = self.runtime.instance_slot().await?;
+        let Ok(_slot) = self.runtime.instance_slot().await else {
+            return Ok(Err(overloaded()));
+        };
         let mut store = self.runtime.new_store();
         let instance = pre.instantiate_async(&mut store).await?;
         let exports = instance.edge_responses_responses();
@@ -92,5 +96,16 @@ impl Responses {
             }
         };
         Ok(result)
+    }
+}
+
+/// The API error for a call that found no free instance in time.
+fn overloaded() -> ApiError {
+    ApiError {
+        status: 503,
+        message: crate::http::OVERLOADED_MESSAGE.to_owned(),
+        type_: "server_error".to_owned(),
+        param: None,
+        code: Some("server_overloaded".to_owned()),
     }
 }

@@ -1,24 +1,30 @@
 //! `wasi:keyvalue` 0.2.0-draft2 (`store`, `batch`, `atomics`) for guests.
 //!
 //! Owns the guest-facing side: the `bucket` and `cas` resources, the mapping
-//! of each WIT function onto [`SqliteStore`], running those blocking calls on
-//! the blocking thread pool, and counting every call in [`KvStats`].
+//! of each WIT function onto the server's [`Store`] (SQLite or Redis, see
+//! `store`), and counting every call in [`KvStats`], whichever store serves
+//! it.
 //!
 //! Only the store label `"default"` opens, as in a Spin app whose component
 //! lists `key_value_stores = ["default"]`; other labels are `no-such-store`.
 
+mod redis;
 mod sqlite;
 mod stats;
+mod store;
+#[cfg(test)]
+mod test_redis;
 
-use std::path::Path;
+use std::future::Future;
 use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use crate::bindings::wasi::keyvalue::{atomics, batch, store};
-pub use sqlite::{SqliteStore, StoreError, SwapOutcome};
+use crate::bindings::wasi::keyvalue::{atomics, batch, store as wit};
+use crate::StoreLocation;
 pub use stats::KvStats;
 use stats::{KvCounters, KvOp};
+pub use store::{Store, StoreResult, SwapOutcome};
 
 /// The only store label guests may open.
 pub const DEFAULT_STORE: &str = "default";
@@ -43,17 +49,21 @@ pub struct Cas {
 /// The key-value state one server shares between all of its instances.
 #[derive(Clone)]
 pub(crate) struct KeyValue {
-    store: Arc<SqliteStore>,
+    store: Arc<Store>,
     counters: Arc<KvCounters>,
 }
 
 impl KeyValue {
-    /// Opens (creating if needed) the SQLite database at `path`.
-    pub(crate) fn open(path: &Path) -> anyhow::Result<Self> {
-        Ok(Self {
-            store: Arc::new(SqliteStore::open(path)?),
+    /// Opens the store at `location` (creating a SQLite file if needed).
+    pub(crate) async fn open(location: &StoreLocation) -> anyhow::Result<Self> {
+        Ok(Self::new(Store::open(location).await?))
+    }
+
+    pub(crate) fn new(store: Store) -> Self {
+        Self {
+            store: Arc::new(store),
             counters: Arc::default(),
-        })
+        }
     }
 
     pub(crate) fn stats(&self) -> KvStats {
@@ -65,22 +75,25 @@ impl KeyValue {
         KeyValueView { kv: self, table }
     }
 
-    /// Counts one `op` and runs `work` on the calling thread.
+    /// Counts one `op` and awaits `work`, a call on [`Self::store`].
     ///
-    /// Key-value operations take tens of microseconds on a warm SQLite
-    /// connection; handing each to the blocking thread pool cost two thread
-    /// wake-ups, more than the operation itself, on every call.
+    /// SQLite calls take tens of microseconds on a warm connection and run
+    /// inline when `work` is polled: handing each to the blocking thread
+    /// pool cost two thread wake-ups, more than the operation itself.
     async fn run<T>(
         &self,
         op: KvOp,
-        work: impl FnOnce(&SqliteStore) -> Result<T, StoreError>,
-    ) -> Result<T, store::Error> {
+        work: impl Future<Output = StoreResult<T>>,
+    ) -> Result<T, wit::Error> {
         self.counters.record(op);
-        let result = work(&self.store).map_err(|err| err.to_string());
-        result.map_err(|message| {
-            tracing::warn!(?op, "key-value call failed: {message}");
-            store::Error::Other(message)
+        work.await.map_err(|err| {
+            tracing::warn!(?op, "key-value call failed: {err}");
+            wit::Error::Other(err.to_string())
         })
+    }
+
+    fn store(&self) -> &Store {
+        &self.store
     }
 }
 
@@ -107,67 +120,63 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     view: fn(&mut T) -> KeyValueView<'_>,
 ) -> wasmtime::Result<()> {
-    store::add_to_linker::<T, KeyValueData>(linker, view)?;
+    wit::add_to_linker::<T, KeyValueData>(linker, view)?;
     batch::add_to_linker::<T, KeyValueData>(linker, view)?;
     atomics::add_to_linker::<T, KeyValueData>(linker, view)?;
     Ok(())
 }
 
-type KvResult<T> = wasmtime::Result<Result<T, store::Error>>;
+type KvResult<T> = wasmtime::Result<Result<T, wit::Error>>;
 
-impl store::Host for KeyValueView<'_> {
+impl wit::Host for KeyValueView<'_> {
     async fn open(&mut self, identifier: String) -> KvResult<Resource<Bucket>> {
         if identifier != DEFAULT_STORE {
-            return Ok(Err(store::Error::NoSuchStore));
+            return Ok(Err(wit::Error::NoSuchStore));
         }
         let bucket = self.table.push(Bucket { label: identifier })?;
         Ok(Ok(bucket))
     }
 }
 
-impl store::HostBucket for KeyValueView<'_> {
+impl wit::HostBucket for KeyValueView<'_> {
     async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> KvResult<Option<Vec<u8>>> {
         let label = self.label(&bucket)?;
-        Ok(self.kv.run(KvOp::Get, move |s| s.get(&label, &key)).await)
+        let kv = self.kv;
+        Ok(kv.run(KvOp::Get, kv.store().get(&label, &key)).await)
     }
 
     async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> KvResult<()> {
         let label = self.label(&bucket)?;
-        Ok(self
-            .kv
-            .run(KvOp::Set, move |s| s.set(&label, &key, &value))
+        let kv = self.kv;
+        Ok(kv
+            .run(KvOp::Set, kv.store().set(&label, &key, &value))
             .await)
     }
 
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> KvResult<()> {
         let label = self.label(&bucket)?;
-        Ok(self
-            .kv
-            .run(KvOp::Delete, move |s| s.delete(&label, &key))
-            .await)
+        let kv = self.kv;
+        Ok(kv.run(KvOp::Delete, kv.store().delete(&label, &key)).await)
     }
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> KvResult<bool> {
         let label = self.label(&bucket)?;
-        Ok(self
-            .kv
-            .run(KvOp::Exists, move |s| s.exists(&label, &key))
-            .await)
+        let kv = self.kv;
+        Ok(kv.run(KvOp::Exists, kv.store().exists(&label, &key)).await)
     }
 
     async fn list_keys(
         &mut self,
         bucket: Resource<Bucket>,
         cursor: Option<String>,
-    ) -> KvResult<store::KeyResponse> {
+    ) -> KvResult<wit::KeyResponse> {
         let label = self.label(&bucket)?;
-        let page = self
-            .kv
-            .run(KvOp::ListKeys, move |s| {
-                s.list_keys(&label, cursor.as_deref(), LIST_KEYS_PAGE)
-            })
-            .await;
-        Ok(page.map(|page| store::KeyResponse {
+        let kv = self.kv;
+        let listing = kv
+            .store()
+            .list_keys(&label, cursor.as_deref(), LIST_KEYS_PAGE);
+        let page = kv.run(KvOp::ListKeys, listing).await;
+        Ok(page.map(|page| wit::KeyResponse {
             keys: page.keys,
             cursor: page.cursor,
         }))
@@ -186,9 +195,9 @@ impl batch::Host for KeyValueView<'_> {
         keys: Vec<String>,
     ) -> KvResult<Vec<(String, Option<Vec<u8>>)>> {
         let label = self.label(&bucket)?;
-        Ok(self
-            .kv
-            .run(KvOp::GetMany, move |s| s.get_many(&label, keys))
+        let kv = self.kv;
+        Ok(kv
+            .run(KvOp::GetMany, kv.store().get_many(&label, keys))
             .await)
     }
 
@@ -198,18 +207,16 @@ impl batch::Host for KeyValueView<'_> {
         key_values: Vec<(String, Vec<u8>)>,
     ) -> KvResult<()> {
         let label = self.label(&bucket)?;
-        Ok(self
-            .kv
-            .run(KvOp::SetMany, move |s| s.set_many(&label, &key_values))
-            .await)
+        let kv = self.kv;
+        let writing = kv.store().set_many(&label, &key_values);
+        Ok(kv.run(KvOp::SetMany, writing).await)
     }
 
     async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> KvResult<()> {
         let label = self.label(&bucket)?;
-        Ok(self
-            .kv
-            .run(KvOp::DeleteMany, move |s| s.delete_many(&label, &keys))
-            .await)
+        let kv = self.kv;
+        let deleting = kv.store().delete_many(&label, &keys);
+        Ok(kv.run(KvOp::DeleteMany, deleting).await)
     }
 }
 
@@ -221,10 +228,9 @@ impl atomics::Host for KeyValueView<'_> {
         delta: i64,
     ) -> KvResult<i64> {
         let label = self.label(&bucket)?;
-        Ok(self
-            .kv
-            .run(KvOp::Increment, move |s| s.increment(&label, &key, delta))
-            .await)
+        let kv = self.kv;
+        let counting = kv.store().increment(&label, &key, delta);
+        Ok(kv.run(KvOp::Increment, counting).await)
     }
 
     async fn swap(
@@ -237,15 +243,9 @@ impl atomics::Host for KeyValueView<'_> {
             key,
             snapshot,
         } = self.table.delete(cas)?;
-        let outcome = {
-            let (label, key) = (label.clone(), key.clone());
-            self.kv
-                .run(KvOp::Swap, move |s| {
-                    s.swap(&label, &key, snapshot.as_deref(), &value)
-                })
-                .await
-        };
-        match outcome {
+        let kv = self.kv;
+        let swapping = kv.store().swap(&label, &key, snapshot.as_deref(), &value);
+        match kv.run(KvOp::Swap, swapping).await {
             Ok(SwapOutcome::Swapped) => Ok(Ok(())),
             Ok(SwapOutcome::Changed(current)) => {
                 let retry = self.table.push(Cas {
@@ -263,13 +263,8 @@ impl atomics::Host for KeyValueView<'_> {
 impl atomics::HostCas for KeyValueView<'_> {
     async fn new(&mut self, bucket: Resource<Bucket>, key: String) -> KvResult<Resource<Cas>> {
         let label = self.label(&bucket)?;
-        let snapshot = {
-            let (label, key) = (label.clone(), key.clone());
-            self.kv
-                .run(KvOp::CasNew, move |s| s.get(&label, &key))
-                .await
-        };
-        match snapshot {
+        let kv = self.kv;
+        match kv.run(KvOp::CasNew, kv.store().get(&label, &key)).await {
             Ok(snapshot) => Ok(Ok(self.table.push(Cas {
                 label,
                 key,
@@ -292,15 +287,36 @@ impl atomics::HostCas for KeyValueView<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::test_redis::RedisServer;
     use super::*;
     use atomics::{Host as _, HostCas as _};
     use batch::Host as _;
-    use store::{Host as _, HostBucket as _};
+    use wit::{Host as _, HostBucket as _};
 
-    fn open() -> (tempfile::TempDir, KeyValue) {
+    /// A server's key-value state on a fresh store, and what keeps the store
+    /// alive (its directory, or its Redis server).
+    type Fixture = (Box<dyn std::any::Any>, KeyValue);
+
+    async fn sqlite() -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
-        let kv = KeyValue::open(&dir.path().join("kv.db")).expect("open store");
-        (dir, kv)
+        let location = StoreLocation::Sqlite(dir.path().join("kv.db"));
+        let kv = KeyValue::open(&location).await.expect("open store");
+        (Box::new(dir), kv)
+    }
+
+    /// `None` (the test is skipped) without `redis-server`.
+    async fn redis(test: &str) -> Option<Fixture> {
+        let server = RedisServer::start(test)?;
+        let location = StoreLocation::Redis(server.url());
+        let kv = KeyValue::open(&location).await.expect("open store");
+        Some((Box::new(server), kv))
+    }
+
+    /// Both stores: SQLite, and Redis when it is installed.
+    async fn stores(test: &str) -> Vec<Fixture> {
+        let mut fixtures = vec![sqlite().await];
+        fixtures.extend(redis(test).await);
+        fixtures
     }
 
     async fn bucket(view: &mut KeyValueView<'_>) -> Resource<Bucket> {
@@ -316,17 +332,22 @@ mod tests {
 
     #[tokio::test]
     async fn only_the_default_store_opens() {
-        let (_dir, kv) = open();
+        let (_dir, kv) = sqlite().await;
         let mut table = ResourceTable::new();
         let mut view = kv.view(&mut table);
         bucket(&mut view).await;
         let other = view.open("other".into()).await.expect("no trap");
-        assert!(matches!(other, Err(store::Error::NoSuchStore)));
+        assert!(matches!(other, Err(wit::Error::NoSuchStore)));
     }
 
     #[tokio::test]
     async fn calls_reach_the_store_and_are_counted() {
-        let (_dir, kv) = open();
+        for (_keep, kv) in stores("calls_reach_the_store_and_are_counted").await {
+            calls_are_counted(kv).await;
+        }
+    }
+
+    async fn calls_are_counted(kv: KeyValue) {
         let mut table = ResourceTable::new();
         let mut view = kv.view(&mut table);
         let b = bucket(&mut view).await;
@@ -339,7 +360,8 @@ mod tests {
         assert_eq!(value.as_deref(), Some(&b"v"[..]));
         let pairs = vec![("a".to_owned(), b"1".to_vec())];
         view.set_many(borrow(&b), pairs).await.unwrap().unwrap();
-        let keys = view.list_keys(borrow(&b), None).await.unwrap().unwrap();
+        let mut keys = view.list_keys(borrow(&b), None).await.unwrap().unwrap();
+        keys.keys.sort();
         assert_eq!(keys.keys, ["a", "k"]);
         let count = view.increment(borrow(&b), "n".into(), 3).await.unwrap();
         assert_eq!(count.ok(), Some(3));
@@ -351,7 +373,12 @@ mod tests {
 
     #[tokio::test]
     async fn failed_swap_hands_back_an_up_to_date_cas() {
-        let (_dir, kv) = open();
+        for (_keep, kv) in stores("failed_swap_hands_back_an_up_to_date_cas").await {
+            cas_conflict(kv).await;
+        }
+    }
+
+    async fn cas_conflict(kv: KeyValue) {
         let mut table = ResourceTable::new();
         let mut view = kv.view(&mut table);
         let b = bucket(&mut view).await;
@@ -375,5 +402,37 @@ mod tests {
         assert_eq!(value.as_deref(), Some(&b"mine"[..]));
         let stats = kv.stats();
         assert_eq!((stats.cas_new, stats.cas_current, stats.swap), (1, 2, 2));
+    }
+
+    #[tokio::test]
+    async fn counters_read_back_as_spin_stores_them() {
+        let mut fixtures = vec![(sqlite().await, 7i64.to_le_bytes().to_vec())];
+        if let Some(redis) = redis("counters_read_back_as_spin_stores_them").await {
+            fixtures.push((redis, b"7".to_vec()));
+        }
+        for ((_keep, kv), stored) in fixtures {
+            let mut table = ResourceTable::new();
+            let mut view = kv.view(&mut table);
+            let b = bucket(&mut view).await;
+            let count = view.increment(borrow(&b), "n".into(), 7).await.unwrap();
+            assert_eq!(count.ok(), Some(7));
+            let value = view.get(borrow(&b), "n".into()).await.unwrap().unwrap();
+            assert_eq!(value, Some(stored));
+        }
+    }
+
+    #[tokio::test]
+    async fn store_errors_reach_the_guest_as_errors() {
+        for (_keep, kv) in stores("store_errors_reach_the_guest_as_errors").await {
+            let mut table = ResourceTable::new();
+            let mut view = kv.view(&mut table);
+            let b = bucket(&mut view).await;
+            view.set(borrow(&b), "text".into(), b"not a counter".to_vec())
+                .await
+                .unwrap()
+                .unwrap();
+            let count = view.increment(borrow(&b), "text".into(), 1).await;
+            assert!(matches!(count, Ok(Err(wit::Error::Other(_)))));
+        }
     }
 }

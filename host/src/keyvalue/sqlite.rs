@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use super::store::{KeyPage, StoreError, StoreResult, SwapOutcome};
+
 /// How long a connection waits for another writer's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -32,43 +34,10 @@ const UPSERT_VALUE: &str = "INSERT INTO spin_key_value (store, key, value) VALUE
      ON CONFLICT (store, key) DO UPDATE SET value = excluded.value";
 const DELETE_KEY: &str = "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2";
 
-/// A failed database operation.
-#[derive(Debug)]
-pub struct StoreError(String);
-
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StoreError {}
-
 impl From<rusqlite::Error> for StoreError {
     fn from(err: rusqlite::Error) -> Self {
         Self(format!("sqlite: {err}"))
     }
-}
-
-/// The result of every store operation.
-pub type StoreResult<T> = Result<T, StoreError>;
-
-/// One page of `list_keys`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyPage {
-    /// Keys in ascending order.
-    pub keys: Vec<String>,
-    /// The last key of this page when more keys follow it.
-    pub cursor: Option<String>,
-}
-
-/// What a compare-and-swap found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SwapOutcome {
-    /// The value was unchanged and has been replaced.
-    Swapped,
-    /// The value had changed; this is what is stored now.
-    Changed(Option<Vec<u8>>),
 }
 
 /// How often the write-ahead log is folded back into the database.

@@ -980,4 +980,3 @@ fn has_path(body: &Value, path: &str) -> bool {
         .try_fold(body, |value, key| value.get(key))
         .is_some()
 }
-

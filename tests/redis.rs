@@ -1,0 +1,382 @@
+//! Many hosts on one Redis: two hosts serve the built component from one
+//! Redis database (`--store redis://...`), in front of the same scripted
+//! backend, and behave as one service: conversations continue on either
+//! host, concurrent continuations each replay their own history, deletes
+//! and stored responses are seen on both at once.
+//!
+//! Each test starts its own `redis-server` on a free loopback port, without
+//! persistence, killed when the test ends. Without `redis-server` on `PATH`
+//! the tests print a `*** SKIPPED ***` line and pass; `scripts/ensure-redis`
+//! installs it.
+
+mod common;
+
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{component, output_text, start_backend};
+use edge_responses_host::{Config, KvStats, Server, StoreLocation};
+use scripted_backend::Backend;
+use serde_json::{json, Value};
+
+/// A throwaway `redis-server`, killed on drop.
+struct Redis {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Redis {
+    /// Starts a server, or prints why `test` is skipped and returns `None`
+    /// when `redis-server` is not installed.
+    fn start(test: &str) -> Option<Redis> {
+        if !on_path("redis-server") {
+            // Straight to the process's stderr, past the test harness's
+            // capture, so the skip shows in a normal `cargo test` run.
+            let _ = writeln!(
+                std::io::stderr(),
+                "*** SKIPPED {test}: redis-server is not on PATH (scripts/ensure-redis installs it) ***"
+            );
+            return None;
+        }
+        let mut failures = Vec::new();
+        // A free port can be taken between the probe and the server's bind.
+        for _ in 0..3 {
+            match Redis::try_start() {
+                Ok(redis) => return Some(redis),
+                Err(err) => failures.push(err),
+            }
+        }
+        panic!("redis-server did not start: {failures:?}");
+    }
+
+    fn try_start() -> Result<Redis, String> {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|listener| listener.local_addr())
+            .map_err(|err| format!("no free port: {err}"))?
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|err| format!("spawning redis-server: {err}"))?;
+        let mut redis = Redis {
+            child,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if TcpStream::connect_timeout(&redis.addr, Duration::from_millis(200)).is_ok() {
+                return Ok(redis);
+            }
+            if let Ok(Some(status)) = redis.child.try_wait() {
+                return Err(format!("redis-server exited: {status}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("redis-server did not accept connections in time".to_owned())
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+/// Two hosts on one Redis database, in front of one backend.
+struct Pair {
+    backend: Backend,
+    hosts: [Server; 2],
+    client: reqwest::Client,
+    _state: tempfile::TempDir,
+    _redis: Redis,
+}
+
+impl Pair {
+    async fn start(test: &str) -> Option<Pair> {
+        let redis = Redis::start(test)?;
+        let backend = start_backend();
+        let state = tempfile::tempdir().expect("temp dir");
+        let a = serve(&redis.url(), &state.path().join("a"), &backend).await;
+        let b = serve(&redis.url(), &state.path().join("b"), &backend).await;
+        Some(Pair {
+            backend,
+            hosts: [a, b],
+            client: reqwest::Client::new(),
+            _state: state,
+            _redis: redis,
+        })
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.send().await.expect("request reaches the host");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {text}"));
+        (status, body)
+    }
+
+    /// `POST /v1/responses` on host `host`; asserts a 200.
+    async fn create(&self, host: usize, body: &Value) -> Value {
+        let url = format!("{}/v1/responses", self.hosts[host].url());
+        let (status, response) = self.send(self.client.post(url).json(body)).await;
+        assert_eq!(status, 200, "host {host}: {response}");
+        response
+    }
+
+    async fn get(&self, host: usize, path: &str) -> (u16, Value) {
+        let url = format!("{}{path}", self.hosts[host].url());
+        self.send(self.client.get(url)).await
+    }
+
+    async fn delete(&self, host: usize, path: &str) -> (u16, Value) {
+        let url = format!("{}{path}", self.hosts[host].url());
+        self.send(self.client.delete(url)).await
+    }
+
+    /// The messages of the backend's chat request whose last message is the
+    /// user's `input`.
+    fn messages_ending_with(&self, input: &str) -> Vec<Value> {
+        let matching: Vec<Vec<Value>> = self
+            .backend
+            .chat_requests()
+            .into_iter()
+            .map(|request| request.messages().to_vec())
+            .filter(|messages| messages.last() == Some(&user(input)))
+            .collect();
+        assert_eq!(matching.len(), 1, "one chat request ends with {input:?}");
+        matching.into_iter().next().unwrap_or_default()
+    }
+
+    async fn shutdown(self) {
+        for host in self.hosts {
+            host.shutdown().await;
+        }
+    }
+}
+
+async fn serve(redis_url: &str, state: &Path, backend: &Backend) -> Server {
+    let mut config = Config::new(component());
+    config.listen = "127.0.0.1:0".parse().expect("address");
+    config.state_dir = state.to_path_buf();
+    config.store = Some(redis_url.into());
+    config.cache = Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("component-cache"));
+    config
+        .variables
+        .insert("backend_url".to_owned(), backend.url());
+    let server = Server::start(config).await.expect("host starts");
+    assert_eq!(server.store(), &StoreLocation::Redis(redis_url.to_owned()));
+    server
+}
+
+fn user(text: &str) -> Value {
+    json!({"role": "user", "content": text})
+}
+
+fn assistant(text: &str) -> Value {
+    json!({"role": "assistant", "content": text})
+}
+
+/// The scripted backend's default answer to `input`.
+fn echo(input: &str) -> String {
+    format!("Hello! You said: {input}")
+}
+
+fn request(input: &str, previous: Option<&str>) -> Value {
+    let mut body = json!({"model": "m", "input": input});
+    if let Some(previous) = previous {
+        body["previous_response_id"] = json!(previous);
+    }
+    body
+}
+
+fn id(response: &Value) -> String {
+    response["id"].as_str().expect("an id").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_continues_alternately_on_two_hosts() {
+    let Some(pair) = Pair::start("a_conversation_continues_alternately_on_two_hosts").await else {
+        return;
+    };
+    let mut history: Vec<Value> = Vec::new();
+    let mut previous: Option<String> = None;
+    for turn in 0..6 {
+        let host = turn % 2;
+        let input = format!("turn {turn} on host {host}");
+        let response = pair
+            .create(host, &request(&input, previous.as_deref()))
+            .await;
+        assert_eq!(output_text(&response), echo(&input));
+
+        history.push(user(&input));
+        assert_eq!(
+            pair.messages_ending_with(&input),
+            history,
+            "turn {turn} replays every earlier turn, whichever host served it"
+        );
+        history.push(assistant(&echo(&input)));
+        previous = Some(id(&response));
+    }
+    pair.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_continuations_on_two_hosts_each_replay_their_own_history() {
+    const BRANCHES: usize = 50;
+    let Some(pair) =
+        Pair::start("concurrent_continuations_on_two_hosts_each_replay_their_own_history").await
+    else {
+        return;
+    };
+    let parent = pair.create(0, &request("the parent", None)).await;
+    let parent_id = id(&parent);
+
+    let pair = std::sync::Arc::new(pair);
+    let mut branches = tokio::task::JoinSet::new();
+    for i in 0..BRANCHES {
+        let (pair, parent_id) = (pair.clone(), parent_id.clone());
+        branches.spawn(async move {
+            let input = format!("branch {i}");
+            let response = pair.create(i % 2, &request(&input, Some(&parent_id))).await;
+            (input, response)
+        });
+    }
+    let answers = branches.join_all().await;
+    assert_eq!(answers.len(), BRANCHES);
+    let mut ids = std::collections::BTreeSet::new();
+    for (input, response) in &answers {
+        assert_eq!(output_text(response), echo(input));
+        assert_eq!(response["previous_response_id"], json!(parent_id));
+        ids.insert(id(response));
+        let expected = vec![
+            user("the parent"),
+            assistant(&echo("the parent")),
+            user(input),
+        ];
+        assert_eq!(pair.messages_ending_with(input), expected, "{input}");
+    }
+    assert_eq!(
+        ids.len(),
+        BRANCHES,
+        "every continuation is a response of its own"
+    );
+
+    // Each branch goes on with its own history, on the other host.
+    for (i, (input, response)) in answers.iter().enumerate().take(4) {
+        let next = format!("after {input}");
+        pair.create((i + 1) % 2, &request(&next, Some(&id(response))))
+            .await;
+        let expected = vec![
+            user("the parent"),
+            assistant(&echo("the parent")),
+            user(input),
+            assistant(&echo(input)),
+            user(&next),
+        ];
+        assert_eq!(pair.messages_ending_with(&next), expected);
+    }
+    if let Ok(pair) = std::sync::Arc::try_unwrap(pair) {
+        pair.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_on_one_host_is_seen_on_the_other_at_once() {
+    let Some(pair) = Pair::start("a_delete_on_one_host_is_seen_on_the_other_at_once").await else {
+        return;
+    };
+    let response = pair.create(0, &request("short-lived", None)).await;
+    let path = format!("/v1/responses/{}", id(&response));
+    let (status, _) = pair.get(1, &path).await;
+    assert_eq!(status, 200);
+
+    let (status, deleted) = pair.delete(1, &path).await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(deleted["deleted"], true);
+    for host in [0, 1] {
+        let (status, body) = pair.get(host, &path).await;
+        assert_eq!(status, 404, "host {host}: {body}");
+        let continuation = request("again", Some(&id(&response)));
+        let url = format!("{}/v1/responses", pair.hosts[host].url());
+        let (status, body) = pair.send(pair.client.post(url).json(&continuation)).await;
+        assert_eq!(status, 404, "host {host}: {body}");
+    }
+    pair.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_response_reads_the_same_on_both_hosts() {
+    let Some(pair) = Pair::start("a_stored_response_reads_the_same_on_both_hosts").await else {
+        return;
+    };
+    let created = pair
+        .create(
+            0,
+            &json!({"model": "m", "input": "keep me", "metadata": {"k": "v"}}),
+        )
+        .await;
+    let path = format!("/v1/responses/{}", id(&created));
+    let (status_a, on_a) = pair.get(0, &path).await;
+    let (status_b, on_b) = pair.get(1, &path).await;
+    assert_eq!((status_a, status_b), (200, 200));
+    assert_eq!(on_b, on_a, "the identical object on both hosts");
+    assert_eq!(on_b["id"], created["id"]);
+    assert_eq!(on_b["output"], created["output"]);
+    assert_eq!(on_b["metadata"], json!({"k": "v"}));
+
+    let items = format!("{path}/input_items");
+    let (_, items_a) = pair.get(0, &items).await;
+    let (_, items_b) = pair.get(1, &items).await;
+    assert_eq!(items_b, items_a);
+    pair.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuation_makes_the_same_key_value_calls_as_on_sqlite() {
+    let Some(pair) =
+        Pair::start("a_continuation_makes_the_same_key_value_calls_as_on_sqlite").await
+    else {
+        return;
+    };
+    let sqlite = common::Harness::start().await;
+
+    let mut counts: Vec<KvStats> = Vec::new();
+    // On Redis: create on host A, continue on host B.
+    let first = pair.create(0, &request("one", None)).await;
+    let before = pair.hosts[1].kv_stats();
+    pair.create(1, &request("two", Some(&id(&first)))).await;
+    counts.push(pair.hosts[1].kv_stats().since(&before));
+    // On SQLite: the same two requests on one host.
+    let (_, first) = sqlite.post("/v1/responses", &request("one", None)).await;
+    let before = sqlite.server.kv_stats();
+    let (status, _) = sqlite
+        .post("/v1/responses", &request("two", Some(&id(&first))))
+        .await;
+    assert_eq!(status, 200);
+    counts.push(sqlite.server.kv_stats().since(&before));
+
+    assert!(counts[0].total() > 0);
+    assert_eq!(
+        counts[0], counts[1],
+        "Redis: {} / SQLite: {}",
+        counts[0], counts[1]
+    );
+    pair.shutdown().await;
+}
