@@ -24,7 +24,7 @@ const QUERY: &str = "api-version=2024-10-21";
 
 fn spin() -> Option<PathBuf> {
     if let Ok(path) = std::env::var("EDGE_RESPONSES_SPIN") {
-        return Some(PathBuf::from(path));
+        return Some(PathBuf::from(path)).filter(|path| path.is_file());
     }
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/spin/spin");
     if shared.exists() {
@@ -34,7 +34,12 @@ fn spin() -> Option<PathBuf> {
 }
 
 fn skip(what: &str) {
-    eprintln!("\n*** SKIPPED: {what}; the component was not run under Spin ***\n");
+    // Straight to stderr: the test harness captures `eprintln!`.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED: {what}; the component was not run under Spin ***\n"
+    );
 }
 
 fn on_path(program: &str) -> Option<PathBuf> {
