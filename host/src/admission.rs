@@ -119,19 +119,24 @@ impl Admission {
     }
 }
 
-/// Parses a byte size: a number with an optional unit `B`, `K`, `M`, `G`
-/// or `T`, powers of 1024, the unit written with or without `i` and `B`
-/// (`2GiB`, `2G`, `2gb`, `512MiB`, `1.5G`, `1073741824`).
-pub fn parse_size(text: &str) -> Result<u64, String> {
+/// Splits `10.5GiB` into `10.5` and `GiB` (the unit trimmed, maybe empty);
+/// `None` when the number does not parse.
+fn number_and_unit(text: &str) -> Option<(f64, &str)> {
     let trimmed = text.trim();
     let split = trimmed
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(trimmed.len());
     let (number, unit) = trimmed.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("expected a size such as 2GiB or 512MiB, got {text:?}"))?;
-    let unit = unit.trim().to_ascii_lowercase();
+    Some((number.parse().ok()?, unit.trim()))
+}
+
+/// Parses a byte size: a number with an optional unit `B`, `K`, `M`, `G`
+/// or `T`, powers of 1024, the unit written with or without `i` and `B`
+/// (`2GiB`, `2G`, `2gb`, `512MiB`, `1.5G`, `1073741824`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let (number, unit) = number_and_unit(text)
+        .ok_or_else(|| format!("expected a size such as 2GiB or 512MiB, got {text:?}"))?;
+    let unit = unit.to_ascii_lowercase();
     let unit = unit.trim_end_matches('b').trim_end_matches('i');
     let scale: u64 = match unit {
         "" => 1,
@@ -151,15 +156,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// Parses a duration: a number with an optional unit `ms`, `s` (the
 /// default) or `m` (`10`, `10s`, `500ms`, `1.5s`, `2m`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("expected a duration such as 10s or 500ms, got {text:?}"))?;
-    let seconds = match unit.trim() {
+    let (number, unit) = number_and_unit(text)
+        .ok_or_else(|| format!("expected a duration such as 10s or 500ms, got {text:?}"))?;
+    let seconds = match unit {
         "" | "s" => number,
         "ms" => number / 1000.0,
         "m" | "min" => number * 60.0,

@@ -278,20 +278,27 @@ pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn error_body_is_an_openai_error_envelope() {
-        let response = error_response(StatusCode::INTERNAL_SERVER_ERROR, "it \"broke\"", None);
-        assert_eq!(response.status(), 500);
-        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+    async fn json_body<B>(response: Response<B>) -> serde_json::Value
+    where
+        B: hyper::body::Body,
+        B::Error: std::fmt::Debug,
+    {
         let body = response
             .into_body()
             .collect()
             .await
             .expect("body")
             .to_bytes();
-        let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        serde_json::from_slice(&body).expect("JSON")
+    }
+
+    #[tokio::test]
+    async fn error_body_is_an_openai_error_envelope() {
+        let response = error_response(StatusCode::INTERNAL_SERVER_ERROR, "it \"broke\"", None);
+        assert_eq!(response.status(), 500);
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
         assert_eq!(
-            json,
+            json_body(response).await,
             serde_json::json!({"error": {
                 "message": "it \"broke\"",
                 "type": "server_error",
@@ -309,13 +316,7 @@ mod tests {
         let response = overloaded_response(overloaded);
         assert_eq!(response.status(), 503);
         assert_eq!(response.headers()[RETRY_AFTER], "10");
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        let json = json_body(response).await;
         assert_eq!(json["error"]["code"], "server_overloaded");
         assert_eq!(json["error"]["type"], "server_error");
         assert_eq!(json["error"]["param"], serde_json::Value::Null);
