@@ -11,92 +11,13 @@
 
 mod common;
 
-use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{component, output_text, start_backend};
+use common::redis::Redis;
+use common::{component, output_text, send, start_backend};
 use edge_responses_host::{Config, KvStats, Server, StoreLocation};
 use scripted_backend::Backend;
 use serde_json::{json, Value};
-
-/// A throwaway `redis-server`, killed on drop.
-struct Redis {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Redis {
-    /// Starts a server, or prints why `test` is skipped and returns `None`
-    /// when `redis-server` is not installed.
-    fn start(test: &str) -> Option<Redis> {
-        if !on_path("redis-server") {
-            // Straight to the process's stderr, past the test harness's
-            // capture, so the skip shows in a normal `cargo test` run.
-            let _ = writeln!(
-                std::io::stderr(),
-                "*** SKIPPED {test}: redis-server is not on PATH (scripts/ensure-redis installs it) ***"
-            );
-            return None;
-        }
-        let mut failures = Vec::new();
-        // A free port can be taken between the probe and the server's bind.
-        for _ in 0..3 {
-            match Redis::try_start() {
-                Ok(redis) => return Some(redis),
-                Err(err) => failures.push(err),
-            }
-        }
-        panic!("redis-server did not start: {failures:?}");
-    }
-
-    fn try_start() -> Result<Redis, String> {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|listener| listener.local_addr())
-            .map_err(|err| format!("no free port: {err}"))?
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|err| format!("spawning redis-server: {err}"))?;
-        let mut redis = Redis {
-            child,
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if TcpStream::connect_timeout(&redis.addr, Duration::from_millis(200)).is_ok() {
-                return Ok(redis);
-            }
-            if let Ok(Some(status)) = redis.child.try_wait() {
-                return Err(format!("redis-server exited: {status}"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err("redis-server did not accept connections in time".to_owned())
-    }
-
-    fn url(&self) -> String {
-        format!("redis://{}", self.addr)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
-}
 
 /// Two hosts on one Redis database, in front of one backend.
 struct Pair {
@@ -123,31 +44,22 @@ impl Pair {
         })
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
-        let response = request.send().await.expect("request reaches the host");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        let body = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {text}"));
-        (status, body)
-    }
-
     /// `POST /v1/responses` on host `host`; asserts a 200.
     async fn create(&self, host: usize, body: &Value) -> Value {
         let url = format!("{}/v1/responses", self.hosts[host].url());
-        let (status, response) = self.send(self.client.post(url).json(body)).await;
+        let (status, response) = send(self.client.post(url).json(body)).await;
         assert_eq!(status, 200, "host {host}: {response}");
         response
     }
 
     async fn get(&self, host: usize, path: &str) -> (u16, Value) {
         let url = format!("{}{path}", self.hosts[host].url());
-        self.send(self.client.get(url)).await
+        send(self.client.get(url)).await
     }
 
     async fn delete(&self, host: usize, path: &str) -> (u16, Value) {
         let url = format!("{}{path}", self.hosts[host].url());
-        self.send(self.client.delete(url)).await
+        send(self.client.delete(url)).await
     }
 
     /// The messages of the backend's chat request whose last message is the
@@ -315,7 +227,7 @@ async fn a_delete_on_one_host_is_seen_on_the_other_at_once() {
         assert_eq!(status, 404, "host {host}: {body}");
         let continuation = request("again", Some(&id(&response)));
         let url = format!("{}/v1/responses", pair.hosts[host].url());
-        let (status, body) = pair.send(pair.client.post(url).json(&continuation)).await;
+        let (status, body) = send(pair.client.post(url).json(&continuation)).await;
         assert_eq!(status, 404, "host {host}: {body}");
     }
     pair.shutdown().await;

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::redis::Redis;
 use common::{component, output_text, parse_sse};
 use scripted_backend::{Backend, Reply};
 use serde_json::{json, Value};
@@ -50,49 +51,15 @@ fn on_path(program: &str) -> Option<PathBuf> {
     })
 }
 
-/// `redis-server` on a free loopback port, without persistence, killed on
-/// drop.
-struct Redis {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        let server = on_path("redis-server")?;
-        let port = free_port();
-        let child = std::process::Command::new(server)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .ok()?;
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Redis { child, port });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-
-    /// A Spin runtime config whose default store is this Redis.
-    fn runtime_config(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("runtime-config.toml");
-        let config = format!(
-            "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\n",
-            self.port
-        );
-        std::fs::write(&path, config).expect("the runtime config is written");
-        path
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A Spin runtime config whose default store is `redis`.
+fn runtime_config(redis: &Redis, dir: &Path) -> PathBuf {
+    let path = dir.join("runtime-config.toml");
+    let config = format!(
+        "[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
+        redis.url()
+    );
+    std::fs::write(&path, config).expect("the runtime config is written");
+    path
 }
 
 fn free_port() -> u16 {
@@ -133,7 +100,7 @@ impl Spin {
         if let Some(redis) = redis {
             command
                 .arg("--runtime-config-file")
-                .arg(redis.runtime_config(state.path()));
+                .arg(runtime_config(redis, state.path()));
         }
         let child = command.spawn().expect("spin starts");
         let spin = Spin {
@@ -284,8 +251,8 @@ async fn strict_backend_under_spin_with_redis() {
     let Some(spin) = spin() else {
         return skip("no Spin CLI found (set EDGE_RESPONSES_SPIN)");
     };
-    let Some(redis) = Redis::start() else {
-        return skip("no redis-server on PATH (scripts/ensure-redis installs it)");
+    let Some(redis) = Redis::start("strict_backend_under_spin_with_redis") else {
+        return;
     };
     strict_backend_scenario(&spin, Some(&redis)).await;
 }
@@ -303,8 +270,8 @@ async fn openai_sdk_under_spin_with_redis() {
     let Some(spin) = spin() else {
         return skip("no Spin CLI found (set EDGE_RESPONSES_SPIN)");
     };
-    let Some(redis) = Redis::start() else {
-        return skip("no redis-server on PATH (scripts/ensure-redis installs it)");
+    let Some(redis) = Redis::start("openai_sdk_under_spin_with_redis") else {
+        return;
     };
     sdk_scenario(&spin, Some(&redis)).await;
 }

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -129,12 +131,7 @@ impl Harness {
     }
 
     pub async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
-        let response = request.send().await.expect("request reaches the host");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        let body = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {text}"));
-        (status, body)
+        send(request).await
     }
 
     /// POSTs a streaming request and returns its SSE frames as `(event, data)`.
@@ -161,6 +158,16 @@ async fn serve(state: &Path, variables: &BTreeMap<String, String>) -> Server {
     config.cache = Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("component-cache"));
     config.variables = variables.clone();
     Server::start(config).await.expect("host starts")
+}
+
+/// Sends a request; returns the status and the parsed JSON body.
+pub async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.send().await.expect("request reaches the host");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let body =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("body is not JSON ({e}): {text}"));
+    (status, body)
 }
 
 /// Splits an SSE body into `(event, data)` frames; `event` is empty for
