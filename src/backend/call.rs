@@ -136,17 +136,23 @@ async fn completion<B: BodyStream>(
         }
         bytes.extend(piece);
     }
-    if let Some(error) = embedded_error(&bytes) {
-        return Err(error);
-    }
     // Parsed from text, as stream chunks are: one instance of the parser.
+    // Only an answer without choices is looked at again, for an error.
     let text = String::from_utf8_lossy(&bytes);
-    let completion: ChatCompletion = serde_json::from_str(&text).map_err(|e| {
-        ApiError::backend(format!(
-            "The backend's answer is not a chat completion ({e}); it began: {}",
-            excerpt(&bytes)
-        ))
-    })?;
+    let completion = match serde_json::from_str::<ChatCompletion>(&text) {
+        Ok(completion) if !completion.choices.is_empty() => completion,
+        parsed => {
+            if let Some(error) = embedded_error(&bytes) {
+                return Err(error);
+            }
+            parsed.map_err(|e| {
+                ApiError::backend(format!(
+                    "The backend's answer is not a chat completion ({e}); it began: {}",
+                    excerpt(&bytes)
+                ))
+            })?
+        }
+    };
     Ok(ChatAnswer::Completion(completion.into_chunk()))
 }
 
