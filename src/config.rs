@@ -9,6 +9,7 @@
 //! | `forward_client_key` | `true` to send the client's key to the backend when `backend_api_key` is unset |
 //! | `backend_reasoning` | `true` to pass earlier reasoning to the backend as `reasoning_content` |
 //! | `backend_timeout_seconds` | longest wait for the backend's first byte, and between two pieces of its answer (default 300) |
+//! | `stream_keepalive_seconds` | a stream silent this long gets an SSE comment, `: keep-alive` (default 15; 0 never) |
 //! | `backend_headers` | fixed headers for the backend: a JSON object, or `Name: value` lines |
 //! | `backend_max_tokens_param` | `max_tokens` (default) or `max_completion_tokens` |
 //! | `backend_think_tags` | `true` when the backend's models put reasoning in `<think>` tags |
@@ -28,6 +29,9 @@ pub const DEFAULT_TTL_SECONDS: i64 = 30 * 24 * 3600;
 /// Default backend timeout: generous, as a large prompt can take minutes
 /// before its first token.
 pub const DEFAULT_BACKEND_TIMEOUT_SECONDS: u64 = 300;
+/// Default for `stream_keepalive_seconds`: well inside the 60 s idle
+/// timeout of common proxies and load balancers.
+pub const DEFAULT_STREAM_KEEPALIVE_SECONDS: u64 = 15;
 
 /// A configuration key the component reads. Values are parsed by an
 /// exhaustive `match` on this, and [`KEYS`] lists its names, so the two
@@ -45,10 +49,11 @@ enum Setting {
     ForwardClientKey,
     BackendReasoning,
     BackendTimeoutSeconds,
+    StreamKeepaliveSeconds,
 }
 
 impl Setting {
-    const ALL: [Setting; 11] = [
+    const ALL: [Setting; 12] = [
         Setting::BackendUrl,
         Setting::BackendApiKey,
         Setting::BackendHeaders,
@@ -60,6 +65,7 @@ impl Setting {
         Setting::ForwardClientKey,
         Setting::BackendReasoning,
         Setting::BackendTimeoutSeconds,
+        Setting::StreamKeepaliveSeconds,
     ];
 
     const fn name(self) -> &'static str {
@@ -75,6 +81,7 @@ impl Setting {
             Setting::ForwardClientKey => "forward_client_key",
             Setting::BackendReasoning => "backend_reasoning",
             Setting::BackendTimeoutSeconds => "backend_timeout_seconds",
+            Setting::StreamKeepaliveSeconds => "stream_keepalive_seconds",
         }
     }
 
@@ -105,9 +112,17 @@ pub struct Settings {
     pub forward_client_key: bool,
     pub backend_reasoning: bool,
     pub backend_timeout_seconds: u64,
+    /// Seconds of silence before a stream gets a keep-alive comment; 0 never.
+    pub stream_keepalive_seconds: u64,
 }
 
 impl Settings {
+    /// How long a stream may stay silent before a keep-alive; `None` never.
+    pub fn stream_keepalive(&self) -> Option<std::time::Duration> {
+        (self.stream_keepalive_seconds > 0)
+            .then(|| std::time::Duration::from_secs(self.stream_keepalive_seconds))
+    }
+
     /// Settings from configuration pairs (what `wasi:config/store.get-all` returns).
     pub fn from_pairs<I: IntoIterator<Item = (String, String)>>(
         pairs: I,
@@ -115,6 +130,7 @@ impl Settings {
         let mut settings = Settings {
             response_ttl_seconds: Some(DEFAULT_TTL_SECONDS),
             backend_timeout_seconds: DEFAULT_BACKEND_TIMEOUT_SECONDS,
+            stream_keepalive_seconds: DEFAULT_STREAM_KEEPALIVE_SECONDS,
             ..Settings::default()
         };
         let mut default = DefaultBackend::default();
@@ -151,6 +167,9 @@ impl Settings {
                 }
                 Setting::BackendTimeoutSeconds => {
                     settings.backend_timeout_seconds = number(key, &value)?
+                }
+                Setting::StreamKeepaliveSeconds => {
+                    settings.stream_keepalive_seconds = number(key, &value)?
                 }
                 Setting::ForwardClientKey => settings.forward_client_key = truthy(&value),
                 Setting::BackendReasoning => settings.backend_reasoning = truthy(&value),

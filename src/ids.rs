@@ -1,13 +1,17 @@
-//! Time and fresh ids, as the service is given them.
+//! Time, waiting and fresh ids, as the service is given them.
 //!
 //! Ids carry OpenAI's prefixes (`resp_`, `msg_`, `fc_`, ...) followed by 192
 //! bits from an [`Entropy`] source in hex. The component's source is the
 //! host's cryptographic `wasi:random`, so ids are unguessable: an id is all
 //! it takes to read a stored response. The clock and the entropy come in
 //! through [`Env`], so the core touches neither the host nor the wall
-//! clock, and tests fix both.
+//! clock, and tests fix both. So does the [`Timer`] that paces keep-alives:
+//! without one, nothing ever waits for time to pass.
 
 use std::rc::Rc;
+use std::time::Duration;
+
+use futures::future::LocalBoxFuture;
 
 /// Seconds since the Unix epoch.
 pub trait Clock {
@@ -19,19 +23,50 @@ pub trait Entropy {
     fn fill(&self, bytes: &mut [u8]);
 }
 
-/// The clock and the entropy of one request; cheap to clone.
+/// Waiting for time to pass.
+pub trait Timer {
+    /// A future that completes once `duration` has passed.
+    fn sleep(&self, duration: Duration) -> LocalBoxFuture<'static, ()>;
+}
+
+/// The timer of an environment that has none: its sleeps never end.
+struct Never;
+
+impl Timer for Never {
+    fn sleep(&self, _duration: Duration) -> LocalBoxFuture<'static, ()> {
+        Box::pin(futures::future::pending())
+    }
+}
+
+/// The clock, the entropy and the timer of one request; cheap to clone.
 #[derive(Clone)]
 pub struct Env {
     clock: Rc<dyn Clock>,
     entropy: Rc<dyn Entropy>,
+    timer: Rc<dyn Timer>,
 }
 
 /// Random bytes in an id.
 const ID_BYTES: usize = 24;
 
 impl Env {
+    /// An environment whose sleeps never end (see [`Env::with_timer`]).
     pub fn new(clock: Rc<dyn Clock>, entropy: Rc<dyn Entropy>) -> Self {
-        Env { clock, entropy }
+        Env {
+            clock,
+            entropy,
+            timer: Rc::new(Never),
+        }
+    }
+
+    /// The same environment, waiting on `timer`.
+    pub fn with_timer(self, timer: Rc<dyn Timer>) -> Self {
+        Env { timer, ..self }
+    }
+
+    /// The environment's timer.
+    pub fn timer(&self) -> Rc<dyn Timer> {
+        Rc::clone(&self.timer)
     }
 
     /// Seconds since the Unix epoch.

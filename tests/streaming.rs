@@ -316,6 +316,8 @@ struct Incremental {
     response: reqwest::Response,
     buffer: String,
     frames: Vec<Value>,
+    /// SSE comments seen so far.
+    comments: usize,
 }
 
 impl Incremental {
@@ -332,6 +334,7 @@ impl Incremental {
             response,
             buffer: String::new(),
             frames: Vec::new(),
+            comments: 0,
         }
     }
 
@@ -352,6 +355,10 @@ impl Incremental {
                 .push_str(std::str::from_utf8(&chunk).expect("UTF-8 chunk"));
             while let Some(end) = self.buffer.find("\n\n") {
                 let frame: String = self.buffer.drain(..end + 2).collect();
+                if frame.starts_with(':') {
+                    self.comments += 1;
+                    continue;
+                }
                 let data = frame
                     .lines()
                     .find_map(|l| l.strip_prefix("data: "))
@@ -741,15 +748,32 @@ async fn backend_500_ends_in_response_failed() {
     assert_eq!(s.terminal()["output"], json!([]));
     assert_stored(&h, &s).await;
 
-    // A client error from the backend stays an HTTP error.
-    h.backend
-        .push(Reply::error(400, "bad temperature").param("temperature"));
-    let (status, body) = h.post("/v1/responses", &request("hi")).await;
-    assert_eq!(status, 400, "{body}");
-    assert!(body["error"]["message"]
+    // A stream has begun before the backend is called, so a client error
+    // from the backend ends it too, with the backend's code and param.
+    h.backend.push(
+        Reply::error(400, "bad temperature")
+            .param("temperature")
+            .code("invalid_value"),
+    );
+    let s = stream(&h, &request("hi")).await;
+    let error = s.of_type("error")[0];
+    assert_eq!(error["code"], "invalid_value", "{error}");
+    assert_eq!(error["param"], "temperature", "{error}");
+    assert!(error["message"]
         .as_str()
         .unwrap()
         .contains("bad temperature"));
+    assert_eq!(s.terminal()["status"], "failed");
+    assert_stored(&h, &s).await;
+
+    // A plain request still gets the backend's client error as its answer.
+    h.backend
+        .push(Reply::error(400, "bad temperature").param("temperature"));
+    let mut plain = request("hi");
+    plain["stream"] = json!(false);
+    let (status, body) = h.post("/v1/responses", &plain).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "temperature", "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -828,6 +852,78 @@ async fn backend_timeout_mid_stream_fails_the_response() {
     );
     assert_eq!(s.of_type("error")[0]["code"], "backend_error");
     assert_stored(&h, &s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_events_go_out_before_the_backend_answers() {
+    let h = Harness::start().await;
+    // The backend holds its whole answer, head included.
+    let (reply, gate) = Reply::text("late").json_despite_stream().pause_before(0);
+    h.backend.push(reply);
+    let mut reader = Incremental::start(&h, &request("go")).await;
+    let in_progress = reader
+        .until("response.in_progress")
+        .await
+        .expect("in_progress before the backend answers");
+    assert_eq!(in_progress["response"]["status"], "in_progress");
+    gate.reached().await;
+    assert_eq!(reader.names(), ["response.created", "response.in_progress"]);
+    gate.release();
+    let completed = reader.until("response.completed").await.expect("completed");
+    assert_eq!(output_text(&completed["response"]), "late");
+}
+
+/// A stream whose backend stays silent for 3.5 s, with keep-alives every
+/// second: the comments arrive, and the rest is a well-formed stream.
+async fn silent_stream(
+    h: &Harness,
+    reply: Reply,
+    gate: scripted_backend::Gate,
+) -> (usize, Streamed) {
+    h.backend.push(reply);
+    let release = tokio::spawn(async move {
+        gate.reached().await;
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        gate.release();
+    });
+    let response = h
+        .client
+        .post(h.url("/v1/responses"))
+        .json(&request("think first"))
+        .send()
+        .await
+        .expect("request reaches the host");
+    assert_eq!(response.status(), 200);
+    let raw = response.text().await.expect("body");
+    release.await.expect("released");
+    let comments = raw.matches(": keep-alive\n\n").count();
+    let events = check_wire(&raw.replace(": keep-alive\n\n", ""));
+    check_items(&events);
+    (comments, Streamed { events })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_backend_gets_keep_alive_comments() {
+    let h = Harness::with_variables(&[("stream_keepalive_seconds", "1")]).await;
+    // Silent before it answers at all (a model reading a long prompt)...
+    let (reply, gate) = Reply::text("done thinking")
+        .json_despite_stream()
+        .pause_before(0);
+    let (comments, s) = silent_stream(&h, reply, gate).await;
+    assert!((2..=5).contains(&comments), "{comments} keep-alives");
+    assert_eq!(output_text(s.terminal()), "done thinking");
+    // ...and silent in the middle of a streamed answer.
+    let (reply, gate) = Reply::text("alpha beta").pause_before(2);
+    let (comments, s) = silent_stream(&h, reply, gate).await;
+    assert!((2..=5).contains(&comments), "{comments} keep-alives");
+    assert_eq!(output_text(s.terminal()), "alpha beta");
+    assert_stored(&h, &s).await;
+
+    // Off with 0: the same silence carries no comment.
+    let h = h.restart_with(&[("stream_keepalive_seconds", "0")]).await;
+    let (reply, gate) = Reply::text("quiet").pause_before(1);
+    let (comments, _) = silent_stream(&h, reply, gate).await;
+    assert_eq!(comments, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,19 @@
 //! Step 7 of a create, emitting: events go to the client as server-sent
-//! events when it asked for a stream, and nowhere otherwise.
+//! events when it asked for a stream, and nowhere otherwise. While the
+//! stream waits on the backend, SSE comments keep it alive, so proxies that
+//! drop idle connections (60 s is common) let long silences through.
 
+use std::future::Future;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::future::{select, Either};
+
+use crate::ids::Timer;
 use crate::stream::events::{Event, DONE_FRAME};
+
+/// An SSE comment: clients skip it, proxies see traffic.
+pub const KEEP_ALIVE_FRAME: &[u8] = b": keep-alive\n\n";
 
 /// Where streamed events go.
 pub trait EventSink {
@@ -19,16 +31,34 @@ impl EventSink for Discard {
     }
 }
 
+/// How often a silent stream gets a keep-alive comment.
+#[derive(Clone)]
+pub struct KeepAlive {
+    pub timer: Rc<dyn Timer>,
+    pub every: Duration,
+}
+
 /// The events of one create, on their way to its client.
 pub struct Emitter<'a, S: EventSink> {
     sink: &'a mut S,
     /// Whether the client asked for an event stream.
     streaming: bool,
+    keep_alive: Option<KeepAlive>,
 }
 
 impl<'a, S: EventSink> Emitter<'a, S> {
     pub fn new(sink: &'a mut S, streaming: bool) -> Self {
-        Emitter { sink, streaming }
+        Emitter {
+            sink,
+            streaming,
+            keep_alive: None,
+        }
+    }
+
+    /// Keeps the stream alive while [`wait`](Self::wait) waits.
+    pub fn with_keep_alive(mut self, keep_alive: Option<KeepAlive>) -> Self {
+        self.keep_alive = keep_alive.filter(|k| !k.every.is_zero());
+        self
     }
 
     /// Sends `events` as one write; `false` once the client has gone away.
@@ -40,10 +70,118 @@ impl<'a, S: EventSink> Emitter<'a, S> {
         self.sink.send(bytes).await
     }
 
+    /// Waits for `future`, sending a keep-alive comment each time the
+    /// stream has been silent for the keep-alive interval; `None` once the
+    /// client has gone away.
+    pub async fn wait<F: Future>(&mut self, future: F) -> Option<F::Output> {
+        let keep_alive = match &self.keep_alive {
+            Some(keep_alive) if self.streaming => keep_alive.clone(),
+            _ => return Some(future.await),
+        };
+        let mut future = std::pin::pin!(future);
+        loop {
+            let sleep = keep_alive.timer.sleep(keep_alive.every);
+            match select(future.as_mut(), sleep).await {
+                Either::Left((output, _)) => return Some(output),
+                Either::Right(((), _)) => {
+                    if !self.sink.send(KEEP_ALIVE_FRAME.to_vec()).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
     /// Ends the stream with `data: [DONE]`.
     pub async fn done(&mut self) {
         if self.streaming {
             self.sink.send(DONE_FRAME.to_vec()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use futures::future::LocalBoxFuture;
+
+    use super::*;
+
+    /// A timer whose sleeps end at once.
+    struct Instant;
+
+    impl Timer for Instant {
+        fn sleep(&self, _duration: Duration) -> LocalBoxFuture<'static, ()> {
+            Box::pin(futures::future::ready(()))
+        }
+    }
+
+    /// Pending for its first `polls` polls, then `7`.
+    struct Slow {
+        polls: Cell<usize>,
+    }
+
+    impl Future for Slow {
+        type Output = u32;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u32> {
+            match self.polls.get() {
+                0 => Poll::Ready(7),
+                n => {
+                    self.polls.set(n - 1);
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            }
+        }
+    }
+
+    struct Collect(Vec<u8>, bool);
+
+    impl EventSink for Collect {
+        async fn send(&mut self, bytes: Vec<u8>) -> bool {
+            self.0.extend(bytes);
+            self.1
+        }
+    }
+
+    fn keep_alive(every: u64) -> Option<KeepAlive> {
+        Some(KeepAlive {
+            timer: Rc::new(Instant),
+            every: Duration::from_secs(every),
+        })
+    }
+
+    fn wait_with(sink: &mut Collect, streaming: bool, every: u64, polls: usize) -> Option<u32> {
+        let mut out = Emitter::new(sink, streaming).with_keep_alive(keep_alive(every));
+        let slow = Slow {
+            polls: Cell::new(polls),
+        };
+        futures::executor::block_on(out.wait(slow))
+    }
+
+    #[test]
+    fn each_silent_interval_sends_one_comment() {
+        let mut sink = Collect(Vec::new(), true);
+        assert_eq!(wait_with(&mut sink, true, 15, 3), Some(7));
+        assert_eq!(sink.0, KEEP_ALIVE_FRAME.repeat(3));
+    }
+
+    #[test]
+    fn plain_requests_and_a_zero_interval_get_none() {
+        let mut sink = Collect(Vec::new(), true);
+        assert_eq!(wait_with(&mut sink, false, 15, 3), Some(7));
+        assert_eq!(wait_with(&mut sink, true, 0, 3), Some(7));
+        assert!(sink.0.is_empty());
+    }
+
+    #[test]
+    fn a_client_gone_stops_the_wait() {
+        let mut sink = Collect(Vec::new(), false);
+        assert_eq!(wait_with(&mut sink, true, 15, 3), None);
+        assert_eq!(sink.0, KEEP_ALIVE_FRAME);
     }
 }

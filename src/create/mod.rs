@@ -10,9 +10,13 @@
 //! 6. **store** the response before its terminal event ([`save`]);
 //! 7. **emit** the events to the client ([`emit`]).
 //!
-//! [`Create::start`] runs steps 1 to 4 and opens the first backend call:
-//! its errors are answered as plain HTTP errors. [`Create::run`] does the
-//! rest, streaming to an [`EventSink`].
+//! [`Create::start`] runs steps 1 to 4: its errors are answered as plain
+//! HTTP errors. A plain request also opens its first backend call there, so
+//! a backend's refusal is an HTTP error too. [`Create::run`] does the rest,
+//! streaming to an [`EventSink`]: a stream sends `response.created` and
+//! `response.in_progress` before the backend is called, so from then on a
+//! failure ends the stream in `error` and `response.failed`, and the stream
+//! carries keep-alive comments while the backend is silent.
 
 pub mod emit;
 mod model;
@@ -31,7 +35,7 @@ use crate::error::ApiError;
 use crate::service::Service;
 use crate::store::{Conversation, Kv};
 use crate::stream::EventStream;
-use emit::Emitter;
+use emit::{Emitter, KeepAlive};
 use model::{Call, Ended, ModelLoop};
 use save::Finished;
 
@@ -40,7 +44,7 @@ pub struct Create<'s, K: Kv, B: Backend> {
     service: &'s Service<K, B>,
     tenant: String,
     stream: EventStream,
-    model: ModelLoop<B::Body>,
+    model: ModelLoop<'s, B>,
     input: Vec<Item>,
     /// The conversation this request continues.
     parent: Option<Conversation>,
@@ -50,13 +54,12 @@ pub struct Create<'s, K: Kv, B: Backend> {
 }
 
 impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
-    /// Steps 1 to 4, then the first backend call. Client errors, and any
-    /// failure of a plain request, are errors here; a stream whose backend
-    /// failed (5xx, unreachable) ends in `error` + `response.failed` instead,
-    /// like a failure mid-stream.
+    /// Steps 1 to 4, and for a plain request the first backend call. Client
+    /// errors, and any failure of a plain request, are errors here; a
+    /// stream's backend failures come later, as events.
     pub async fn start(
         service: &'s Service<K, B>,
-        api_key: Option<&str>,
+        api_key: Option<&'s str>,
         body: &[u8],
     ) -> Result<Self, ApiError> {
         let tenant = service.tenant(api_key)?;
@@ -72,11 +75,9 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
             learned: &service.learned,
             client_key: service.client_key(api_key),
         };
-        let model = ModelLoop::open(call, plan.chat, request.max_tool_calls).await;
-        if let Some(error) = model.failure() {
-            if !request.stream() || error.status < 500 {
-                return Err(error.clone());
-            }
+        let mut model = ModelLoop::new(call, plan.chat, request.max_tool_calls);
+        if !request.stream() {
+            model.open().await?;
         }
         let env = service.env.clone();
         let response = Response::start(env.new_id("resp"), env.now(), &request);
@@ -100,7 +101,15 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
     /// response before its terminal event, and returns it with the error
     /// that ended it, if any.
     pub async fn run(mut self, sink: &mut impl EventSink) -> (Response, Option<ApiError>) {
-        let mut out = Emitter::new(sink, self.streaming);
+        let keep_alive = self
+            .service
+            .settings
+            .stream_keepalive()
+            .map(|every| KeepAlive {
+                timer: self.service.env.timer(),
+                every,
+            });
+        let mut out = Emitter::new(sink, self.streaming).with_keep_alive(keep_alive);
         if !out.events(self.stream.start()).await {
             return self.interrupted();
         }

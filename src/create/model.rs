@@ -13,7 +13,7 @@ use super::emit::{Emitter, EventSink};
 use crate::backend::call::{open_chat, ChatAnswer};
 use crate::backend::dialect::Learned;
 use crate::backend::routes::Route;
-use crate::backend::{Backend, BodyStream};
+use crate::backend::{Backend, BodyStream as _};
 use crate::chat::{ChatChunk, ChatRequest};
 use crate::error::ApiError;
 use crate::stream::sse::{SseData, SseReader};
@@ -29,11 +29,12 @@ pub enum Ended {
 }
 
 /// The calls of one response.
-pub struct ModelLoop<B> {
-    /// The answer of the call in flight; `None` when it failed.
-    answer: Option<ChatAnswer<B>>,
-    /// Why the call in flight failed before answering.
-    failure: Option<ApiError>,
+pub struct ModelLoop<'a, Bk: Backend> {
+    call: Call<'a, Bk>,
+    /// The request of the call still to make.
+    pending: Option<ChatRequest>,
+    /// The answer of the call in flight.
+    answer: Option<ChatAnswer<Bk::Body>>,
     /// `max_tool_calls`: tool calls past it are dropped.
     max_tool_calls: Option<u64>,
     /// The backend's tool-call indices let through so far.
@@ -49,36 +50,37 @@ pub struct Call<'a, Bk> {
     pub client_key: Option<&'a str>,
 }
 
-impl<B: BodyStream> ModelLoop<B> {
-    /// Makes the first call; a failure is kept for the caller to answer.
-    pub async fn open<Bk: Backend<Body = B>>(
-        call: Call<'_, Bk>,
-        chat: ChatRequest,
-        max_tool_calls: Option<u64>,
-    ) -> Self {
-        let (answer, failure) = match open_chat(
+impl<'a, Bk: Backend> ModelLoop<'a, Bk> {
+    /// A loop whose first call is `chat`; nothing is sent yet.
+    pub fn new(call: Call<'a, Bk>, chat: ChatRequest, max_tool_calls: Option<u64>) -> Self {
+        ModelLoop {
+            call,
+            pending: Some(chat),
+            answer: None,
+            max_tool_calls,
+            calls_seen: BTreeSet::new(),
+        }
+    }
+
+    /// Makes the pending call and keeps its answer. A plain request opens
+    /// its first call before answering, so that a backend's refusal is
+    /// answered as the HTTP error it is; a stream opens it inside
+    /// [`run`](Self::run), after its first events.
+    pub async fn open(&mut self) -> Result<(), ApiError> {
+        let Some(chat) = self.pending.take() else {
+            return Ok(());
+        };
+        let call = &self.call;
+        let answer = open_chat(
             call.backend,
             call.route,
             call.learned,
             call.client_key,
             chat,
         )
-        .await
-        {
-            Ok(answer) => (Some(answer), None),
-            Err(error) => (None, Some(error)),
-        };
-        ModelLoop {
-            answer,
-            failure,
-            max_tool_calls,
-            calls_seen: BTreeSet::new(),
-        }
-    }
-
-    /// Why the first call failed, if it did.
-    pub fn failure(&self) -> Option<&ApiError> {
-        self.failure.as_ref()
+        .await?;
+        self.answer = Some(answer);
+        Ok(())
     }
 
     /// Reads the answers through `stream` to `out` until the model is done.
@@ -87,8 +89,10 @@ impl<B: BodyStream> ModelLoop<B> {
         stream: &mut EventStream,
         out: &mut Emitter<'_, S>,
     ) -> Ended {
-        if let Some(error) = self.failure.take() {
-            return Ended::Failed(error);
+        match out.wait(self.open()).await {
+            Some(Ok(())) => {}
+            Some(Err(error)) => return Ended::Failed(error),
+            None => return Ended::ClientGone,
         }
         match self.answer.take() {
             Some(ChatAnswer::Completion(chunk)) => match self.feed(chunk, stream, out).await {
@@ -107,7 +111,7 @@ impl<B: BodyStream> ModelLoop<B> {
     async fn read_events<S: EventSink>(
         &mut self,
         first: Vec<u8>,
-        mut body: B,
+        mut body: Bk::Body,
         stream: &mut EventStream,
         out: &mut Emitter<'_, S>,
     ) -> Ended {
@@ -117,7 +121,10 @@ impl<B: BodyStream> ModelLoop<B> {
             if let Some(ended) = self.feed_payloads(payloads, stream, out).await {
                 return ended;
             }
-            payloads = match body.next().await {
+            let Some(piece) = out.wait(body.next()).await else {
+                return Ended::ClientGone;
+            };
+            payloads = match piece {
                 Some(Ok(bytes)) => reader.push(&bytes),
                 Some(Err(e)) => {
                     return Ended::Failed(ApiError::backend(format!(

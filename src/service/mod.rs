@@ -55,13 +55,14 @@ impl<K: Kv, B: Backend> Service<K, B> {
         api_key.filter(|_| self.settings.forward_client_key)
     }
 
-    /// Starts a create: validates it, resolves its state and opens the
-    /// backend call. Errors here are answered as plain HTTP errors.
-    pub async fn start(
-        &self,
-        api_key: Option<&str>,
+    /// Starts a create: validates it and resolves its state; a plain one
+    /// also opens its backend call. Errors here are answered as plain HTTP
+    /// errors.
+    pub async fn start<'s>(
+        &'s self,
+        api_key: Option<&'s str>,
         body: &[u8],
-    ) -> Result<Create<'_, K, B>, ApiError> {
+    ) -> Result<Create<'s, K, B>, ApiError> {
         Create::start(self, api_key, body).await
     }
 

@@ -1,9 +1,17 @@
-//! The host's clock and its cryptographic random source, as the service's
+//! The host's clocks and its cryptographic random source, as the service's
 //! [`Env`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use crate::ids::{Clock, Entropy, Env};
+use futures::future::LocalBoxFuture;
+use spin_executor::CancelOnDropToken;
+use wasi::clocks::monotonic_clock;
+
+use crate::ids::{Clock, Entropy, Env, Timer};
 
 /// The wall clock (`wasi:clocks/wall-clock` under the standard library).
 struct WallClock;
@@ -30,7 +38,44 @@ impl Entropy for HostRandom {
     }
 }
 
+/// Sleeps on `wasi:clocks/monotonic-clock`.
+struct MonotonicTimer;
+
+impl Timer for MonotonicTimer {
+    fn sleep(&self, duration: Duration) -> LocalBoxFuture<'static, ()> {
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        Box::pin(Sleep {
+            until: monotonic_clock::now().saturating_add(nanos),
+            waiting: None,
+        })
+    }
+}
+
+/// Completes at the instant `until`. While pending it keeps exactly one
+/// registration with the executor: each poll replaces the last, and
+/// dropping the future withdraws it, so an abandoned sleep neither wakes
+/// the request nor piles up in the executor's poll list.
+struct Sleep {
+    until: monotonic_clock::Instant,
+    waiting: Option<CancelOnDropToken>,
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if monotonic_clock::now() >= self.until {
+            self.waiting = None;
+            return Poll::Ready(());
+        }
+        let pollable = monotonic_clock::subscribe_instant(self.until);
+        let token = spin_executor::push_waker_and_get_token(pollable, cx.waker().clone());
+        self.waiting = Some(token.into());
+        Poll::Pending
+    }
+}
+
 /// The environment of a request served by the host.
 pub fn host_env() -> Env {
-    Env::new(Rc::new(WallClock), Rc::new(HostRandom))
+    Env::new(Rc::new(WallClock), Rc::new(HostRandom)).with_timer(Rc::new(MonotonicTimer))
 }
