@@ -4,12 +4,17 @@
 //! | --- | --- |
 //! | `backend_url` | base URL of the chat-completions backend, e.g. `http://127.0.0.1:11434/v1` |
 //! | `backend_api_key` | bearer token sent to the backend (optional) |
-//! | `api_keys` | keys clients must present, separated by commas or spaces; empty = open |
+//! | `api_keys` | keys clients must present, separated by commas or spaces: `name:key` (keys sharing a name share data) or a bare `key`; empty = open |
+//! | `tenant_secret` | secret the tenant ids of stored data are derived with (HMAC-SHA256); see [`crate::auth`] |
 //! | `response_ttl_seconds` | how long stored responses live (default 30 days; 0 = forever) |
 //! | `forward_client_key` | `true` to send the client's key to the backend when `backend_api_key` is unset |
 //! | `backend_reasoning` | `true` to pass earlier reasoning to the backend as `reasoning_content` |
 //! | `backend_timeout_seconds` | longest wait for the backend's first byte, and between two pieces of its answer (default 300) |
+//! | `retention_grace_seconds` | how long past its expiry stored data waits for removal (default 60) |
+//! | `admin_key` | the key of `/v1/admin/...` (retention status, a sweep step now); unset = no admin routes |
+//! | `retention_sweep_every` | one create in this many runs a bounded removal step after answering (default 8; 0 never) |
 //! | `stream_keepalive_seconds` | a stream silent this long gets an SSE comment, `: keep-alive` (default 15; 0 never) |
+//! | `max_request_bytes` | largest request body, answered 413 before more is read (default 32 MiB) |
 //! | `backend_headers` | fixed headers for the backend: a JSON object, or `Name: value` lines |
 //! | `backend_max_tokens_param` | `max_tokens` (default) or `max_completion_tokens` |
 //! | `backend_think_tags` | `true` when the backend's models put reasoning in `<think>` tags |
@@ -19,6 +24,7 @@
 //! every model no entry of `backends` claims; either may be left out, not
 //! both.
 
+use crate::auth::{parse_api_keys, ApiKey};
 use crate::backend::dialect::MaxTokensParam;
 use crate::backend::routes::{check_url, parse_headers, parse_routes, Route, Routes};
 use crate::error::ApiError;
@@ -29,9 +35,15 @@ pub const DEFAULT_TTL_SECONDS: i64 = 30 * 24 * 3600;
 /// Default backend timeout: generous, as a large prompt can take minutes
 /// before its first token.
 pub const DEFAULT_BACKEND_TIMEOUT_SECONDS: u64 = 300;
+/// Default for `retention_sweep_every`: a removal step costs one read
+/// when there is nothing to remove.
+pub const DEFAULT_RETENTION_SWEEP_EVERY: u32 = 8;
 /// Default for `stream_keepalive_seconds`: well inside the 60 s idle
 /// timeout of common proxies and load balancers.
 pub const DEFAULT_STREAM_KEEPALIVE_SECONDS: u64 = 15;
+/// Default for `max_request_bytes`: 32 MiB, room for a few images sent as
+/// data URLs (OpenAI takes images up to 20 MB).
+pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 32 << 20;
 
 /// A configuration key the component reads. Values are parsed by an
 /// exhaustive `match` on this, and [`KEYS`] lists its names, so the two
@@ -45,15 +57,20 @@ enum Setting {
     BackendThinkTags,
     Backends,
     ApiKeys,
+    TenantSecret,
     ResponseTtlSeconds,
     ForwardClientKey,
     BackendReasoning,
     BackendTimeoutSeconds,
     StreamKeepaliveSeconds,
+    MaxRequestBytes,
+    RetentionGraceSeconds,
+    RetentionSweepEvery,
+    AdminKey,
 }
 
 impl Setting {
-    const ALL: [Setting; 12] = [
+    const ALL: [Setting; 17] = [
         Setting::BackendUrl,
         Setting::BackendApiKey,
         Setting::BackendHeaders,
@@ -61,11 +78,16 @@ impl Setting {
         Setting::BackendThinkTags,
         Setting::Backends,
         Setting::ApiKeys,
+        Setting::TenantSecret,
         Setting::ResponseTtlSeconds,
         Setting::ForwardClientKey,
         Setting::BackendReasoning,
         Setting::BackendTimeoutSeconds,
         Setting::StreamKeepaliveSeconds,
+        Setting::MaxRequestBytes,
+        Setting::RetentionGraceSeconds,
+        Setting::RetentionSweepEvery,
+        Setting::AdminKey,
     ];
 
     const fn name(self) -> &'static str {
@@ -77,11 +99,16 @@ impl Setting {
             Setting::BackendThinkTags => "backend_think_tags",
             Setting::Backends => "backends",
             Setting::ApiKeys => "api_keys",
+            Setting::TenantSecret => "tenant_secret",
             Setting::ResponseTtlSeconds => "response_ttl_seconds",
             Setting::ForwardClientKey => "forward_client_key",
             Setting::BackendReasoning => "backend_reasoning",
             Setting::BackendTimeoutSeconds => "backend_timeout_seconds",
             Setting::StreamKeepaliveSeconds => "stream_keepalive_seconds",
+            Setting::MaxRequestBytes => "max_request_bytes",
+            Setting::RetentionGraceSeconds => "retention_grace_seconds",
+            Setting::RetentionSweepEvery => "retention_sweep_every",
+            Setting::AdminKey => "admin_key",
         }
     }
 
@@ -106,7 +133,10 @@ pub const KEYS: [&str; Setting::ALL.len()] = {
 pub struct Settings {
     /// The backends, in the order they are tried for a model.
     pub routes: Routes,
-    pub api_keys: Vec<String>,
+    /// Keys clients may present; empty: the service is open.
+    pub api_keys: Vec<ApiKey>,
+    /// Keys the HMAC that derives tenant ids (see [`crate::auth`]).
+    pub tenant_secret: Option<String>,
     /// `None`: responses never expire.
     pub response_ttl_seconds: Option<i64>,
     pub forward_client_key: bool,
@@ -114,6 +144,14 @@ pub struct Settings {
     pub backend_timeout_seconds: u64,
     /// Seconds of silence before a stream gets a keep-alive comment; 0 never.
     pub stream_keepalive_seconds: u64,
+    /// Largest request body, in bytes; larger ones are answered 413.
+    pub max_request_bytes: u64,
+    /// How long past its expiry stored data is kept before removal.
+    pub retention_grace_seconds: i64,
+    /// One create in this many runs a removal step after answering; 0 never.
+    pub retention_sweep_every: u32,
+    /// The key of the admin routes; `None`: they are off.
+    pub admin_key: Option<String>,
 }
 
 impl Settings {
@@ -131,6 +169,9 @@ impl Settings {
             response_ttl_seconds: Some(DEFAULT_TTL_SECONDS),
             backend_timeout_seconds: DEFAULT_BACKEND_TIMEOUT_SECONDS,
             stream_keepalive_seconds: DEFAULT_STREAM_KEEPALIVE_SECONDS,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            retention_grace_seconds: crate::store::retention::DEFAULT_GRACE_SECONDS,
+            retention_sweep_every: DEFAULT_RETENTION_SWEEP_EVERY,
             ..Settings::default()
         };
         let mut default = DefaultBackend::default();
@@ -153,14 +194,8 @@ impl Settings {
                 }
                 Setting::BackendThinkTags => default.think_tags = truthy(&value),
                 Setting::Backends => routes = parse_routes(&value)?,
-                Setting::ApiKeys => {
-                    settings.api_keys = value
-                        .split([',', ' ', '\n'])
-                        .map(str::trim)
-                        .filter(|k| !k.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                }
+                Setting::ApiKeys => settings.api_keys = parse_api_keys(&value)?,
+                Setting::TenantSecret => settings.tenant_secret = Some(value),
                 Setting::ResponseTtlSeconds => {
                     let ttl: i64 = number(key, &value)?;
                     settings.response_ttl_seconds = (ttl > 0).then_some(ttl);
@@ -170,6 +205,24 @@ impl Settings {
                 }
                 Setting::StreamKeepaliveSeconds => {
                     settings.stream_keepalive_seconds = number(key, &value)?
+                }
+                Setting::RetentionGraceSeconds => {
+                    settings.retention_grace_seconds = number(key, &value)?;
+                    if settings.retention_grace_seconds < 0 {
+                        return Err(ApiError::server(
+                            "retention_grace_seconds must not be negative",
+                        ));
+                    }
+                }
+                Setting::RetentionSweepEvery => {
+                    settings.retention_sweep_every = number(key, &value)?
+                }
+                Setting::AdminKey => settings.admin_key = Some(value),
+                Setting::MaxRequestBytes => {
+                    settings.max_request_bytes = number(key, &value)?;
+                    if settings.max_request_bytes == 0 {
+                        return Err(ApiError::server("max_request_bytes must be at least 1"));
+                    }
                 }
                 Setting::ForwardClientKey => settings.forward_client_key = truthy(&value),
                 Setting::BackendReasoning => settings.backend_reasoning = truthy(&value),
@@ -246,7 +299,7 @@ mod tests {
         .unwrap();
         let route = s.routes.for_model("any").unwrap();
         assert_eq!(route.url("models"), "http://127.0.0.1:8000/v1/models");
-        assert_eq!(s.api_keys, ["a", "b", "c"]);
+        assert_eq!(s.api_keys, ["a", "b", "c"].map(ApiKey::bare));
         assert_eq!(route.api_key, None);
         assert_eq!(s.response_ttl_seconds, Some(DEFAULT_TTL_SECONDS));
     }

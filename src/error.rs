@@ -86,6 +86,20 @@ impl ApiError {
         Self::new(401, "invalid_request_error", message).with_code("invalid_api_key")
     }
 
+    /// 413: the request body is larger than `limit` bytes (the
+    /// `max_request_bytes` setting).
+    pub fn request_too_large(limit: u64) -> Self {
+        Self::new(
+            413,
+            "invalid_request_error",
+            format!(
+                "The request body is too large: the limit is {}.",
+                human_bytes(limit)
+            ),
+        )
+        .with_code("request_too_large")
+    }
+
     /// 502: the backend failed (5xx, refused connection, timeout, bad answer).
     pub fn backend(message: impl Into<String>) -> Self {
         Self::new(502, "server_error", message).with_code("backend_error")
@@ -100,6 +114,18 @@ impl ApiError {
     pub fn to_body(&self) -> Vec<u8> {
         json!({ "error": self }).to_string().into_bytes()
     }
+}
+
+/// `bytes`, also in the largest binary unit it is a whole number of:
+/// `33554432 bytes (32 MiB)`, `1000 bytes`.
+fn human_bytes(bytes: u64) -> String {
+    let units = [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in units {
+        if bytes >= size && bytes.is_multiple_of(size) {
+            return format!("{bytes} bytes ({} {unit})", bytes / size);
+        }
+    }
+    format!("{bytes} bytes")
 }
 
 impl std::fmt::Display for ApiError {
@@ -124,5 +150,23 @@ mod tests {
                              "param": "temperature", "code": "invalid_value"}})
         );
         assert_eq!(err.status, 400);
+    }
+
+    #[test]
+    fn too_large_names_the_limit() {
+        let err = ApiError::request_too_large(32 << 20);
+        assert_eq!(err.status, 413);
+        let body: serde_json::Value = serde_json::from_slice(&err.to_body()).unwrap();
+        assert_eq!(body["error"]["code"], "request_too_large");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert!(body["error"]["param"].is_null());
+        assert!(
+            err.message.contains("33554432 bytes (32 MiB)"),
+            "{}",
+            err.message
+        );
+        assert!(ApiError::request_too_large(1000)
+            .message
+            .ends_with("the limit is 1000 bytes."));
     }
 }

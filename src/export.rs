@@ -1,7 +1,7 @@
 //! The typed `edge:responses/responses` export, on the same service as the
 //! HTTP routes.
 
-use crate::api::to_json;
+use crate::api::{limits, to_json};
 use crate::error::ApiError;
 use crate::service::{ListQuery, Order};
 use crate::wasi;
@@ -48,6 +48,12 @@ impl wit::Guest for Component {
     fn create(api_key: Option<String>, request: String) -> Result<String, wit::Error> {
         spin_sdk::http::run(async move {
             let service = wasi::service()?;
+            // As over HTTP: the caller first, then the size.
+            service.tenant(api_key.as_deref())?;
+            let limit = service.settings.max_request_bytes;
+            if request.len() as u64 > limit {
+                return Err(ApiError::request_too_large(limit));
+            }
             service.create(api_key.as_deref(), request.as_bytes()).await
         })
         .and_then(|r| to_json(&r))
@@ -56,12 +62,16 @@ impl wit::Guest for Component {
 
     fn get(api_key: Option<String>, id: String) -> Result<String, wit::Error> {
         let service = wasi::service()?;
-        Ok(to_json(&service.get(api_key.as_deref(), &id)?)?)
+        service.tenant(api_key.as_deref())?;
+        let id = limits::response_id(&id)?;
+        Ok(to_json(&service.get(api_key.as_deref(), id)?)?)
     }
 
     fn delete(api_key: Option<String>, id: String) -> Result<String, wit::Error> {
         let service = wasi::service()?;
-        Ok(to_json(&service.delete(api_key.as_deref(), &id)?)?)
+        service.tenant(api_key.as_deref())?;
+        let id = limits::response_id(&id)?;
+        Ok(to_json(&service.delete(api_key.as_deref(), id)?)?)
     }
 
     fn list_input_items(
@@ -79,7 +89,9 @@ impl wit::Guest for Component {
             before: query.before,
         };
         let service = wasi::service()?;
-        let list = service.list_input_items(api_key.as_deref(), &id, &query)?;
+        service.tenant(api_key.as_deref())?;
+        let id = limits::response_id(&id)?;
+        let list = service.list_input_items(api_key.as_deref(), id, &query)?;
         Ok(to_json(&list)?)
     }
 }

@@ -7,11 +7,13 @@
 //! | `DELETE /v1/responses/{id}` | delete |
 //! | `GET /v1/responses/{id}/input_items` | list input items |
 //! | `GET /v1/models` | the backends' model lists, merged |
+//! | `GET /v1/admin/retention` | what is stored and pending removal (`admin_key`) |
+//! | `POST /v1/admin/retention/sweep` | one removal step now (`admin_key`) |
 
-use futures::SinkExt;
+use futures::{SinkExt, StreamExt};
 use spin_sdk::http::{Fields, IncomingRequest, Method, OutgoingResponse, ResponseOutparam};
 
-use crate::api::to_json;
+use crate::api::{limits, to_json};
 use crate::auth::bearer;
 use crate::create::{Discard, EventSink};
 use crate::error::ApiError;
@@ -30,14 +32,15 @@ async fn handle(request: IncomingRequest, out: ResponseOutparam) {
         (Method::Post, ["v1", "responses"]) => {
             return create(request, api_key.as_deref(), out).await;
         }
-        (Method::Get, ["v1", "responses", id]) => {
-            with_service(|s| json_body(&s.get(api_key.as_deref(), id)?))
-        }
-        (Method::Delete, ["v1", "responses", id]) => {
-            with_service(|s| json_body(&s.delete(api_key.as_deref(), id)?))
-        }
+        (Method::Get, ["v1", "responses", id]) => with_service(|s| {
+            json_body(&s.get(api_key.as_deref(), stored_id(s, api_key.as_deref(), id)?)?)
+        }),
+        (Method::Delete, ["v1", "responses", id]) => with_service(|s| {
+            json_body(&s.delete(api_key.as_deref(), stored_id(s, api_key.as_deref(), id)?)?)
+        }),
         (Method::Get, ["v1", "responses", id, "input_items"]) => with_service(|s| {
             let query = list_query(query)?;
+            let id = stored_id(s, api_key.as_deref(), id)?;
             json_body(&s.list_input_items(api_key.as_deref(), id, &query)?)
         }),
         (Method::Get, ["v1", "models"]) => match wasi::service() {
@@ -47,7 +50,15 @@ async fn handle(request: IncomingRequest, out: ResponseOutparam) {
                 .and_then(|list| json_body(&list)),
             Err(e) => Err(e),
         },
+        (Method::Get, ["v1", "admin", "retention"]) => {
+            with_service(|s| json_body(&s.retention_status(api_key.as_deref())?))
+        }
+        (Method::Post, ["v1", "admin", "retention", "sweep"]) => {
+            with_service(|s| json_body(&s.sweep_now(api_key.as_deref())?))
+        }
         (_, ["v1", "responses"])
+        | (_, ["v1", "admin", "retention"])
+        | (_, ["v1", "admin", "retention", "sweep"])
         | (_, ["v1", "responses", _])
         | (_, ["v1", "responses", _, "input_items"])
         | (_, ["v1", "models"]) => Err(ApiError::method_not_allowed(&method.to_string(), path)),
@@ -65,37 +76,58 @@ fn with_service<T>(
     f(&wasi::service()?)
 }
 
+/// The response id of a path, for a caller with a valid key: an id no
+/// response can have is a 404 (after the key check, so a caller without a
+/// key still learns only that).
+fn stored_id<'i>(
+    s: &crate::service::Service<wasi::WasiKv, wasi::WasiBackend>,
+    api_key: Option<&str>,
+    id: &'i str,
+) -> Result<&'i str, ApiError> {
+    s.tenant(api_key)?;
+    limits::response_id(id)
+}
+
 fn json_body<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
     to_json(value).map(String::into_bytes)
 }
 
 /// `POST /v1/responses`: JSON, or an event stream when `stream` is true.
+///
+/// The caller is authenticated before a byte of the body is read, and the
+/// body is read only up to `max_request_bytes`: a larger `Content-Length`
+/// is answered 413 at once, and a body without one (chunked) is answered
+/// 413 the moment it goes past the limit. What was not read is never read.
 async fn create(request: IncomingRequest, api_key: Option<&str>, out: ResponseOutparam) {
-    let body = match request.into_body().await {
-        Ok(body) => body,
-        Err(e) => {
-            let error =
-                ApiError::invalid_request(format!("Reading the request body failed: {e:?}"));
-            return respond_error(out, &error).await;
-        }
-    };
     let service = match wasi::service() {
         Ok(service) => service,
+        Err(error) => return respond_error(out, &error).await,
+    };
+    if let Err(error) = service.tenant(api_key) {
+        return respond_error(out, &error).await;
+    }
+    let body = match read_body(request, service.settings.max_request_bytes).await {
+        Ok(body) => body,
         Err(error) => return respond_error(out, &error).await,
     };
     let exchange = match service.start(api_key, &body).await {
         Ok(exchange) => exchange,
         Err(error) => return respond_error(out, &error).await,
     };
+    // The request is parsed: its bytes are not needed for the rest of the
+    // exchange, which can take minutes.
+    drop(body);
     if !exchange.streaming {
         let (response, failure) = exchange.run(&mut Discard).await;
-        return match failure {
+        match failure {
             Some(error) => respond_error(out, &error).await,
             None => match json_body(&response) {
                 Ok(body) => respond(out, 200, "application/json", body).await,
                 Err(error) => respond_error(out, &error).await,
             },
         };
+        service.after_create();
+        return;
     }
     let Some(response) = start_response(200, "text/event-stream") else {
         return;
@@ -105,7 +137,46 @@ async fn create(request: IncomingRequest, api_key: Option<&str>, out: ResponseOu
     };
     out.set(response);
     exchange.run(&mut sink).await;
+    // Ends the body: the client has it all before the upkeep runs.
+    drop(sink);
+    service.after_create();
 }
+
+/// The request body, at most `limit` bytes: 413 past it, without reading
+/// further.
+async fn read_body(request: IncomingRequest, limit: u64) -> Result<Vec<u8>, ApiError> {
+    let too_large = || ApiError::request_too_large(limit);
+    let declared = header(&request, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(too_large());
+    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    // One buffer, sized from the declared length when there is one (up to
+    // a bound, in case the limit is set beyond what memory can hold).
+    let capacity = declared.map_or(INITIAL_BODY_CAPACITY, |length| {
+        usize::try_from(length).unwrap_or(usize::MAX)
+    });
+    let mut body = Vec::with_capacity(capacity.min(limit).min(MAX_BODY_CAPACITY));
+    let mut stream = request.into_body_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::invalid_request(format!(
+                "Reading the request body failed: {}",
+                e.to_debug_string()
+            ))
+        })?;
+        if chunk.len() > limit - body.len() {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The first allocation for a body of unknown length.
+const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
+/// The largest first allocation for a body of declared length.
+const MAX_BODY_CAPACITY: usize = 64 << 20;
 
 /// The SSE body: each write is flushed to the client as one chunk.
 struct SseSink<S> {

@@ -74,6 +74,13 @@ impl Env {
         self.clock.now()
     }
 
+    /// A random number, for choices like which requests do upkeep.
+    pub fn random_u32(&self) -> u32 {
+        let mut bytes = [0u8; 4];
+        self.entropy.fill(&mut bytes);
+        u32::from_le_bytes(bytes)
+    }
+
     /// A new id with `prefix`, e.g. `new_id("resp")` → `resp_3f9c…`.
     pub fn new_id(&self, prefix: &str) -> String {
         let mut bytes = [0u8; ID_BYTES];

@@ -29,6 +29,8 @@ pub mod stream;
 
 #[cfg(target_arch = "wasm32")]
 mod export;
+#[cfg(test)]
+mod fuzz_tests;
 #[cfg(target_arch = "wasm32")]
 mod http;
 #[cfg(target_arch = "wasm32")]

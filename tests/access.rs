@@ -1,5 +1,5 @@
-//! Access control over the built component: `api_keys`, per-key data, and
-//! which key the backend gets.
+//! Access control over the built component: `api_keys`, per-tenant data,
+//! key rotation, `tenant_secret`, and which key the backend gets.
 
 mod common;
 
@@ -281,6 +281,147 @@ async fn the_backend_gets_the_backend_key_never_the_clients() {
         h.backend.last_request().unwrap().header("authorization"),
         Some("Bearer sk-backend")
     );
+}
+
+const TEAM_A_OLD: &str = "sk-team-a-old-0123456789";
+const TEAM_A_NEW: &str = "sk-team-a-new-9876543210";
+const TEAM_B: &str = "sk-team-b-5555555555";
+
+/// Every stored key, as text.
+fn stored_keys(h: &Harness) -> Vec<String> {
+    common::stored_values(h.server.store_path())
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_keeps_a_tenants_data() {
+    let h = Harness::with_variables(&[
+        ("api_keys", &format!("team-a:{TEAM_A_OLD},team-b:{TEAM_B}")),
+        ("tenant_secret", "s3cret"),
+    ])
+    .await;
+    let (status, created) = post_as(
+        &h,
+        Some(TEAM_A_OLD),
+        json!({"model": "m", "input": "team a's first words"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/responses/{id}");
+    // Neither the team's name nor a key is in the store.
+    for key in stored_keys(&h) {
+        for secret in ["team-a", TEAM_A_OLD] {
+            assert!(!key.contains(secret), "{key}");
+        }
+    }
+
+    // Rotation, step 1: the new key joins the team; both keys work.
+    let h = h
+        .restart_with(&[(
+            "api_keys",
+            &format!("team-a:{TEAM_A_OLD},team-a:{TEAM_A_NEW},team-b:{TEAM_B}"),
+        )])
+        .await;
+    for key in [TEAM_A_OLD, TEAM_A_NEW] {
+        let (status, fetched) = call(&h, Some(key), "GET", &path, None).await;
+        assert_eq!((status, &fetched), (200, &created), "{key}");
+    }
+
+    // Step 2: the old key is removed.
+    let h = h
+        .restart_with(&[("api_keys", &format!("team-a:{TEAM_A_NEW},team-b:{TEAM_B}"))])
+        .await;
+    let (status, fetched) = call(&h, Some(TEAM_A_NEW), "GET", &path, None).await;
+    assert_eq!((status, &fetched), (200, &created));
+    let (status, continued) = post_as(
+        &h,
+        Some(TEAM_A_NEW),
+        json!({"model": "m", "input": "and more", "previous_response_id": id}),
+    )
+    .await;
+    assert_eq!(status, 200, "{continued}");
+    // The continuation carried the history written under the old key.
+    let messages = h.backend.last_request().unwrap().messages().to_vec();
+    let contents: Vec<&str> = messages
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert_eq!(
+        contents,
+        [
+            "team a's first words",
+            common::output_text(&created).as_str(),
+            "and more"
+        ],
+        "{messages:?}"
+    );
+    assert_eq!(messages[1]["role"], "assistant");
+
+    // The old key is gone; the other team still sees nothing.
+    let (status, error) = call(&h, Some(TEAM_A_OLD), "GET", &path, None).await;
+    assert_eq!(status, 401, "{error}");
+    let (status, error) = call(&h, Some(TEAM_B), "GET", &path, None).await;
+    assert_eq!(status, 404, "{error}");
+    let (status, error) = post_as(
+        &h,
+        Some(TEAM_B),
+        json!({"model": "m", "input": "x", "previous_response_id": id}),
+    )
+    .await;
+    assert_eq!(status, 404, "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tenant_secret_decides_what_is_reachable() {
+    let h = Harness::with_variables(&[
+        ("api_keys", &format!("team-a:{TEAM_A_OLD},{KEY_A}")),
+        ("tenant_secret", "s3cret"),
+    ])
+    .await;
+    let (status, created) =
+        post_as(&h, Some(TEAM_A_OLD), json!({"model": "m", "input": "hi"})).await;
+    assert_eq!(status, 200, "{created}");
+    let path = format!("/v1/responses/{}", created["id"].as_str().unwrap());
+
+    // Another secret derives other tenants: the data is out of reach...
+    let h = h.restart_with(&[("tenant_secret", "another")]).await;
+    let (status, error) = call(&h, Some(TEAM_A_OLD), "GET", &path, None).await;
+    assert_eq!(status, 404, "{error}");
+    // ...and so does no secret at all...
+    let h = h.restart_with(&[("tenant_secret", "")]).await;
+    let (status, error) = call(&h, Some(TEAM_A_OLD), "GET", &path, None).await;
+    assert_eq!(status, 404, "{error}");
+    // ...until the secret is back.
+    let h = h.restart_with(&[("tenant_secret", "s3cret")]).await;
+    let (status, fetched) = call(&h, Some(TEAM_A_OLD), "GET", &path, None).await;
+    assert_eq!((status, &fetched), (200, &created));
+
+    // A bare key without a secret keeps the tenant it had before named
+    // keys; setting a secret moves it.
+    let h = h.restart_with(&[("tenant_secret", "")]).await;
+    let (status, created) = post_as(&h, Some(KEY_A), json!({"model": "m", "input": "hi"})).await;
+    assert_eq!(status, 200, "{created}");
+    let path = format!("/v1/responses/{}", created["id"].as_str().unwrap());
+    let h = h.restart().await;
+    let (status, _) = call(&h, Some(KEY_A), "GET", &path, None).await;
+    assert_eq!(status, 200);
+    let h = h.restart_with(&[("tenant_secret", "s3cret")]).await;
+    let (status, error) = call(&h, Some(KEY_A), "GET", &path, None).await;
+    assert_eq!(status, 404, "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_api_keys_entry_is_a_configuration_error() {
+    let h = Harness::with_variables(&[("api_keys", &format!("team/a:{TEAM_A_OLD}"))]).await;
+    let (status, error) = post_as(&h, Some(TEAM_A_OLD), json!({"model": "m", "input": "hi"})).await;
+    assert_eq!(status, 500, "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("api_keys"), "{message}");
+    assert!(!message.contains(TEAM_A_OLD), "{message}");
+    assert!(h.backend.chat_requests().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

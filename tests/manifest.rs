@@ -35,7 +35,14 @@ fn component_variables_cover_every_configuration_key() {
             );
         }
     }
-    for secret in ["backend_api_key", "api_keys", "backend_headers", "backends"] {
+    for secret in [
+        "backend_api_key",
+        "api_keys",
+        "tenant_secret",
+        "admin_key",
+        "backend_headers",
+        "backends",
+    ] {
         assert_eq!(
             app_variables[secret]["secret"].as_bool(),
             Some(true),

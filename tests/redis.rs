@@ -92,6 +92,10 @@ async fn serve(redis_url: &str, state: &Path, backend: &Backend) -> Server {
     config
         .variables
         .insert("backend_url".to_owned(), backend.url());
+    // As on SQLite (tests/common): no removal steps to vary the counts.
+    config
+        .variables
+        .insert("retention_sweep_every".to_owned(), "0".to_owned());
     let server = Server::start(config).await.expect("host starts");
     assert_eq!(server.store(), &StoreLocation::Redis(redis_url.to_owned()));
     server

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -137,7 +137,7 @@ async fn run_handler(
     let request = store
         .data_mut()
         .http()
-        .new_incoming_request(Scheme::Http, request)?;
+        .new_incoming_request(Scheme::Http, request.map(Drained::new))?;
     let outparam = store.data_mut().http().new_response_outparam(sender)?;
     let proxy = runtime.proxy().clone();
     let guest: JoinHandle<anyhow::Result<()>> = tokio::spawn(async move {
@@ -159,6 +159,75 @@ async fn run_handler(
             Err(anyhow!("the component answered with error code {code:?}"))
         }
         Err(_) => Err(guest_failure(guest).await),
+    }
+}
+
+/// Most of an unread request body drained after the guest is done with it.
+const DRAIN_BYTES: u64 = 256 << 20;
+/// Longest a request body is drained after the guest is done with it.
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// A request body as the guest reads it. Dropped before its end (the guest
+/// answered without reading all of it: a 413, a 401), the rest is read and
+/// thrown away on a task of its own, up to [`DRAIN_BYTES`] or for
+/// [`DRAIN_TIME`]: closing a connection with unread bytes makes the kernel
+/// reset it, and a client still sending would lose the answer (hyper gives
+/// up draining at once). Nothing is kept, so memory stays flat; the
+/// instance is free as soon as the guest is done.
+struct Drained(Option<Incoming>);
+
+impl Drained {
+    fn new(body: Incoming) -> Self {
+        Drained(Some(body))
+    }
+}
+
+impl Body for Drained {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        match self.0.as_mut() {
+            Some(body) => std::pin::Pin::new(body).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(|body| body.is_end_stream())
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.0
+            .as_ref()
+            .map(|body| body.size_hint())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Drained {
+    fn drop(&mut self) {
+        let Some(mut body) = self.0.take().filter(|body| !Body::is_end_stream(body)) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let drain = async {
+                let mut read = 0u64;
+                while let Some(Ok(frame)) = body.frame().await {
+                    read += frame.data_ref().map_or(0, |data| data.len() as u64);
+                    if read > DRAIN_BYTES {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+        });
     }
 }
 

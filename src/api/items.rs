@@ -275,6 +275,19 @@ impl Item {
         }
     }
 
+    /// The `call_id` of a tool call or tool output, if the item has one
+    /// (items of kinds this server does not act on included).
+    pub fn call_id(&self) -> Option<&str> {
+        match self {
+            Item::FunctionCall(c) => Some(&c.call_id),
+            Item::FunctionCallOutput(o) => Some(&o.call_id),
+            Item::CustomToolCall(c) => Some(&c.call_id),
+            Item::CustomToolCallOutput(o) => Some(&o.call_id),
+            Item::Other(v) => v.get("call_id").and_then(Value::as_str),
+            Item::Message(_) | Item::Reasoning(_) | Item::ItemReference(_) => None,
+        }
+    }
+
     /// A user message with one text part.
     pub fn user_text(text: impl Into<String>) -> Item {
         Item::Message(Message {

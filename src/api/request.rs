@@ -3,10 +3,12 @@
 //! Unknown fields are ignored. A field of the wrong shape is a 400 whose
 //! `param` names the field (`input[2].content`, `temperature`, ...).
 
+use serde::de::{Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::items::Item;
+use super::limits::{self, MAX_INPUT_ITEMS, MAX_METADATA_PAIRS, MAX_TOOLS};
 use crate::error::ApiError;
 
 /// A create request.
@@ -14,8 +16,10 @@ use crate::error::ApiError;
 pub struct CreateRequest {
     #[serde(default)]
     pub model: Option<String>,
-    /// Parsed apart by [`CreateRequest::parse`], to name the failing item.
-    #[serde(skip)]
+    /// At most [`MAX_INPUT_ITEMS`] items, read one by one straight from
+    /// the body, so an error names the failing item (`input[3].content`)
+    /// and a list past the limit is counted, not kept.
+    #[serde(default, deserialize_with = "input")]
     pub input: Option<Input>,
     #[serde(default)]
     pub instructions: Option<String>,
@@ -41,7 +45,8 @@ pub struct CreateRequest {
     pub top_logprobs: Option<u32>,
     #[serde(default)]
     pub parallel_tool_calls: Option<bool>,
-    #[serde(default)]
+    /// At most [`MAX_TOOLS`]; a longer list is counted, not kept.
+    #[serde(default, deserialize_with = "tools")]
     pub tools: Option<Vec<Value>>,
     #[serde(default)]
     pub tool_choice: Option<Value>,
@@ -49,7 +54,9 @@ pub struct CreateRequest {
     pub text: Option<Value>,
     #[serde(default)]
     pub reasoning: Option<Value>,
-    #[serde(default)]
+    /// Pairs past the 17th are skipped, not kept: 17 are enough to be
+    /// refused.
+    #[serde(default, deserialize_with = "metadata")]
     pub metadata: Option<Map<String, Value>>,
     #[serde(default)]
     pub include: Option<Vec<String>>,
@@ -95,25 +102,28 @@ impl Input {
 
 impl CreateRequest {
     /// Parses and validates a request body.
+    ///
+    /// The body is read straight into the request, without a JSON tree of
+    /// the whole document first: fields this server does not know are
+    /// skipped, and lists past their limit are counted, without being kept.
+    /// A body with more JSON values than [`limits::json_budget`] allows is
+    /// refused before it is parsed, which bounds what the fields kept as
+    /// JSON (`tools`, `text`, ...) can cost.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
-            ApiError::invalid_request(format!(
-                "We could not parse the JSON body of your request: {e}"
-            ))
-            .with_code("invalid_json")
-        })?;
-        if !value.is_object() {
-            return Err(ApiError::invalid_request(
-                "The request body must be a JSON object.",
-            ));
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            // Serde would take an array as the fields in order: only an
+            // object is a request.
+            return Err(match serde_json::from_slice::<IgnoredAny>(body) {
+                Err(e) => invalid_json(e),
+                Ok(_) => ApiError::invalid_request("The request body must be a JSON object."),
+            });
         }
-        let mut value = value;
-        let input = value.as_object_mut().and_then(|map| map.remove("input"));
-        let mut request: CreateRequest = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            ApiError::invalid_param(&path, format!("Invalid value for '{path}': {}", e.inner()))
-        })?;
-        request.input = parse_input(input)?;
+        limits::json_budget(body)?;
+        let mut json = serde_json::Deserializer::from_slice(body);
+        let request: CreateRequest =
+            serde_path_to_error::deserialize(&mut json).map_err(field_error)?;
+        json.end().map_err(invalid_json)?;
         request.validate()?;
         Ok(request)
     }
@@ -157,6 +167,12 @@ impl CreateRequest {
         if let Some(metadata) = &self.metadata {
             validate_metadata(metadata)?;
         }
+        if let Some(id) = &self.previous_response_id {
+            limits::key_id("previous_response_id", id)?;
+        }
+        if let Some(Input::Items(items)) = &self.input {
+            validate_ids(items)?;
+        }
         Ok(())
     }
 
@@ -176,27 +192,179 @@ impl CreateRequest {
     }
 }
 
-/// `input`: a string or a list of items; errors name the item.
-fn parse_input(input: Option<Value>) -> Result<Option<Input>, ApiError> {
-    match input {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) => Ok(Some(Input::Text(text))),
-        Some(Value::Array(items)) => items
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| {
-                serde_json::from_value::<Item>(item).map_err(|e| {
-                    let param = format!("input[{i}]");
-                    ApiError::invalid_param(&param, format!("Invalid value for '{param}': {e}"))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(|items| Some(Input::Items(items))),
-        Some(_) => Err(ApiError::invalid_param(
-            "input",
-            "'input' must be a string or a list of items.",
-        )),
+/// A field of the wrong shape, named by its path; a syntax error anywhere
+/// is `invalid_json`.
+fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let error = e.into_inner();
+    if error.classify() != serde_json::error::Category::Data {
+        return invalid_json(error);
     }
+    let message = error.to_string();
+    if message.contains(limits::ARRAY_TOO_LONG) {
+        // The limit's own message, without serde's position.
+        let message = message
+            .rsplit_once(" at line ")
+            .map_or(&*message, |(m, _)| m);
+        return ApiError::invalid_request(message)
+            .with_param(path)
+            .with_code("array_above_max_length");
+    }
+    match path.as_str() {
+        "." => ApiError::invalid_request(format!("Invalid request: {message}")),
+        _ => ApiError::invalid_param(&path, format!("Invalid value for '{path}': {message}")),
+    }
+}
+
+fn invalid_json(e: serde_json::Error) -> ApiError {
+    ApiError::invalid_request(format!(
+        "We could not parse the JSON body of your request: {e}"
+    ))
+    .with_code("invalid_json")
+}
+
+/// The ids of input items become key-value keys (the item index) or are
+/// looked up as keys (`item_reference`); call ids are only bounded.
+fn validate_ids(items: &[Item]) -> Result<(), ApiError> {
+    for (i, item) in items.iter().enumerate() {
+        if let Some(id) = item.id() {
+            limits::key_id(&format!("input[{i}].id"), id)?;
+        }
+        if let Some(call_id) = item.call_id() {
+            limits::call_id(&format!("input[{i}].call_id"), call_id)?;
+        }
+    }
+    Ok(())
+}
+
+/// `input`: a string, or a list of at most [`MAX_INPUT_ITEMS`] items.
+fn input<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Input>, D::Error> {
+    deserializer.deserialize_any(InputVisitor)
+}
+
+struct InputVisitor;
+
+impl<'de> Visitor<'de> for InputVisitor {
+    type Value = Option<Input>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string or a list of items")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        Ok(Some(Input::Text(text.to_owned())))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Self::Value, E> {
+        Ok(Some(Input::Text(text)))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        bounded(seq, "input", MAX_INPUT_ITEMS).map(|items| Some(Input::Items(items)))
+    }
+}
+
+/// `tools`: a list of at most [`MAX_TOOLS`] tools (checked by the chat
+/// translation), or `null`.
+fn tools<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<Value>>, D::Error> {
+    deserializer.deserialize_option(ToolsVisitor)
+}
+
+struct ToolsVisitor;
+
+impl<'de> Visitor<'de> for ToolsVisitor {
+    type Value = Option<Vec<Value>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of tools")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        bounded(seq, "tools", MAX_TOOLS).map(Some)
+    }
+}
+
+/// `metadata`: an object, of which only the first
+/// [`MAX_METADATA_PAIRS`] + 1 pairs are kept (checked by validation).
+fn metadata<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Map<String, Value>>, D::Error> {
+    deserializer.deserialize_option(MetadataVisitor)
+}
+
+struct MetadataVisitor;
+
+impl<'de> Visitor<'de> for MetadataVisitor {
+    type Value = Option<Map<String, Value>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object of strings")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.len() > MAX_METADATA_PAIRS {
+                map.next_value::<IgnoredAny>()?;
+            } else {
+                out.insert(key, map.next_value()?);
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+/// The elements of a list of at most `max`; past it, the rest is counted
+/// without being kept and the list is an error that says its length.
+fn bounded<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(
+    mut seq: A,
+    param: &str,
+    max: usize,
+) -> Result<Vec<T>, A::Error> {
+    let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+    while let Some(element) = seq.next_element()? {
+        if out.len() == max {
+            let mut len = max + 1;
+            while seq.next_element::<IgnoredAny>()?.is_some() {
+                len += 1;
+            }
+            return Err(A::Error::custom(limits::array_too_long(param, max, len)));
+        }
+        out.push(element);
+    }
+    Ok(out)
 }
 
 fn range(param: &str, value: Option<f64>, min: f64, max: f64) -> Result<(), ApiError> {
@@ -209,9 +377,10 @@ fn range(param: &str, value: Option<f64>, min: f64, max: f64) -> Result<(), ApiE
     }
 }
 
-/// At most 16 pairs, keys up to 64 characters, string values up to 512.
+/// At most [`MAX_METADATA_PAIRS`] pairs, keys up to 64 characters, string
+/// values up to 512.
 fn validate_metadata(metadata: &Map<String, Value>) -> Result<(), ApiError> {
-    if metadata.len() > 16 {
+    if metadata.len() > MAX_METADATA_PAIRS {
         return Err(ApiError::invalid_param(
             "metadata",
             "'metadata' can have at most 16 key-value pairs.",
@@ -300,6 +469,112 @@ mod tests {
     }
 
     #[test]
+    fn only_an_object_is_a_request() {
+        for body in [r#"["m","x"]"#, "5", r#""x""#, "null", " [] "] {
+            let err = parse(body).unwrap_err();
+            assert_eq!(err.status, 400, "{body}");
+            assert_eq!(
+                err.message, "The request body must be a JSON object.",
+                "{body}"
+            );
+        }
+        for body in [
+            "",
+            "[",
+            "{",
+            r#"{"model":"m","input":"x"} trailing"#,
+            "{}{}",
+        ] {
+            let err = parse(body).unwrap_err();
+            assert_eq!(err.code.as_deref(), Some("invalid_json"), "{body}");
+        }
+    }
+
+    #[test]
+    fn item_errors_name_the_field() {
+        let err = parse(r#"{"model":"m","input":[{"role":"user","content":"x"},{"type":"message","role":"user","content":5}]}"#).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("input[1].content"));
+        let err = parse(r#"{"model":"m","input":[{"type":"function_call_output"}]}"#).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("input[0]"));
+    }
+
+    #[test]
+    fn lists_past_their_limits() {
+        let item = r#"{"role":"user","content":"x"}"#;
+        let items = |n: usize| vec![item; n].join(",");
+        let body = format!(r#"{{"model":"m","input":[{}]}}"#, items(MAX_INPUT_ITEMS));
+        assert!(parse(&body).is_ok());
+        let body = format!(
+            r#"{{"model":"m","input":[{}]}}"#,
+            items(MAX_INPUT_ITEMS + 5)
+        );
+        let err = parse(&body).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("input"));
+        assert_eq!(err.code.as_deref(), Some("array_above_max_length"));
+        assert_eq!(
+            err.message,
+            limits::array_too_long("input", MAX_INPUT_ITEMS, MAX_INPUT_ITEMS + 5)
+        );
+        let tool = r#"{"type":"function","name":"f"}"#;
+        let tools = vec![tool; MAX_TOOLS + 1].join(",");
+        let body = format!(r#"{{"model":"m","input":"x","tools":[{tools}]}}"#);
+        let err = parse(&body).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("tools"));
+        assert_eq!(err.code.as_deref(), Some("array_above_max_length"));
+        let tools = vec![tool; MAX_TOOLS].join(",");
+        let body = format!(r#"{{"model":"m","input":"x","tools":[{tools}]}}"#);
+        assert_eq!(parse(&body).unwrap().tools.unwrap().len(), MAX_TOOLS);
+        let body = r#"{"model":"m","input":"x","tools":null,"metadata":null}"#;
+        assert!(parse(body).unwrap().tools.is_none());
+    }
+
+    #[test]
+    fn ids_are_bounded_and_key_safe() {
+        let long = "a".repeat(limits::MAX_ID_BYTES + 1);
+        let cases = [
+            (
+                format!(r#"[{{"type":"message","id":"{long}","role":"user","content":"x"}}]"#),
+                "input[0].id",
+                "string_above_max_length",
+            ),
+            (
+                r#"[{"role":"user","content":"x"},{"type":"item_reference","id":"a/b"}]"#.into(),
+                "input[1].id",
+                "invalid_value",
+            ),
+            (
+                r#"[{"type":"web_search_call","id":"ws\u0000"}]"#.into(),
+                "input[0].id",
+                "invalid_value",
+            ),
+            (
+                format!(
+                    r#"[{{"type":"function_call_output","call_id":"{}","output":"o"}}]"#,
+                    "c".repeat(limits::MAX_CALL_ID_BYTES + 1)
+                ),
+                "input[0].call_id",
+                "string_above_max_length",
+            ),
+        ];
+        for (input, param, code) in cases {
+            let err = parse(&format!(r#"{{"model":"m","input":{input}}}"#)).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some(param), "{input}");
+            assert_eq!(err.code.as_deref(), Some(code), "{input}");
+        }
+        let err = parse(&format!(
+            r#"{{"model":"m","input":"x","previous_response_id":"{long}"}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("previous_response_id"));
+        // Ids from other systems (colons, dots, 100 bytes) are taken.
+        let id = format!("toolu_01:{}", "x.".repeat(45));
+        let body = format!(
+            r#"{{"model":"m","input":[{{"type":"function_call","id":"{id}","call_id":"{id}","name":"f","arguments":"{{}}"}}]}}"#
+        );
+        assert!(parse(&body).is_ok());
+    }
+
+    #[test]
     fn metadata_limits() {
         let many: Map<String, Value> = (0..17).map(|i| (format!("k{i}"), "v".into())).collect();
         assert!(validate_metadata(&many).is_err());
@@ -312,5 +587,13 @@ mod tests {
         assert!(validate_metadata(&long_value).is_err());
         let ok: Map<String, Value> = [("k".to_owned(), Value::from("v"))].into_iter().collect();
         assert!(validate_metadata(&ok).is_ok());
+        // A long object is refused without being kept whole.
+        let pairs: Vec<String> = (0..10_000).map(|i| format!(r#""k{i}":"v""#)).collect();
+        let body = format!(
+            r#"{{"model":"m","input":"x","metadata":{{{}}}}}"#,
+            pairs.join(",")
+        );
+        let err = parse(&body).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("metadata"));
     }
 }

@@ -101,14 +101,16 @@ pub struct ChunkLogprobs {
     pub content: Option<Vec<Value>>,
 }
 
-/// Token counts reported by the backend.
+/// Token counts reported by the backend. A count that is not a
+/// non-negative integer (negative, fractional, past `u64`, not a number)
+/// is read as the nearest count, never as a malformed chunk.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ChatUsage {
-    #[serde(default, deserialize_with = "lenient::or_default")]
+    #[serde(default, deserialize_with = "lenient::count")]
     pub prompt_tokens: u64,
-    #[serde(default, deserialize_with = "lenient::or_default")]
+    #[serde(default, deserialize_with = "lenient::count")]
     pub completion_tokens: u64,
-    #[serde(default, deserialize_with = "lenient::or_default")]
+    #[serde(default, deserialize_with = "lenient::count_or_none")]
     pub total_tokens: Option<u64>,
     #[serde(default, deserialize_with = "lenient::or_default")]
     pub prompt_tokens_details: Option<Value>,
@@ -192,6 +194,27 @@ mod lenient {
         Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
     }
 
+    /// A token count: an integer as is, a float rounded down (saturating),
+    /// a negative number 0, anything else (`null`, text) 0.
+    pub fn count<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        Ok(count_or_none(deserializer)?.unwrap_or(0))
+    }
+
+    /// [`count`], with `null` and other non-numbers as `None`.
+    pub fn count_or_none<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<u64>, D::Error> {
+        Ok(match Value::deserialize(deserializer)? {
+            Value::Number(n) => Some(match (n.as_u64(), n.as_f64()) {
+                (Some(n), _) => n,
+                // `as` saturates: negative and NaN become 0, huge u64::MAX.
+                (None, Some(f)) => f as u64,
+                (None, None) => 0,
+            }),
+            _ => None,
+        })
+    }
+
     /// A string; parts (`[{"type": "text", "text": ...}]`) are joined.
     pub fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
         Ok(match Value::deserialize(deserializer)? {
@@ -234,6 +257,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(usage_only.usage.unwrap().prompt_tokens, 3);
+        // Counts no backend should send still leave the chunk readable.
+        let odd: ChatChunk = serde_json::from_str(
+            r#"{"choices":[],"usage":{"prompt_tokens":-4,"completion_tokens":1e40,"total_tokens":"many"}}"#,
+        )
+        .unwrap();
+        let usage = odd.usage.unwrap();
+        assert_eq!(
+            (
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.total_tokens
+            ),
+            (0, u64::MAX, None)
+        );
         let failed: ChatChunk =
             serde_json::from_str(r#"{"error":{"message":"out of memory","type":"server_error"}}"#)
                 .unwrap();

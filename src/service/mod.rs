@@ -27,6 +27,7 @@ use crate::config::Settings;
 use crate::create::{Create, Discard};
 use crate::error::ApiError;
 use crate::ids::Env;
+use crate::store::retention::{self, Due, Status, Sweep};
 use crate::store::{Kv, ResponseStore, Turn};
 
 /// The service for one request.
@@ -47,6 +48,65 @@ impl<K: Kv, B: Backend> Service<K, B> {
 
     pub(crate) fn tenant(&self, api_key: Option<&str>) -> Result<String, ApiError> {
         auth::tenant(&self.settings, api_key)
+    }
+
+    /// Upkeep after a create has been answered: one create in
+    /// `retention_sweep_every` runs a bounded step of removing expired data
+    /// (the component has no timer of its own). Returns what the step did.
+    pub fn after_create(&self) -> Option<Sweep> {
+        let every = self.settings.retention_sweep_every;
+        if every == 0 || (every > 1 && !self.env.random_u32().is_multiple_of(every)) {
+            return None;
+        }
+        match retention::sweep(&self.kv, self.due()) {
+            Ok(sweep) => Some(sweep),
+            Err(error) => {
+                eprintln!(
+                    "edge-responses: removing expired data failed: {}",
+                    error.message
+                );
+                None
+            }
+        }
+    }
+
+    fn due(&self) -> Due {
+        Due {
+            now: self.env.now(),
+            grace: self.settings.retention_grace_seconds,
+        }
+    }
+
+    /// `GET /v1/admin/retention`: how many conversations are stored and how
+    /// many wait for removal, counted on the expiry index up to the TTL
+    /// from now.
+    pub fn retention_status(&self, admin_key: Option<&str>) -> Result<Value, ApiError> {
+        auth::admin(&self.settings, admin_key)?;
+        let due = self.due();
+        let ttl = self.settings.response_ttl_seconds.unwrap_or(0);
+        let horizon = due.now.saturating_add(ttl).saturating_add(due.grace);
+        let Status {
+            pending,
+            scheduled,
+            sweep_at,
+        } = retention::status(&self.kv, due, horizon)?;
+        Ok(json!({
+            "object": "retention.status",
+            "conversations": {"stored": pending + scheduled, "pending_removal": pending},
+            "sweep_at": sweep_at,
+            "response_ttl_seconds": self.settings.response_ttl_seconds,
+            "retention_grace_seconds": due.grace,
+        }))
+    }
+
+    /// `POST /v1/admin/retention/sweep`: one bounded removal step now.
+    pub fn sweep_now(&self, admin_key: Option<&str>) -> Result<Value, ApiError> {
+        auth::admin(&self.settings, admin_key)?;
+        let sweep = retention::sweep(&self.kv, self.due())?;
+        let mut body = serde_json::to_value(sweep)
+            .map_err(|e| ApiError::server(format!("Encoding failed: {e}")))?;
+        body["object"] = json!("retention.sweep");
+        Ok(body)
     }
 
     /// The client's key, when it is to be passed on to backends that have

@@ -28,42 +28,97 @@ pub trait Kv {
     fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError>;
 }
 
-/// An in-memory [`Kv`] that counts its round trips, for tests.
+/// An in-memory [`Kv`] that counts its round trips, for tests, and can be
+/// told to fail.
 #[cfg(test)]
 #[derive(Debug, Default)]
 pub struct MemoryKv {
     pub values: RefCell<BTreeMap<String, Vec<u8>>>,
     pub round_trips: RefCell<u64>,
+    /// Round trips left before every call fails; `None` never.
+    failing_after: RefCell<Option<u64>>,
+    /// The next `set_many` writes this many entries, then fails.
+    partial_batch: RefCell<Option<usize>>,
+    /// What `get_many` reads instead of the current values, while set.
+    stale: RefCell<Option<BTreeMap<String, Vec<u8>>>>,
 }
 
 #[cfg(test)]
 impl MemoryKv {
-    fn trip(&self) {
+    /// Lets `trips` more calls through, then fails every call
+    /// (`u64::MAX`: never fails again).
+    pub fn fail_after(&self, trips: u64) {
+        *self.failing_after.borrow_mut() = (trips != u64::MAX).then_some(trips);
+    }
+
+    /// Makes the next `set_many` write only its first `keep` entries and
+    /// fail.
+    pub fn partial_next_batch(&self, keep: usize) {
+        *self.partial_batch.borrow_mut() = Some(keep);
+    }
+
+    /// Clears every injected fault.
+    pub fn heal(&self) {
+        *self.failing_after.borrow_mut() = None;
+        *self.partial_batch.borrow_mut() = None;
+        *self.stale.borrow_mut() = None;
+    }
+
+    /// A copy of every value.
+    pub fn snapshot(&self) -> BTreeMap<String, Vec<u8>> {
+        self.values.borrow().clone()
+    }
+
+    /// Makes `get_many` read `snapshot` (an earlier state) until called
+    /// with `None`.
+    pub fn read_stale(&self, snapshot: Option<BTreeMap<String, Vec<u8>>>) {
+        *self.stale.borrow_mut() = snapshot;
+    }
+
+    fn trip(&self) -> Result<(), KvError> {
         *self.round_trips.borrow_mut() += 1;
+        let mut left = self.failing_after.borrow_mut();
+        match left.as_mut() {
+            Some(0) => Err(KvError("injected failure".into())),
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 }
 
 #[cfg(test)]
 impl Kv for MemoryKv {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        self.trip();
+        self.trip()?;
         Ok(self.values.borrow().get(key).cloned())
     }
 
     fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, KvError> {
-        self.trip();
-        let values = self.values.borrow();
+        self.trip()?;
+        let stale = self.stale.borrow();
+        let current = self.values.borrow();
+        let values = stale.as_ref().unwrap_or(&current);
         Ok(keys.iter().map(|k| values.get(k).cloned()).collect())
     }
 
-    fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
-        self.trip();
+    fn set_many(&self, mut entries: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
+        self.trip()?;
+        let partial = self.partial_batch.borrow_mut().take();
+        if let Some(keep) = partial {
+            entries.truncate(keep);
+        }
         self.values.borrow_mut().extend(entries);
-        Ok(())
+        match partial {
+            Some(_) => Err(KvError("injected partial batch".into())),
+            None => Ok(()),
+        }
     }
 
     fn delete_many(&self, keys: Vec<String>) -> Result<(), KvError> {
-        self.trip();
+        self.trip()?;
         let mut values = self.values.borrow_mut();
         for key in keys {
             values.remove(&key);
@@ -72,7 +127,7 @@ impl Kv for MemoryKv {
     }
 
     fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
-        self.trip();
+        self.trip()?;
         let mut values = self.values.borrow_mut();
         let current = values
             .get(key)

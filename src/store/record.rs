@@ -11,7 +11,10 @@
 //! 3. the items, `{"input", "output"}`: the input items the response was
 //!    given and its output items;
 //! 4. the rest of the response: every field but `output` (which is `[]`
-//!    there).
+//!    there). A large `tools` or `instructions` (agents resend the same
+//!    tens of kilobytes every turn) is not in it but stored apart, once per
+//!    thread, as a [`Shared`] part named by its SHA-256; the field holds
+//!    `{"$shared": hash}` and the head lists the hashes (`shared`).
 //!
 //! A replay reads only what it uses and steps over the rest by length: the
 //! kept messages when every turn has them, else the items. So a deep
@@ -19,13 +22,42 @@
 //! usage. Reading a whole turn parses the items and the rest and puts the
 //! output back.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use super::{Turn, TurnItems};
 use crate::api::items::Item;
 use crate::api::response::Response;
 use crate::chat::{KeptMessages, RENDERING};
 use crate::error::ApiError;
+use crate::ids::hex;
+
+/// Response fields that may be stored apart.
+const SHARED_FIELDS: [&str; 2] = ["tools", "instructions"];
+
+/// Fields this large or larger (as JSON) are stored apart.
+pub const SHARED_MIN_BYTES: usize = 1024;
+
+/// How a field stored apart is referred to in the rest of its response.
+const SHARED_REF: &str = "$shared";
+
+/// A part of a response stored apart: the JSON of one field, named by the
+/// hex SHA-256 of those bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shared {
+    pub hash: String,
+    pub bytes: Vec<u8>,
+}
+
+/// A turn as written: its bytes in the log, and the parts stored apart.
+#[derive(Debug)]
+pub struct Encoded {
+    pub bytes: Vec<u8>,
+    pub shared: Vec<Shared>,
+}
 
 /// A turn's chat messages as sent to the backend, kept so that a later
 /// replay can pass them on without reading the turn's items.
@@ -48,6 +80,8 @@ struct HeadOut<'a> {
     chat: Option<usize>,
     items: usize,
     rest: usize,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    shared: Vec<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -72,6 +106,8 @@ struct ItemsHead {
     items: usize,
     #[serde(default)]
     rest: usize,
+    #[serde(default)]
+    shared: Vec<String>,
 }
 
 impl Head for ItemsHead {
@@ -109,8 +145,9 @@ struct ItemsIn {
     output: Vec<Item>,
 }
 
-/// The bytes of `turn` in the log, with its kept messages if any.
-pub fn encode(turn: &Turn, chat: Option<&KeptChat>) -> Result<Vec<u8>, ApiError> {
+/// The bytes of `turn` in the log, with its kept messages if any, and the
+/// parts of it stored apart.
+pub fn encode(turn: &Turn, chat: Option<&KeptChat>) -> Result<Encoded, ApiError> {
     let items = serde_json::to_vec(&ItemsOut {
         input: &turn.input,
         output: &turn.response.output,
@@ -118,7 +155,7 @@ pub fn encode(turn: &Turn, chat: Option<&KeptChat>) -> Result<Vec<u8>, ApiError>
     .map_err(unencodable)?;
     let mut rest = turn.response.clone();
     rest.output = Vec::new();
-    let rest = serde_json::to_vec(&rest).map_err(unencodable)?;
+    let (rest, shared) = encode_rest(&rest)?;
     let head = HeadOut {
         id: &turn.response.id,
         rendering: chat.map(|_| RENDERING),
@@ -126,6 +163,7 @@ pub fn encode(turn: &Turn, chat: Option<&KeptChat>) -> Result<Vec<u8>, ApiError>
         chat: chat.map(|c| c.messages.len()),
         items: items.len(),
         rest: rest.len(),
+        shared: shared.iter().map(|s| s.hash.as_str()).collect(),
     };
     let mut bytes = serde_json::to_vec(&head).map_err(unencodable)?;
     if let Some(chat) = chat {
@@ -133,7 +171,64 @@ pub fn encode(turn: &Turn, chat: Option<&KeptChat>) -> Result<Vec<u8>, ApiError>
     }
     bytes.extend_from_slice(&items);
     bytes.extend_from_slice(&rest);
-    Ok(bytes)
+    Ok(Encoded { bytes, shared })
+}
+
+/// The rest of a response, with its large repeated fields stored apart.
+fn encode_rest(rest: &Response) -> Result<(Vec<u8>, Vec<Shared>), ApiError> {
+    let large = |field: &str| -> Result<Option<Vec<u8>>, ApiError> {
+        let bytes = match field {
+            "tools" => serde_json::to_vec(&rest.tools),
+            _ => serde_json::to_vec(&rest.instructions),
+        }
+        .map_err(unencodable)?;
+        Ok((bytes.len() >= SHARED_MIN_BYTES).then_some(bytes))
+    };
+    let mut shared = Vec::new();
+    for field in SHARED_FIELDS {
+        if let Some(bytes) = large(field)? {
+            shared.push((field, bytes));
+        }
+    }
+    if shared.is_empty() {
+        return Ok((serde_json::to_vec(rest).map_err(unencodable)?, Vec::new()));
+    }
+    let mut value = serde_json::to_value(rest).map_err(unencodable)?;
+    let mut parts = Vec::with_capacity(shared.len());
+    for (field, bytes) in shared {
+        let hash = hex(&Sha256::digest(&bytes));
+        if let Some(slot) = value.get_mut(field) {
+            *slot = serde_json::json!({ SHARED_REF: hash });
+        }
+        parts.push(Shared { hash, bytes });
+    }
+    Ok((serde_json::to_vec(&value).map_err(unencodable)?, parts))
+}
+
+/// The rest of a response, with the fields stored apart put back from
+/// `shared` (hash → JSON).
+fn decode_rest(
+    rest: &[u8],
+    refs: &[String],
+    shared: &BTreeMap<String, Vec<u8>>,
+) -> Result<Response, ApiError> {
+    if refs.is_empty() {
+        return serde_json::from_slice(rest).map_err(unreadable);
+    }
+    let mut value: Value = serde_json::from_slice(rest).map_err(unreadable)?;
+    for field in SHARED_FIELDS {
+        let Some(slot) = value.get_mut(field) else {
+            continue;
+        };
+        let Some(hash) = slot.get(SHARED_REF).and_then(Value::as_str) else {
+            continue;
+        };
+        let bytes = shared
+            .get(hash)
+            .ok_or_else(|| unreadable(format!("its {field} are no longer stored")))?;
+        *slot = serde_json::from_slice(bytes).map_err(unreadable)?;
+    }
+    serde_json::from_value(value).map_err(unreadable)
 }
 
 /// The kept messages of every turn in `bytes`, in order; `None` unless
@@ -163,18 +258,46 @@ pub fn decode_items(bytes: &[u8]) -> Result<Vec<TurnItems>, ApiError> {
                 id: head.id,
                 input: items.input,
                 output: items.output,
+                shared: head.shared,
             })
         })
         .collect()
 }
 
-/// Every whole turn in `bytes`, in order.
-pub fn decode_turns(bytes: &[u8]) -> Result<Vec<Turn>, ApiError> {
+/// The ids and items of the whole turns at the start of `bytes`, and the
+/// number of bytes they take: a turn cut off at the end (its last slots not
+/// read yet), or one that cannot be read, ends the prefix.
+pub fn decode_items_prefix(bytes: &[u8]) -> (Vec<TurnItems>, usize) {
+    let mut records = Records::<ItemsHead>::new(bytes);
+    let mut turns = Vec::new();
+    loop {
+        let start = records.pos;
+        let Some(Ok((head, [_, items, _]))) = records.next() else {
+            return (turns, start);
+        };
+        let Ok(items) = serde_json::from_slice::<ItemsIn>(items) else {
+            return (turns, start);
+        };
+        turns.push(TurnItems {
+            id: head.id,
+            input: items.input,
+            output: items.output,
+            shared: head.shared,
+        });
+    }
+}
+
+/// Every whole turn in `bytes`, in order, with the parts stored apart
+/// from `shared` (hash → JSON).
+pub fn decode_turns(
+    bytes: &[u8],
+    shared: &BTreeMap<String, Vec<u8>>,
+) -> Result<Vec<Turn>, ApiError> {
     Records::<ItemsHead>::new(bytes)
         .map(|record| {
-            let (_, [_, items, rest]) = record?;
+            let (head, [_, items, rest]) = record?;
             let items: ItemsIn = serde_json::from_slice(items).map_err(unreadable)?;
-            let mut response: Response = serde_json::from_slice(rest).map_err(unreadable)?;
+            let mut response = decode_rest(rest, &head.shared, shared)?;
             response.output = items.output;
             Ok(Turn {
                 response,
@@ -259,14 +382,14 @@ mod tests {
     fn log(turns: &[Turn]) -> Vec<u8> {
         turns
             .iter()
-            .flat_map(|t| encode(t, None).unwrap())
+            .flat_map(|t| encode(t, None).unwrap().bytes)
             .collect()
     }
 
     #[test]
     fn whole_turns_round_trip() {
         let turns = [turn("resp_a", "a"), turn("resp_b", "b")];
-        assert_eq!(decode_turns(&log(&turns)).unwrap(), turns);
+        assert_eq!(decode_turns(&log(&turns), &BTreeMap::new()).unwrap(), turns);
     }
 
     #[test]
@@ -283,7 +406,7 @@ mod tests {
 
     #[test]
     fn head_items_and_rest_are_separate_documents() {
-        let bytes = encode(&turn("resp_a", "a"), None).unwrap();
+        let bytes = encode(&turn("resp_a", "a"), None).unwrap().bytes;
         let mut stream =
             serde_json::Deserializer::from_slice(&bytes).into_iter::<serde_json::Value>();
         let head = stream.next().unwrap().unwrap();
@@ -319,8 +442,8 @@ mod tests {
     #[test]
     fn kept_messages_are_read_only_when_every_turn_kept_them() {
         let (a, b) = (turn("resp_a", "a"), turn("resp_b", "b"));
-        let mut bytes = encode(&a, Some(&kept(false, "a"))).unwrap();
-        bytes.extend(encode(&b, Some(&kept(false, "b"))).unwrap());
+        let mut bytes = encode(&a, Some(&kept(false, "a"))).unwrap().bytes;
+        bytes.extend(encode(&b, Some(&kept(false, "b"))).unwrap().bytes);
         assert_eq!(
             texts(decode_chat(&bytes, false).unwrap()),
             Some(json!([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]))
@@ -330,20 +453,26 @@ mod tests {
             "other setting"
         );
         // Keeping messages changes nothing else.
-        assert_eq!(decode_turns(&bytes).unwrap(), [a.clone(), b.clone()]);
+        assert_eq!(
+            decode_turns(&bytes, &BTreeMap::new()).unwrap(),
+            [a.clone(), b.clone()]
+        );
 
-        let mut partly = encode(&a, Some(&kept(false, "a"))).unwrap();
-        partly.extend(encode(&b, None).unwrap());
+        let mut partly = encode(&a, Some(&kept(false, "a"))).unwrap().bytes;
+        partly.extend(encode(&b, None).unwrap().bytes);
         assert!(decode_chat(&partly, false).unwrap().is_none());
         assert_eq!(texts(decode_chat(b"", false).unwrap()), Some(json!([])));
     }
 
     #[test]
     fn damaged_logs_are_errors() {
-        let bytes = encode(&turn("resp_a", "a"), Some(&kept(false, "a"))).unwrap();
+        let bytes = encode(&turn("resp_a", "a"), Some(&kept(false, "a")))
+            .unwrap()
+            .bytes;
         for cut in [1, bytes.len() / 2, bytes.len() - 1] {
             let damaged = &bytes[..cut];
-            assert_eq!(decode_turns(damaged).unwrap_err().status, 500);
+            let none = BTreeMap::new();
+            assert_eq!(decode_turns(damaged, &none).unwrap_err().status, 500);
             assert_eq!(decode_items(damaged).unwrap_err().status, 500);
             assert_eq!(decode_chat(damaged, false).unwrap_err().status, 500);
         }

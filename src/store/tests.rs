@@ -67,7 +67,8 @@ fn continuation_costs_constant_round_trips() {
             .unwrap();
         costs.push(*kv.round_trips.borrow());
     }
-    assert_eq!(costs, [4, 4, 4]);
+    // get, get_many, increment, the batch and the pointer.
+    assert_eq!(costs, [5, 5, 5]);
 }
 
 #[test]
@@ -269,6 +270,59 @@ fn deleting_a_turn_deletes_the_pack_that_repeats_it() {
 }
 
 #[test]
+fn a_turn_deleted_while_a_continuation_waits_stays_deleted() {
+    let kv = MemoryKv::default();
+    let store = ResponseStore::new(&kv, "t");
+    // resp_15 ends slot 15: its continuation completes the pack of slots
+    // 0 to 15 from the loose slots it read.
+    let last = chain(&store, 15);
+    let parent = store.conversation(&last, 0).unwrap().unwrap();
+    // While the continuation waits on the backend, turn 3 is deleted...
+    assert!(store.delete("resp_3", 0).unwrap());
+    // ...and then the continuation saves, with the pack it built before.
+    store
+        .save(&turn("resp_next", "more"), None, Some(&parent), None)
+        .unwrap();
+    assert!(
+        kv.values.borrow().keys().any(|k| k.contains("/pack/")),
+        "the stale pack was written"
+    );
+    // The deleted turn does not come back through it.
+    let err = store.conversation("resp_next", 0).unwrap_err();
+    assert_eq!(err.status, 404, "{}", err.message);
+    assert!(store.turn("resp_3", 0).unwrap().is_none());
+    // Turns before the deleted one still read, and a new chain on the same
+    // thread after the deletion packs and reads again.
+    assert_eq!(
+        store
+            .conversation("resp_2", 0)
+            .unwrap()
+            .unwrap()
+            .turns()
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+#[test]
+fn a_save_cut_short_before_its_pointer_leaves_nothing_readable() {
+    let kv = MemoryKv::default();
+    let store = ResponseStore::new(&kv, "t");
+    let parent = {
+        chain(&store, 2);
+        store.conversation("resp_1", 0).unwrap().unwrap()
+    };
+    kv.fail_after(2); // increment and batch pass, the pointer write fails
+    assert!(store
+        .save(&turn("resp_next", "x"), None, Some(&parent), None)
+        .is_err());
+    kv.fail_after(u64::MAX);
+    assert!(store.turn("resp_next", 0).unwrap().is_none());
+    assert!(store.conversation("resp_next", 0).unwrap().is_none());
+}
+
+#[test]
 fn branches_do_not_use_packs_of_other_branches() {
     let kv = MemoryKv::default();
     let store = ResponseStore::new(&kv, "t");
@@ -303,8 +357,9 @@ fn a_branch_takes_no_slot_from_its_parents_thread() {
         store
             .save(&turn(branch, "b"), None, Some(&parent), None)
             .unwrap();
-        // One increment, for the branch's own thread, and the batch write.
-        assert_eq!(*kv.round_trips.borrow(), 2, "{branch}");
+        // One increment, for the branch's own thread, the batch write
+        // and the pointer.
+        assert_eq!(*kv.round_trips.borrow(), 3, "{branch}");
     }
     assert_eq!(len(), before, "the main thread keeps its length");
     // The main thread can still be continued in place.
@@ -329,4 +384,122 @@ fn counters_read_in_either_form() {
     assert_eq!(super::counter(b"-1"), None);
     assert_eq!(super::counter(b""), None);
     assert_eq!(super::counter(b"abc"), None);
+}
+
+/// A turn of an agent: 30 KB of tools and 4 KB of instructions, as agent
+/// clients resend them every turn.
+pub(super) fn agent_turn(id: &str, text: &str) -> Turn {
+    let tools: Vec<serde_json::Value> = (0..60)
+        .map(|i| {
+            json!({"type": "function", "name": format!("tool_{i}"),
+                "description": "x".repeat(400),
+                "parameters": {"type": "object", "properties": {"a": {"type": "string"}}}})
+        })
+        .collect();
+    turn_for(
+        id,
+        json!({"model": "m", "input": text, "tools": tools, "instructions": "be careful. ".repeat(350)}),
+    )
+}
+
+fn stored_bytes(kv: &MemoryKv) -> usize {
+    kv.values.borrow().values().map(Vec::len).sum()
+}
+
+#[test]
+fn repeated_tools_and_instructions_are_stored_once_per_thread() {
+    let kv = MemoryKv::default();
+    let store = ResponseStore::new(&kv, "t");
+    let first = agent_turn("resp_0", "turn 0");
+    let tools_bytes = serde_json::to_vec(&first.response.tools).unwrap().len();
+    assert!(tools_bytes > 30_000, "{tools_bytes}");
+    store.save(&first, None, None, None).unwrap();
+    let after_first = stored_bytes(&kv);
+    let mut parent = store.conversation("resp_0", 0).unwrap();
+    for i in 1..=10 {
+        let id = format!("resp_{i}");
+        store
+            .save(
+                &agent_turn(&id, &format!("turn {i}")),
+                None,
+                parent.as_ref(),
+                None,
+            )
+            .unwrap();
+        parent = store.conversation(&id, 0).unwrap();
+    }
+    let per_turn = (stored_bytes(&kv) - after_first) / 10;
+    assert!(per_turn < 2_500, "{per_turn} bytes per turn");
+    // Every turn reads back whole.
+    for i in [0, 5, 10] {
+        let id = format!("resp_{i}");
+        let read = store.turn(&id, 0).unwrap().unwrap();
+        assert_eq!(read, agent_turn(&id, &format!("turn {i}")));
+    }
+    // A branch stores them again, on its own thread; both read back.
+    let branch_parent = store.conversation("resp_4", 0).unwrap();
+    store
+        .save(
+            &agent_turn("resp_b", "b"),
+            None,
+            branch_parent.as_ref(),
+            None,
+        )
+        .unwrap();
+    assert_eq!(
+        store.turn("resp_b", 0).unwrap().unwrap(),
+        agent_turn("resp_b", "b")
+    );
+    let shared = kv
+        .values
+        .borrow()
+        .keys()
+        .filter(|k| k.contains("/shared/"))
+        .count();
+    assert_eq!(shared, 4, "tools and instructions, on two threads");
+    // Deleting one turn leaves the parts its thread still uses.
+    assert!(store.delete("resp_0", 0).unwrap());
+    assert_eq!(
+        store.turn("resp_5", 0).unwrap().unwrap(),
+        agent_turn("resp_5", "turn 5")
+    );
+}
+
+#[test]
+fn a_turn_whose_tools_change_stores_the_new_ones() {
+    let kv = MemoryKv::default();
+    let store = ResponseStore::new(&kv, "t");
+    store
+        .save(&agent_turn("resp_0", "a"), None, None, None)
+        .unwrap();
+    let parent = store.conversation("resp_0", 0).unwrap();
+    let mut changed = agent_turn("resp_1", "b");
+    changed.response.tools.pop();
+    store.save(&changed, None, parent.as_ref(), None).unwrap();
+    assert_eq!(store.turn("resp_1", 0).unwrap().unwrap(), changed);
+    assert_eq!(
+        store.turn("resp_0", 0).unwrap().unwrap(),
+        agent_turn("resp_0", "a")
+    );
+}
+
+#[test]
+fn a_damaged_pointer_is_an_error_not_a_huge_read() {
+    let kv = MemoryKv::default();
+    let store = ResponseStore::new(&kv, "t");
+    for (start, end) in [(5, 2), (0, u64::MAX), (u64::MAX - 3, u64::MAX)] {
+        let pointer = json!({
+            "segments": [{"thread": "x", "start": start, "end": end, "packs": [start]}],
+            "turn": {"thread": "x", "start": start, "end": end},
+        });
+        kv.values
+            .borrow_mut()
+            .insert("t/resp/resp_bad".into(), pointer.to_string().into_bytes());
+        let read = store.conversation("resp_bad", 0);
+        if end - start.min(end) > 16 || start > end {
+            assert_eq!(read.unwrap_err().status, 500, "{start}..{end}");
+        }
+        let _ = store.turn("resp_bad", 0);
+        let _ = store.delete("resp_bad", 0);
+    }
 }

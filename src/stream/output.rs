@@ -102,6 +102,6 @@ pub(super) fn usage(chat: ChatUsage) -> Usage {
         },
         total_tokens: chat
             .total_tokens
-            .unwrap_or(chat.prompt_tokens + chat.completion_tokens),
+            .unwrap_or_else(|| chat.prompt_tokens.saturating_add(chat.completion_tokens)),
     }
 }
