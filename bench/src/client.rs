@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{CONTENT_TYPE, HOST};
-use hyper::{Method, Request, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -142,9 +143,9 @@ impl Conn {
         Ok(conns)
     }
 
-    /// Sends `probe` and reads the whole response. A status other than the
-    /// probe's is an error carrying the body.
-    pub async fn exchange(&mut self, probe: &Probe) -> anyhow::Result<Sample> {
+    /// Sends `probe` and returns when the response head arrived, with the
+    /// time the request was sent; the body is the caller's to read.
+    pub async fn send(&mut self, probe: &Probe) -> anyhow::Result<(Instant, Response<Incoming>)> {
         let request = Request::builder()
             .method(probe.method.clone())
             .uri(probe.path)
@@ -158,6 +159,13 @@ impl Conn {
             .send_request(request)
             .await
             .with_context(|| format!("{} {}", probe.method, probe.path))?;
+        Ok((start, response))
+    }
+
+    /// Sends `probe` and reads the whole response. A status other than the
+    /// probe's is an error carrying the body.
+    pub async fn exchange(&mut self, probe: &Probe) -> anyhow::Result<Sample> {
+        let (start, response) = self.send(probe).await?;
         let status = response.status();
         let expected = status == probe.status;
         let mut body = response.into_body();
@@ -248,7 +256,7 @@ impl SseScanner {
 }
 
 /// Position of the next `\n\n` at or after `from`.
-fn find_frame_end(buffer: &[u8], from: usize) -> Option<usize> {
+pub fn find_frame_end(buffer: &[u8], from: usize) -> Option<usize> {
     buffer
         .get(from..)?
         .windows(2)
@@ -256,7 +264,9 @@ fn find_frame_end(buffer: &[u8], from: usize) -> Option<usize> {
         .map(|pos| from + pos)
 }
 
-fn frame_matches(watch: Watch, frame: &str) -> bool {
+/// Whether one server-sent-event frame (without its blank line) is the
+/// event `watch` looks for.
+pub fn frame_matches(watch: Watch, frame: &str) -> bool {
     match watch {
         Watch::Nothing => false,
         Watch::OutputTextDelta => frame

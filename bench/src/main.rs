@@ -9,12 +9,22 @@
 //! `/v1/chat/completions` body the component sent for that request, captured
 //! from the backend's log, so the difference is what edge-responses adds.
 //!
+//! The last phase, many slow streams at once (see [`concurrency`]), runs the
+//! host in a child process instead (this binary, re-run with a hidden
+//! flag), so its memory and file descriptors are measured alone. With
+//! `--compare NAME=URL` another Responses server, pointed at the bench's
+//! backend (`--backend-listen ADDR`), gets the same probes side by side
+//! (see [`compare`]).
+//!
 //! Results go to stdout, and to `bench/results.json` and `bench/results.md`
-//! (a `--quick` run writes to `target/bench-quick/` instead, so a smoke run
-//! never replaces the recorded results; `--json PATH` picks the JSON file and
-//! the markdown goes beside it).
+//! (a `--quick` run writes to `target/bench-quick/` instead, and a partial
+//! run, `--only` or `--streams`, to `target/bench-partial/`, so neither ever
+//! replaces the recorded results; `--json PATH` picks the JSON file and the
+//! markdown goes beside it).
 
 mod client;
+mod compare;
+mod concurrency;
 mod report;
 mod stats;
 mod system;
@@ -30,6 +40,7 @@ use scripted_backend::{Backend, Reply, DEFAULT_MODEL};
 use serde_json::{json, Value};
 
 use client::{run_concurrent, run_for, Conn, Probe, Sample, Watch};
+use concurrency::Phase;
 use report::{format_count, Report, Row, Section, Target, Unit};
 use stats::Percentiles;
 use system::{CpuTimes, RssSampler};
@@ -56,13 +67,27 @@ const BACKEND_THREAD: &str = "scripted-backen";
 /// component cache in a separate process.
 const COMPILE_ONLY_FLAG: &str = "--compile-only";
 
-const USAGE: &str = "usage: bench [--quick] [--json PATH] [--component PATH]
+const USAGE: &str = "usage: bench [--quick] [--json PATH] [--component PATH] [--only concurrency]
+             [--streams N,...] [--backend-listen ADDR] [--compare NAME=URL]...
 
-  --quick           short smoke run (well under a minute); results go to
-                    target/bench-quick/ unless --json is given
-  --json PATH       write the JSON results to PATH (markdown beside it, .md)
-  --component PATH  measure this component instead of building the
-                    current one (to compare two builds)
+  --quick                short smoke run (about a minute); results go to
+                         target/bench-quick/ unless --json is given
+  --json PATH            write the JSON results to PATH (markdown beside it, .md)
+  --component PATH       measure this component instead of building the
+                         current one (to compare two builds)
+  --only concurrency     run only the concurrency phase: many slow streams
+                         (20 chunks, 250 ms apart) at once through a host
+                         process; results go to target/bench-partial/
+  --streams N,...        stream counts of the concurrency phase (default
+                         1000,5000; quick 100,300); results go to
+                         target/bench-partial/
+  --backend-listen ADDR  the scripted backend listens on this loopback
+                         address, e.g. 127.0.0.1:8099 (default: a free port)
+  --compare NAME=URL     also measure the Responses server at URL (its base,
+                         e.g. http://127.0.0.1:4000) side by side with the
+                         same requests; repeatable. Needs --backend-listen:
+                         start that server with OpenAI base URL
+                         http://ADDR/v1 and model test-model first.
 
 Builds the component first (cargo build -p edge-responses --target wasm32-wasip2 --profile component).";
 
@@ -76,22 +101,27 @@ fn main() -> ExitCode {
     }
 }
 
+#[derive(Debug, Default)]
 struct Options {
     quick: bool,
     json: Option<PathBuf>,
     /// A component to measure as it is, instead of building one.
     component: Option<PathBuf>,
     compile_only: bool,
+    /// Run the concurrency phase alone.
+    only_concurrency: bool,
+    /// Stream counts of the concurrency phase, instead of the defaults.
+    streams: Option<Vec<usize>>,
+    backend_listen: Option<SocketAddr>,
+    compare: Vec<compare::Target>,
+    /// Serve the host for the concurrency phase against this backend URL
+    /// (the hidden flag of the child process).
+    serve_host: Option<String>,
 }
 
 impl Options {
     fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Options> {
-        let mut options = Options {
-            quick: false,
-            json: None,
-            component: None,
-            compile_only: false,
-        };
+        let mut options = Options::default();
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--quick" => options.quick = true,
@@ -103,7 +133,39 @@ impl Options {
                     let path = args.next().context("--component needs a path")?;
                     options.component = Some(PathBuf::from(path));
                 }
+                "--only" => match args.next().as_deref() {
+                    Some("concurrency") => options.only_concurrency = true,
+                    other => bail!("--only takes `concurrency`, got {other:?}"),
+                },
+                "--streams" => {
+                    let list = args
+                        .next()
+                        .context("--streams needs a list, e.g. 1000,5000")?;
+                    options.streams = Some(parse_streams(&list)?);
+                }
+                "--backend-listen" => {
+                    let addr = args.next().context("--backend-listen needs an address")?;
+                    let addr: SocketAddr = addr
+                        .parse()
+                        .with_context(|| format!("--backend-listen: {addr:?} is not IP:PORT"))?;
+                    if !addr.ip().is_loopback() {
+                        bail!("--backend-listen: only loopback addresses, got {addr}");
+                    }
+                    options.backend_listen = Some(addr);
+                }
+                "--compare" => {
+                    let target = args.next().context("--compare needs NAME=URL")?;
+                    let target = compare::Target::parse(&target)?;
+                    if options.compare.iter().any(|t| t.name == target.name) {
+                        bail!("--compare: the name {:?} is given twice", target.name);
+                    }
+                    options.compare.push(target);
+                }
                 COMPILE_ONLY_FLAG => options.compile_only = true,
+                concurrency::SERVE_HOST_FLAG => {
+                    let url = args.next().context("the host needs a backend URL")?;
+                    options.serve_host = Some(url);
+                }
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -111,8 +173,30 @@ impl Options {
                 other => bail!("unknown argument {other:?}\n\n{USAGE}"),
             }
         }
+        if !options.compare.is_empty() && options.backend_listen.is_none() {
+            bail!(
+                "--compare needs --backend-listen ADDR (e.g. 127.0.0.1:8099): the compared \
+                 server must answer from the bench's backend, at http://ADDR/v1"
+            );
+        }
         Ok(options)
     }
+
+    /// Whether some phase is left out or changed, so the results are not
+    /// the recorded ones.
+    fn partial(&self) -> bool {
+        self.only_concurrency || self.streams.is_some()
+    }
+}
+
+/// `1000,5000` as stream counts.
+fn parse_streams(list: &str) -> anyhow::Result<Vec<usize>> {
+    list.split(',')
+        .map(|count| match count.trim().parse::<usize>() {
+            Ok(count) if count > 0 => Ok(count),
+            _ => bail!("--streams: {count:?} is not a positive number"),
+        })
+        .collect()
 }
 
 /// How many requests each phase sends.
@@ -188,6 +272,25 @@ fn run() -> anyhow::Result<()> {
         Some(path) => std::path::absolute(path)?,
         None => root.join(DEFAULT_COMPONENT),
     };
+    // The compiled component is cached here across runs; every run gets a
+    // fresh key-value store in a temporary directory.
+    let state_dir = root.join("target/bench-state");
+    if let Some(backend_url) = &options.serve_host {
+        let store = tempfile::tempdir().context("creating a temporary store directory")?;
+        let config = host_config(&component, &state_dir, store.path(), backend_url);
+        return concurrency::serve_host(config);
+    }
+    if let Some(addr) = options
+        .backend_listen
+        .filter(|_| !options.compare.is_empty())
+    {
+        progress(&format!(
+            "compared servers must answer from the bench's backend: OpenAI base URL http://{addr}/v1, model {DEFAULT_MODEL} (any API key)"
+        ));
+        for target in &options.compare {
+            target.check_reachable()?;
+        }
+    }
     if !options.compile_only && options.component.is_none() {
         build_component(&root)?;
     }
@@ -197,16 +300,16 @@ fn run() -> anyhow::Result<()> {
             component.display()
         );
     }
-    // The compiled component is cached here across runs; every run gets a
-    // fresh key-value store in a temporary directory.
-    let state_dir = root.join("target/bench-state");
     if options.compile_only {
         return compile_only(&component, &state_dir);
     }
     let plan = Plan::new(options.quick);
+    let settings = concurrency::Settings::new(options.quick, options.streams.clone());
     let json_path = options.json.clone().unwrap_or_else(|| {
         if options.quick {
             root.join("target/bench-quick/results.json")
+        } else if options.partial() {
+            root.join("target/bench-partial/results.json")
         } else {
             root.join("bench/results.json")
         }
@@ -218,42 +321,47 @@ fn run() -> anyhow::Result<()> {
     let component_bytes = std::fs::metadata(&component)?.len();
     let load_average = system::load_average();
 
-    let backend = Backend::start_in_thread()?;
+    let backend_listen = options
+        .backend_listen
+        .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+    let backend = Backend::start_in_thread_on(backend_listen)?;
     backend.set_recording(false);
     backend.set_default(Reply::text(REPLY_TEXT));
-    let rss_before_host = system::rss_bytes();
 
-    let store = tempfile::tempdir().context("creating a temporary store directory")?;
-    let host_runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let server = host_runtime.block_on(Server::start(host_config(
+    let measured = if options.only_concurrency {
+        None
+    } else {
+        Some(measure_in_process(
+            &plan,
+            &component,
+            &state_dir,
+            &backend,
+            &options.compare,
+            component_bytes,
+        )?)
+    };
+    let phase = concurrency::run(
+        &settings,
         &component,
         &state_dir,
-        store.path(),
         &backend,
-    )))?;
-    let rss_idle = system::rss_bytes();
-    progress(&format!(
-        "host on {}, backend on {}",
-        server.url(),
-        backend.url()
-    ));
+        &options.compare,
+    )?;
 
-    let client_runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let measured = client_runtime.block_on(measure(&plan, &backend, &server));
-    host_runtime.block_on(server.shutdown());
-    let measured = measured?;
-
-    let memory = Memory {
-        component_bytes,
-        rss_before_host,
-        rss_idle,
-        rss_peak: measured.rss_peak,
+    let mode = match (options.quick, options.partial()) {
+        (false, false) => plan.mode,
+        (true, false) => "quick",
+        (false, true) => "partial",
+        (true, true) => "quick, partial",
     };
-    let report = build_report(&plan, &measured, &memory, load_average);
+    let report = build_report(
+        &plan,
+        mode,
+        measured.as_ref(),
+        &phase,
+        &options.compare,
+        load_average,
+    );
     print!("{}", report.to_text());
 
     let markdown_path = json_path.with_extension("md");
@@ -273,6 +381,50 @@ fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The phases before the concurrency phase: the host serves the component
+/// in this process, on a runtime of its own.
+fn measure_in_process(
+    plan: &Plan,
+    component: &Path,
+    state_dir: &Path,
+    backend: &Backend,
+    compare: &[compare::Target],
+    component_bytes: u64,
+) -> anyhow::Result<(Measured, Memory)> {
+    let rss_before_host = system::rss_bytes();
+    let store = tempfile::tempdir().context("creating a temporary store directory")?;
+    let host_runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let server = host_runtime.block_on(Server::start(host_config(
+        component,
+        state_dir,
+        store.path(),
+        &backend.url(),
+    )))?;
+    let rss_idle = system::rss_bytes();
+    progress(&format!(
+        "host on {}, backend on {}",
+        server.url(),
+        backend.url()
+    ));
+
+    let client_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let measured = client_runtime.block_on(measure(plan, backend, &server, compare));
+    host_runtime.block_on(server.shutdown());
+    let measured = measured?;
+
+    let memory = Memory {
+        component_bytes,
+        rss_before_host,
+        rss_idle,
+        rss_peak: measured.rss_peak,
+    };
+    Ok((measured, memory))
+}
+
 /// The workspace this bench belongs to.
 fn workspace_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -283,14 +435,14 @@ fn progress(message: &str) {
     eprintln!("[bench] {message}");
 }
 
-fn host_config(component: &Path, state_dir: &Path, store_dir: &Path, backend: &Backend) -> Config {
+fn host_config(component: &Path, state_dir: &Path, store_dir: &Path, backend_url: &str) -> Config {
     let mut config = Config::new(component);
     config.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     config.state_dir = state_dir.to_path_buf();
     config.store = Some(store_dir.join(STORE_FILE));
     config
         .variables
-        .insert("backend_url".to_owned(), backend.url());
+        .insert("backend_url".to_owned(), backend_url.to_owned());
     config
 }
 
@@ -319,7 +471,7 @@ fn compile_only(component: &Path, state_dir: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let config = host_config(component, state_dir, store.path(), &backend);
+        let config = host_config(component, state_dir, store.path(), &backend.url());
         Server::start(config).await?.shutdown().await;
         anyhow::Ok(())
     })
@@ -406,6 +558,8 @@ struct Measured {
     cpu: CpuPerRequest,
     continuations: Vec<Continuation>,
     rss_peak: u64,
+    /// Concurrency-1 numbers side by side with each `--compare` server.
+    compared: Vec<Result<compare::Single, String>>,
 }
 
 /// CPU milliseconds per request in the throughput phase, by thread group.
@@ -511,7 +665,12 @@ fn first_token(sample: &Sample) -> Duration {
     sample.first.unwrap_or(sample.total)
 }
 
-async fn measure(plan: &Plan, backend: &Backend, server: &Server) -> anyhow::Result<Measured> {
+async fn measure(
+    plan: &Plan,
+    backend: &Backend,
+    server: &Server,
+    compare: &[compare::Target],
+) -> anyhow::Result<Measured> {
     let edge_addr = server.addr();
     let backend_addr = backend.addr();
     let mut edge_conn = Conn::connect(edge_addr).await?;
@@ -663,6 +822,28 @@ async fn measure(plan: &Plan, backend: &Backend, server: &Server) -> anyhow::Res
         });
     }
 
+    let mut compared = Vec::new();
+    for target in compare {
+        progress(&format!(
+            "side by side with {} ({}): latency and time to first token, concurrency 1",
+            target.name, target.url
+        ));
+        let probes = compare::Probes {
+            create: &edge,
+            create_stream: &edge_stream,
+            chat: &direct,
+            chat_stream: &direct_stream,
+        };
+        let counts = (plan.warmup / 4, plan.sequential, plan.streaming);
+        let single = compare::measure_single(target, edge_addr, backend_addr, &probes, counts)
+            .await
+            .map_err(|err| format!("{err:#}"));
+        if let Err(err) = &single {
+            progress(&format!("  {} failed: {err}", target.name));
+        }
+        compared.push(single);
+    }
+
     // Last: it fills the store with tens of thousands of responses, which
     // would make the continuations above pay for a larger file.
     progress(&format!(
@@ -700,12 +881,69 @@ async fn measure(plan: &Plan, backend: &Backend, server: &Server) -> anyhow::Res
         cpu,
         continuations,
         rss_peak,
+        compared,
     })
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-fn build_report(plan: &Plan, m: &Measured, memory: &Memory, load_average: String) -> Report {
+fn build_report(
+    plan: &Plan,
+    mode: &'static str,
+    measured: Option<&(Measured, Memory)>,
+    phase: &Phase,
+    compare: &[compare::Target],
+    load_average: String,
+) -> Report {
+    let (mut sections, mut details) = match measured {
+        Some((m, memory)) => in_process_sections(plan, m, memory),
+        None => (Vec::new(), json!({})),
+    };
+    sections.push(phase.section());
+    details["concurrent_streams"] = phase.to_json();
+    let mut compared = Vec::new();
+    for (index, target) in compare.iter().enumerate() {
+        let single = measured.and_then(|(m, _)| m.compared.get(index));
+        sections.push(compare::section(target, index, single, Some(phase)));
+        compared.push(json!({
+            "name": target.name,
+            "url": target.url,
+            "concurrency_1": single.map(|single| match single {
+                Ok(single) => {
+                    let named = |[edge, other, backend]: [Percentiles; 3]| {
+                        let mut named = json!({
+                            "edge_responses": edge.to_json(),
+                            "backend_alone": backend.to_json(),
+                        });
+                        named[target.name.as_str()] = other.to_json();
+                        named
+                    };
+                    json!({
+                        "latency": named(single.latency),
+                        "time_to_first_token": named(single.ttft),
+                    })
+                }
+                Err(err) => json!({ "error": err }),
+            }),
+        }));
+    }
+    if !compare.is_empty() {
+        details["compare"] = json!(compared);
+    }
+    Report {
+        date: system::utc_now(),
+        cpu: system::cpu_model(),
+        cores: system::cores(),
+        load_average,
+        mode,
+        sections,
+        details,
+    }
+}
+
+/// The sections and raw details of the phases before the concurrency
+/// phase.
+fn in_process_sections(plan: &Plan, m: &Measured, memory: &Memory) -> (Vec<Section>, Value) {
     let added = |pair: &Pair, p99: bool| {
         if p99 {
             pair.edge.p99 - pair.backend.p99
@@ -726,6 +964,7 @@ fn build_report(plan: &Plan, m: &Measured, memory: &Memory, load_average: String
     let seq_p99 = added(&m.sequential, true);
     let latency = Section {
         title: "Added latency, non-streaming: POST /v1/responses vs the same chat request straight to the backend".to_owned(),
+        columns: None,
         rows: vec![
             latency_row("concurrency 1, p50".to_owned(), &m.sequential, false)
                 .target(Target::new("added <= 1 ms", seq_p50 <= 1.0))
@@ -743,6 +982,7 @@ fn build_report(plan: &Plan, m: &Measured, memory: &Memory, load_average: String
     let ttft_p50 = added(&m.ttft, false);
     let ttft = Section {
         title: "Added time to first token, streaming: first response.output_text.delta vs first content chunk".to_owned(),
+        columns: None,
         rows: vec![
             latency_row("concurrency 1, p50".to_owned(), &m.ttft, false)
                 .target(Target::new("added <= 1 ms", ttft_p50 <= 1.0))
@@ -755,6 +995,7 @@ fn build_report(plan: &Plan, m: &Measured, memory: &Memory, load_average: String
     let ratio = m.edge_rps / m.backend_rps;
     let throughput = Section {
         title: format!("Throughput at concurrency {CONCURRENCY}, instant backend"),
+        columns: None,
         rows: vec![Row {
             added: None,
             ..Row::compare(
@@ -828,6 +1069,7 @@ fn build_report(plan: &Plan, m: &Measured, memory: &Memory, load_average: String
     }
     let continuation = Section {
         title: "Continuation (previous_response_id) against conversation depth, backend time subtracted".to_owned(),
+        columns: None,
         rows: continuation_rows,
     };
 
@@ -835,6 +1077,7 @@ fn build_report(plan: &Plan, m: &Measured, memory: &Memory, load_average: String
     let memory_section = Section {
         title: "Size and memory (resident set of this process: host, backend and load generator)"
             .to_owned(),
+        columns: None,
         rows: vec![
             Row::value("component .wasm", Unit::KiB, component_kib)
                 .target(Target::new("< 1 MiB", memory.component_bytes < 1 << 20))
@@ -889,13 +1132,64 @@ fn build_report(plan: &Plan, m: &Measured, memory: &Memory, load_average: String
         "concurrency": CONCURRENCY,
     });
 
-    Report {
-        date: system::utc_now(),
-        cpu: system::cpu_model(),
-        cores: system::cores(),
-        load_average,
-        mode: plan.mode,
-        sections: vec![latency, ttft, throughput, continuation, memory_section],
+    (
+        vec![latency, ttft, throughput, continuation, memory_section],
         details,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> anyhow::Result<Options> {
+        Options::parse(args.iter().map(|arg| (*arg).to_owned()))
+    }
+
+    #[test]
+    fn parses_the_concurrency_and_compare_flags() {
+        let options = parse(&[
+            "--only",
+            "concurrency",
+            "--streams",
+            "10, 20",
+            "--backend-listen",
+            "127.0.0.1:8099",
+            "--compare",
+            "a=http://127.0.0.1:4000",
+            "--compare",
+            "b=http://127.0.0.1:4001/v1",
+        ])
+        .expect("parses");
+        assert!(options.only_concurrency && options.partial());
+        assert_eq!(options.streams, Some(vec![10, 20]));
+        assert_eq!(
+            options.backend_listen,
+            Some("127.0.0.1:8099".parse().unwrap())
+        );
+        let names: Vec<_> = options.compare.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(!parse(&["--quick"]).expect("parses").partial());
+    }
+
+    #[test]
+    fn rejects_flags_that_cannot_work() {
+        for args in [
+            &["--only", "latency"][..],
+            &["--streams", "0"],
+            &["--streams", "10,x"],
+            &["--backend-listen", "0.0.0.0:8099"],
+            &["--compare", "a=http://127.0.0.1:4000"],
+            &[
+                "--backend-listen",
+                "127.0.0.1:8099",
+                "--compare",
+                "a=http://127.0.0.1:4000",
+                "--compare",
+                "a=http://127.0.0.1:4001",
+            ],
+        ] {
+            assert!(parse(args).is_err(), "{args:?}");
+        }
     }
 }

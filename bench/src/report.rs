@@ -1,5 +1,7 @@
 //! The results: rows of numbers with their targets, rendered as a terminal
-//! table, a markdown table and JSON.
+//! table, a markdown table and JSON. A row has three number columns, by
+//! default edge-responses, the backend alone and the difference; a section
+//! may name them otherwise (a side-by-side comparison does).
 
 use serde_json::{json, Value};
 
@@ -68,11 +70,11 @@ impl Target {
 pub struct Row {
     pub metric: String,
     pub unit: Unit,
-    /// Through edge-responses.
+    /// Through edge-responses (the first number column).
     pub edge: Option<f64>,
-    /// The backend on its own.
+    /// The backend on its own (the second number column).
     pub backend: Option<f64>,
-    /// What edge-responses adds (`edge - backend`).
+    /// What edge-responses adds, `edge - backend` (the third number column).
     pub added: Option<f64>,
     pub target: Option<Target>,
     pub note: String,
@@ -100,6 +102,25 @@ impl Row {
             added: Some(edge - backend),
             ..Row::value(metric, unit, edge)
         }
+    }
+
+    /// A row of the three number columns as given, for a section that
+    /// names its columns.
+    pub fn columns(metric: impl Into<String>, unit: Unit, values: [Option<f64>; 3]) -> Row {
+        let [edge, backend, added] = values;
+        Row {
+            edge,
+            backend,
+            added,
+            ..Row::value(metric, unit, 0.0)
+        }
+    }
+
+    /// The same row without the difference (for numbers where it means
+    /// nothing, like rates).
+    pub fn without_added(mut self) -> Row {
+        self.added = None;
+        self
     }
 
     pub fn target(mut self, target: Target) -> Row {
@@ -132,17 +153,19 @@ impl Row {
         ]
     }
 
-    fn to_json(&self) -> Value {
-        json!({
+    /// The row as JSON, its numbers under `keys`.
+    fn to_json(&self, keys: &[String; 3]) -> Value {
+        let mut row = json!({
             "metric": self.metric,
             "unit": self.unit.name(),
-            "edge_responses": self.edge,
-            "backend_alone": self.backend,
-            "added": self.added,
-            "target": self.target.as_ref().map(|t| &t.text),
-            "pass": self.target.as_ref().map(|t| t.pass),
-            "note": self.note,
-        })
+        });
+        for (key, value) in keys.iter().zip([self.edge, self.backend, self.added]) {
+            row[key.as_str()] = json!(value);
+        }
+        row["target"] = json!(self.target.as_ref().map(|t| &t.text));
+        row["pass"] = json!(self.target.as_ref().map(|t| t.pass));
+        row["note"] = json!(self.note);
+        row
     }
 }
 
@@ -150,7 +173,40 @@ impl Row {
 #[derive(Debug, Clone)]
 pub struct Section {
     pub title: String,
+    /// Names of the three number columns, when not the default ones.
+    pub columns: Option<[String; 3]>,
     pub rows: Vec<Row>,
+}
+
+impl Section {
+    pub fn new(title: impl Into<String>, rows: Vec<Row>) -> Section {
+        Section {
+            title: title.into(),
+            columns: None,
+            rows,
+        }
+    }
+
+    /// The same section with its number columns named `columns`.
+    pub fn with_columns(mut self, columns: [String; 3]) -> Section {
+        self.columns = Some(columns);
+        self
+    }
+
+    /// The table headers of this section.
+    fn headers(&self) -> [String; 7] {
+        let mut headers = HEADERS.map(str::to_owned);
+        if let Some(columns) = &self.columns {
+            headers[1..4].clone_from_slice(columns);
+        }
+        headers
+    }
+
+    /// The JSON keys of the number columns: the headers in snake case.
+    fn json_keys(&self) -> [String; 3] {
+        let headers = self.headers();
+        [1, 2, 3].map(|i| headers[i].replace([' ', '-'], "_"))
+    }
 }
 
 /// Everything one run found.
@@ -191,8 +247,10 @@ impl Report {
     /// Aligned columns for a terminal.
     pub fn to_text(&self) -> String {
         let mut widths = HEADERS.map(str::len);
-        for row in self.sections.iter().flat_map(|s| &s.rows) {
-            for (width, cell) in widths.iter_mut().zip(row.cells()) {
+        let headers = self.sections.iter().map(Section::headers);
+        let cells = self.sections.iter().flat_map(|s| &s.rows).map(Row::cells);
+        for line in headers.chain(cells) {
+            for (width, cell) in widths.iter_mut().zip(line) {
                 *width = (*width).max(cell.chars().count());
             }
         }
@@ -215,6 +273,9 @@ impl Report {
         out.push_str(&line(HEADERS.map(str::to_owned)));
         for section in &self.sections {
             out.push_str(&format!("-- {}\n", section.title));
+            if section.columns.is_some() {
+                out.push_str(&line(section.headers()));
+            }
             for row in &section.rows {
                 out.push_str(&line(row.cells()));
             }
@@ -229,7 +290,7 @@ impl Report {
             format!("# {title}\n\n{machine}\n\nRegenerate with `cargo run --release -p bench`.\n");
         for section in &self.sections {
             out.push_str(&format!("\n## {}\n\n", section.title));
-            out.push_str(&format!("| {} |\n", HEADERS.join(" | ")));
+            out.push_str(&format!("| {} |\n", section.headers().join(" | ")));
             out.push_str(&format!("|{}\n", " --- |".repeat(HEADERS.len())));
             for row in &section.rows {
                 let cells = row.cells().map(|cell| cell.replace('|', "\\|"));
@@ -244,10 +305,13 @@ impl Report {
             .sections
             .iter()
             .map(|section| {
-                json!({
-                    "title": section.title,
-                    "rows": section.rows.iter().map(Row::to_json).collect::<Vec<_>>(),
-                })
+                let keys = section.json_keys();
+                let rows: Vec<Value> = section.rows.iter().map(|row| row.to_json(&keys)).collect();
+                let mut json = json!({ "title": section.title, "rows": rows });
+                if let Some(columns) = &section.columns {
+                    json["columns"] = json!(columns);
+                }
+                json
             })
             .collect();
         json!({
@@ -280,14 +344,29 @@ mod tests {
             cores: 2,
             load_average: "0.00 0.00 0.00".into(),
             mode: "quick",
-            sections: vec![Section {
-                title: "latency".into(),
-                rows: vec![
-                    Row::compare("p50", Unit::Millis, 1.5, 0.25)
-                        .target(Target::new("<= 1 ms", false)),
-                    Row::value("size", Unit::KiB, 10.0).note("a|b"),
-                ],
-            }],
+            sections: vec![
+                Section::new(
+                    "latency",
+                    vec![
+                        Row::compare("p50", Unit::Millis, 1.5, 0.25)
+                            .target(Target::new("<= 1 ms", false)),
+                        Row::value("size", Unit::KiB, 10.0).note("a|b"),
+                    ],
+                ),
+                Section::new(
+                    "side by side",
+                    vec![Row::columns(
+                        "p50",
+                        Unit::Millis,
+                        [Some(1.0), Some(2.0), None],
+                    )],
+                )
+                .with_columns([
+                    "edge-responses".into(),
+                    "other".into(),
+                    "backend alone".into(),
+                ]),
+            ],
             details: json!({}),
         }
     }
@@ -306,6 +385,27 @@ mod tests {
         assert_eq!(json["sections"][0]["rows"][0]["added"], 1.25);
         assert_eq!(json["sections"][0]["rows"][0]["pass"], false);
         assert_eq!(report.misses(), 1);
+    }
+
+    #[test]
+    fn a_section_names_its_own_columns() {
+        let report = report();
+        let markdown = report.to_markdown();
+        assert!(markdown.contains("| metric | edge-responses | other | backend alone |"));
+        assert!(
+            markdown.contains("| p50 | 1.000 ms | 2.000 ms |  |"),
+            "{markdown}"
+        );
+        let text = report.to_text();
+        assert!(text.contains("-- side by side\nmetric"), "{text}");
+        let json = report.to_json();
+        let row = &json["sections"][1]["rows"][0];
+        assert_eq!(
+            (&row["edge_responses"], &row["other"]),
+            (&json!(1.0), &json!(2.0))
+        );
+        assert_eq!(row["backend_alone"], Value::Null);
+        assert_eq!(json["sections"][1]["columns"][1], "other");
     }
 
     #[test]

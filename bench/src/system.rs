@@ -1,5 +1,6 @@
-//! Facts about the machine and this process: CPU model, core count, the
-//! date, and resident memory (sampled in the background for a peak).
+//! Facts about the machine and the processes measured: CPU model, core
+//! count, the date, resident memory (sampled in the background for a peak),
+//! open file descriptors, and this process's file-descriptor limit.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,10 +43,28 @@ pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
+/// How often [`ProcessSampler`] reads another process's memory and
+/// descriptors (counting thousands of descriptors is not free).
+const PROCESS_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+
 /// This process's resident set size in bytes (`VmRSS`), or 0 when
 /// `/proc/self/status` cannot be read.
 pub fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    status_rss("/proc/self/status")
+}
+
+/// The resident set size of process `pid` in bytes, or 0 when unknown.
+pub fn rss_of(pid: u32) -> u64 {
+    status_rss(&format!("/proc/{pid}/status"))
+}
+
+/// How many file descriptors process `pid` has open, or 0 when unknown.
+pub fn fds_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+fn status_rss(path: &str) -> u64 {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|status| {
             let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
@@ -119,7 +138,16 @@ impl CpuTimes {
 
 /// User plus system time of the whole process, from `/proc/self/stat`.
 fn process_cpu() -> Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    stat_cpu("/proc/self/stat")
+}
+
+/// User plus system time process `pid` has used (10 ms resolution).
+pub fn cpu_of(pid: u32) -> Duration {
+    stat_cpu(&format!("/proc/{pid}/stat"))
+}
+
+fn stat_cpu(path: &str) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(path) else {
         return Duration::ZERO;
     };
     // Fields after the parenthesised command name; utime and stime are the
@@ -132,6 +160,30 @@ fn process_cpu() -> Duration {
         .filter_map(|field| field.parse::<u64>().ok())
         .sum();
     Duration::from_secs_f64(ticks as f64 / USER_HZ)
+}
+
+/// CPU time every core of the machine has spent busy (not idle or waiting
+/// for I/O), from `/proc/stat`: other work on the machine shows as busy
+/// time no measured process used.
+pub fn machine_busy() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return Duration::ZERO;
+    };
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already
+    // in user).
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum();
+    Duration::from_secs_f64(busy as f64 / USER_HZ)
 }
 
 /// Time one thread has run, in nanoseconds, from its `schedstat`.
@@ -172,6 +224,73 @@ impl RssSampler {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap_or(0)
     }
+}
+
+/// The peaks [`ProcessSampler`] saw.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessPeaks {
+    pub rss: u64,
+    pub fds: usize,
+}
+
+/// Samples another process's resident memory and open descriptors on a
+/// thread of its own until stopped, keeping the peaks.
+pub struct ProcessSampler {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<ProcessPeaks>,
+}
+
+impl ProcessSampler {
+    pub fn start(pid: u32) -> anyhow::Result<ProcessSampler> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let sample = move || {
+            let mut peaks = ProcessPeaks::default();
+            loop {
+                peaks.rss = peaks.rss.max(rss_of(pid));
+                peaks.fds = peaks.fds.max(fds_of(pid));
+                if flag.load(Ordering::Relaxed) {
+                    return peaks;
+                }
+                std::thread::sleep(PROCESS_SAMPLE_INTERVAL);
+            }
+        };
+        let thread = std::thread::Builder::new()
+            .name(SAMPLER_THREAD.to_owned())
+            .spawn(sample)?;
+        Ok(ProcessSampler { stop, thread })
+    }
+
+    /// Stops sampling (after one last sample); the peaks.
+    pub fn finish(self) -> ProcessPeaks {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit (child
+/// processes inherit it); the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
 }
 
 /// Now, as `YYYY-MM-DDTHH:MM:SSZ`.
@@ -223,6 +342,27 @@ mod tests {
     #[test]
     fn reads_own_memory() {
         assert!(rss_bytes() > 0);
+        assert!(rss_of(std::process::id()) > 0);
+    }
+
+    #[test]
+    fn counts_descriptors_and_raises_their_limit() {
+        assert!(raise_fd_limit() > 0);
+        let pid = std::process::id();
+        // Other tests open and close descriptors meanwhile: count only a
+        // floor this test holds itself.
+        let files: Vec<_> = (0..64)
+            .map(|_| std::fs::File::open("/proc/self/status").expect("opens"))
+            .collect();
+        assert!(fds_of(pid) >= files.len());
+        let peaks = ProcessSampler::start(pid).expect("starts").finish();
+        assert!(peaks.rss > 0 && peaks.fds >= files.len(), "{peaks:?}");
+    }
+
+    #[test]
+    fn reads_busy_time() {
+        assert!(machine_busy() > Duration::ZERO);
+        assert!(machine_busy() >= cpu_of(std::process::id()));
     }
 
     #[test]

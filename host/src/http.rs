@@ -337,9 +337,22 @@ pub(crate) fn error_response(
 }
 
 /// Binds `addr`, with context naming the address on failure.
+/// Connections the kernel queues for `accept`: a burst of thousands of
+/// clients connecting at once (a load balancer's warm-up, a fleet of
+/// agents) is queued rather than dropped into SYN retries, which the
+/// default of 128 does past 128.
+const LISTEN_BACKLOG: u32 = 4096;
+
 pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .with_context(|| format!("binding {addr}"))?;
+    socket
+        .set_reuseaddr(true)
+        .and_then(|()| socket.bind(addr))
+        .and_then(|()| socket.listen(LISTEN_BACKLOG))
         .with_context(|| format!("binding {addr}"))
 }
 

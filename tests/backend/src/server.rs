@@ -583,7 +583,19 @@ fn bind(addr: SocketAddr) -> anyhow::Result<StdListener> {
     if !addr.ip().is_loopback() {
         bail!("refusing to listen on {addr}: only loopback addresses are allowed");
     }
-    let listener = StdListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    // A backlog of thousands: benchmarks connect thousands of clients at
+    // once, which the standard library's 128 would turn into SYN retries.
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket
+        .bind(&addr.into())
+        .and_then(|()| socket.listen(4096))
+        .with_context(|| format!("binding {addr}"))?;
+    let listener = StdListener::from(socket);
     listener.set_nonblocking(true)?;
     Ok(listener)
 }
