@@ -3,10 +3,15 @@
 //! | route | handler |
 //! | --- | --- |
 //! | `POST /v1/responses` | create, as JSON or as server-sent events |
+//! | `POST /v1/responses/compact` | compact a conversation (`crate::compact`) |
 //! | `GET /v1/responses/{id}` | retrieve |
 //! | `DELETE /v1/responses/{id}` | delete |
 //! | `GET /v1/responses/{id}/input_items` | list input items |
 //! | `GET /v1/models` | the backends' model lists, merged |
+//! | `POST /v1/conversations` | create a conversation, with its first items |
+//! | `GET`, `POST`, `DELETE /v1/conversations/{id}` | retrieve, update metadata, delete |
+//! | `GET`, `POST /v1/conversations/{id}/items` | list items, add items |
+//! | `GET`, `DELETE /v1/conversations/{id}/items/{item_id}` | retrieve, delete an item |
 //! | `GET /v1/admin/retention` | what is stored and pending removal (`admin_key`) |
 //! | `POST /v1/admin/retention/sweep` | one removal step now (`admin_key`) |
 
@@ -32,6 +37,9 @@ async fn handle(request: IncomingRequest, out: ResponseOutparam) {
         (Method::Post, ["v1", "responses"]) => {
             return create(request, api_key.as_deref(), out).await;
         }
+        (Method::Post, ["v1", "responses", "compact"]) => {
+            return compact(request, api_key.as_deref(), out).await;
+        }
         (Method::Get, ["v1", "responses", id]) => with_service(|s| {
             json_body(&s.get(api_key.as_deref(), stored_id(s, api_key.as_deref(), id)?)?)
         }),
@@ -50,6 +58,43 @@ async fn handle(request: IncomingRequest, out: ResponseOutparam) {
                 .and_then(|list| json_body(&list)),
             Err(e) => Err(e),
         },
+        (Method::Post, ["v1", "conversations"]) => {
+            let key = api_key.as_deref();
+            with_body(request, key, |s, body| {
+                json_body(&s.create_conversation(key, body)?)
+            })
+            .await
+        }
+        (Method::Get, ["v1", "conversations", id]) => {
+            with_service(|s| json_body(&s.get_conversation(api_key.as_deref(), id)?))
+        }
+        (Method::Post, ["v1", "conversations", id]) => {
+            let key = api_key.as_deref();
+            with_body(request, key, |s, body| {
+                json_body(&s.update_conversation(key, id, body)?)
+            })
+            .await
+        }
+        (Method::Delete, ["v1", "conversations", id]) => {
+            with_service(|s| json_body(&s.delete_conversation(api_key.as_deref(), id)?))
+        }
+        (Method::Get, ["v1", "conversations", id, "items"]) => with_service(|s| {
+            let query = list_query(query)?;
+            json_body(&s.list_conversation_items(api_key.as_deref(), id, &query)?)
+        }),
+        (Method::Post, ["v1", "conversations", id, "items"]) => {
+            let key = api_key.as_deref();
+            with_body(request, key, |s, body| {
+                json_body(&s.add_conversation_items(key, id, body)?)
+            })
+            .await
+        }
+        (Method::Get, ["v1", "conversations", id, "items", item]) => {
+            with_service(|s| json_body(&s.get_conversation_item(api_key.as_deref(), id, item)?))
+        }
+        (Method::Delete, ["v1", "conversations", id, "items", item]) => with_service(|s| {
+            json_body(&s.delete_conversation_item(api_key.as_deref(), id, item)?)
+        }),
         (Method::Get, ["v1", "admin", "retention"]) => {
             with_service(|s| json_body(&s.retention_status(api_key.as_deref())?))
         }
@@ -57,6 +102,10 @@ async fn handle(request: IncomingRequest, out: ResponseOutparam) {
             with_service(|s| json_body(&s.sweep_now(api_key.as_deref())?))
         }
         (_, ["v1", "responses"])
+        | (_, ["v1", "conversations"])
+        | (_, ["v1", "conversations", _])
+        | (_, ["v1", "conversations", _, "items"])
+        | (_, ["v1", "conversations", _, "items", _])
         | (_, ["v1", "admin", "retention"])
         | (_, ["v1", "admin", "retention", "sweep"])
         | (_, ["v1", "responses", _])
@@ -86,6 +135,22 @@ fn stored_id<'i>(
 ) -> Result<&'i str, ApiError> {
     s.tenant(api_key)?;
     limits::response_id(id)
+}
+
+/// A route that reads a JSON body: the caller is authenticated before it
+/// is read, and it is read up to `max_request_bytes` (see [`create`]).
+async fn with_body(
+    request: IncomingRequest,
+    api_key: Option<&str>,
+    f: impl FnOnce(
+        &crate::service::Service<wasi::WasiKv, wasi::WasiBackend>,
+        &[u8],
+    ) -> Result<Vec<u8>, ApiError>,
+) -> Result<Vec<u8>, ApiError> {
+    let service = wasi::service()?;
+    service.tenant(api_key)?;
+    let body = read_body(request, service.settings.max_request_bytes).await?;
+    f(&service, &body)
 }
 
 fn json_body<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
@@ -140,6 +205,21 @@ async fn create(request: IncomingRequest, api_key: Option<&str>, out: ResponseOu
     // Ends the body: the client has it all before the upkeep runs.
     drop(sink);
     service.after_create();
+}
+
+/// `POST /v1/responses/compact`, authenticated and read as a create is.
+async fn compact(request: IncomingRequest, api_key: Option<&str>, out: ResponseOutparam) {
+    let compacted = async {
+        let service = wasi::service()?;
+        service.tenant(api_key)?;
+        let body = read_body(request, service.settings.max_request_bytes).await?;
+        crate::compact::compact(&service, api_key, &body).await
+    }
+    .await;
+    match compacted.and_then(|compacted| json_body(&compacted)) {
+        Ok(body) => respond(out, 200, "application/json", body).await,
+        Err(error) => respond_error(out, &error).await,
+    }
 }
 
 /// The request body, at most `limit` bytes: 413 past it, without reading

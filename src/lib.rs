@@ -11,6 +11,7 @@
 //! | [`stream`] | chunks → Responses events (the streaming state machine) |
 //! | [`store`] | the storage layout on a key-value store |
 //! | [`create`] | `POST /v1/responses` as a pipeline of steps |
+//! | [`compact`] | `POST /v1/responses/compact`, and the `compaction` items it makes |
 //! | [`service`] | the API operations, shared by HTTP and the typed export |
 //! | [`config`], [`auth`], [`backend`], [`error`], [`ids`] | settings, keys, backend errors, errors, ids |
 //! | `wasi`, `http`, `export` | the thin WASI glue (wasm only) |
@@ -19,6 +20,7 @@ pub mod api;
 pub mod auth;
 pub mod backend;
 pub mod chat;
+pub mod compact;
 pub mod config;
 pub mod create;
 pub mod error;

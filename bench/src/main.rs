@@ -27,6 +27,7 @@ mod compare;
 mod concurrency;
 mod report;
 mod stats;
+mod storage;
 mod system;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -412,7 +413,12 @@ fn measure_in_process(
     let client_runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let measured = client_runtime.block_on(measure(plan, backend, &server, compare));
+    let measured = client_runtime.block_on(async {
+        let mut measured = measure(plan, backend, &server, compare).await?;
+        progress("measuring storage per agent turn");
+        measured.storage = Some(storage::measure(&server).await?);
+        anyhow::Ok(measured)
+    });
     host_runtime.block_on(server.shutdown());
     let measured = measured?;
 
@@ -560,6 +566,8 @@ struct Measured {
     rss_peak: u64,
     /// Concurrency-1 numbers side by side with each `--compare` server.
     compared: Vec<Result<compare::Single, String>>,
+    /// Stored bytes per agent turn.
+    storage: Option<storage::StorageCost>,
 }
 
 /// CPU milliseconds per request in the throughput phase, by thread group.
@@ -882,6 +890,7 @@ async fn measure(
         continuations,
         rss_peak,
         compared,
+        storage: None,
     })
 }
 
@@ -1101,7 +1110,7 @@ fn in_process_sections(plan: &Plan, m: &Measured, memory: &Memory) -> (Vec<Secti
         ],
     };
 
-    let details = json!({
+    let mut details = json!({
         "latency_concurrency_1": m.sequential.to_json(),
         "latency_concurrency_16": m.concurrent.to_json(),
         "kv_per_new_response": m.kv_create.to_json(),
@@ -1132,10 +1141,18 @@ fn in_process_sections(plan: &Plan, m: &Measured, memory: &Memory) -> (Vec<Secti
         "concurrency": CONCURRENCY,
     });
 
-    (
-        vec![latency, ttft, throughput, continuation, memory_section],
-        details,
-    )
+    let mut sections = vec![latency, ttft, throughput, continuation];
+    if let Some(storage) = &m.storage {
+        details["storage_per_turn"] = json!({
+            "with_tools_bytes": storage.with_tools,
+            "without_tools_bytes": storage.without_tools,
+            "tools_bytes": storage.tools_bytes,
+            "instructions_bytes": storage.instructions_bytes,
+        });
+        sections.push(storage.section());
+    }
+    sections.push(memory_section);
+    (sections, details)
 }
 
 #[cfg(test)]

@@ -28,7 +28,9 @@ pub enum Item {
     Reasoning(Reasoning),
     ItemReference(ItemReference),
     /// An item kind this server does not act on (hosted tool calls and the
-    /// like). It is stored and listed as sent, and never shown to the backend.
+    /// like). It is stored and listed as sent, and never shown to the
+    /// backend; except a `compaction` item (see [`Compaction`]), which is
+    /// kept in this form and replayed as the summary it carries.
     #[serde(untagged)]
     Other(Value),
 }
@@ -260,6 +262,39 @@ pub struct ItemReference {
     pub id: String,
 }
 
+/// A `compaction` item: the history before it, summarised by
+/// `POST /v1/responses/compact`, sealed in `encrypted_content` (see
+/// `crate::compact`).
+///
+/// It travels as [`Item::Other`], so it is stored and listed exactly as
+/// sent; [`Item::compaction_content`] reads it. Accepted leniently (`id`
+/// optional, unknown fields kept); produced strictly from this struct:
+/// `type`, `id` and `encrypted_content`, as OpenAI's
+/// `ResponseCompactionItem` (whose optional `created_by` we leave out).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compaction {
+    pub id: String,
+    pub encrypted_content: String,
+}
+
+impl Compaction {
+    /// The `type` of a compaction item.
+    pub const TYPE: &'static str = "compaction";
+}
+
+impl From<Compaction> for Item {
+    fn from(compaction: Compaction) -> Item {
+        let mut fields = Map::new();
+        fields.insert("type".to_owned(), Value::from(Compaction::TYPE));
+        fields.insert("id".to_owned(), Value::from(compaction.id));
+        fields.insert(
+            "encrypted_content".to_owned(),
+            Value::from(compaction.encrypted_content),
+        );
+        Item::Other(Value::Object(fields))
+    }
+}
+
 impl Item {
     /// The item's id, if it has one.
     pub fn id(&self) -> Option<&str> {
@@ -285,6 +320,22 @@ impl Item {
             Item::CustomToolCallOutput(o) => Some(&o.call_id),
             Item::Other(v) => v.get("call_id").and_then(Value::as_str),
             Item::Message(_) | Item::Reasoning(_) | Item::ItemReference(_) => None,
+        }
+    }
+
+    /// Whether this is a `compaction` item ([`Compaction`]).
+    pub fn is_compaction(&self) -> bool {
+        matches!(self, Item::Other(v) if v.get("type").and_then(Value::as_str) == Some(Compaction::TYPE))
+    }
+
+    /// The `encrypted_content` of a compaction item: `None` for any other
+    /// item, and for a compaction item without a string there.
+    pub fn compaction_content(&self) -> Option<&str> {
+        match self {
+            Item::Other(v) if self.is_compaction() => {
+                v.get("encrypted_content").and_then(Value::as_str)
+            }
+            _ => None,
         }
     }
 
@@ -553,6 +604,29 @@ mod tests {
             serde_json::from_str::<Item>(unknown).unwrap(),
             Item::Other(serde_json::from_str(unknown).unwrap())
         );
+    }
+
+    #[test]
+    fn compaction_items_are_kept_as_sent_and_read() {
+        let sent = json!({"type": "compaction", "encrypted_content": "erc1.x.y", "extra": 1});
+        let item: Item = serde_json::from_value(sent.clone()).unwrap();
+        assert!(item.is_compaction());
+        assert_eq!(item.compaction_content(), Some("erc1.x.y"));
+        assert_eq!(item.id(), None);
+        assert_eq!(serde_json::to_value(&item).unwrap(), sent);
+        let missing: Item = serde_json::from_value(json!({"type": "compaction"})).unwrap();
+        assert!(missing.is_compaction());
+        assert_eq!(missing.compaction_content(), None);
+        assert!(!Item::user_text("x").is_compaction());
+        let made = Item::from(Compaction {
+            id: "cmp_1".into(),
+            encrypted_content: "erc1.a.b".into(),
+        });
+        assert_eq!(
+            serde_json::to_value(&made).unwrap(),
+            json!({"type": "compaction", "id": "cmp_1", "encrypted_content": "erc1.a.b"})
+        );
+        assert_eq!(made.id(), Some("cmp_1"));
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub struct CreateRequest {
     pub instructions: Option<String>,
     #[serde(default)]
     pub previous_response_id: Option<String>,
+    /// The conversation object this response belongs to: its id, or
+    /// `{"id": ...}`.
+    #[serde(default, deserialize_with = "super::conversation::reference")]
+    pub conversation: Option<String>,
     #[serde(default)]
     pub store: Option<bool>,
     #[serde(default)]
@@ -110,20 +114,7 @@ impl CreateRequest {
     /// refused before it is parsed, which bounds what the fields kept as
     /// JSON (`tools`, `text`, ...) can cost.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let first = body.iter().find(|b| !b.is_ascii_whitespace());
-        if first != Some(&b'{') {
-            // Serde would take an array as the fields in order: only an
-            // object is a request.
-            return Err(match serde_json::from_slice::<IgnoredAny>(body) {
-                Err(e) => invalid_json(e),
-                Ok(_) => ApiError::invalid_request("The request body must be a JSON object."),
-            });
-        }
-        limits::json_budget(body)?;
-        let mut json = serde_json::Deserializer::from_slice(body);
-        let request: CreateRequest =
-            serde_path_to_error::deserialize(&mut json).map_err(field_error)?;
-        json.end().map_err(invalid_json)?;
+        let request: CreateRequest = parse_object(body)?;
         request.validate()?;
         Ok(request)
     }
@@ -138,6 +129,15 @@ impl CreateRequest {
                         .with_code("missing_required_parameter"),
                 )
             }
+        }
+        if let Some(id) = &self.conversation {
+            if self.previous_response_id.is_some() {
+                return Err(ApiError::invalid_param(
+                    "conversation",
+                    "'conversation' cannot be used with 'previous_response_id'.",
+                ));
+            }
+            limits::key_id("conversation", id)?;
         }
         if self.input.is_none() && self.previous_response_id.is_none() {
             return Err(
@@ -171,7 +171,7 @@ impl CreateRequest {
             limits::key_id("previous_response_id", id)?;
         }
         if let Some(Input::Items(items)) = &self.input {
-            validate_ids(items)?;
+            validate_ids("input", items)?;
         }
         Ok(())
     }
@@ -190,6 +190,26 @@ impl CreateRequest {
     pub fn model(&self) -> &str {
         self.model.as_deref().unwrap_or_default()
     }
+}
+
+/// A request body that must be a JSON object, read straight into `T`
+/// within [`limits::json_budget`]; a field of the wrong shape is a 400
+/// naming it.
+pub(crate) fn parse_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        // Serde would take an array as the fields in order: only an
+        // object is a request.
+        return Err(match serde_json::from_slice::<IgnoredAny>(body) {
+            Err(e) => invalid_json(e),
+            Ok(_) => ApiError::invalid_request("The request body must be a JSON object."),
+        });
+    }
+    limits::json_budget(body)?;
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut json).map_err(field_error)?;
+    json.end().map_err(invalid_json)?;
+    Ok(value)
 }
 
 /// A field of the wrong shape, named by its path; a syntax error anywhere
@@ -225,13 +245,13 @@ fn invalid_json(e: serde_json::Error) -> ApiError {
 
 /// The ids of input items become key-value keys (the item index) or are
 /// looked up as keys (`item_reference`); call ids are only bounded.
-fn validate_ids(items: &[Item]) -> Result<(), ApiError> {
+pub(crate) fn validate_ids(param: &str, items: &[Item]) -> Result<(), ApiError> {
     for (i, item) in items.iter().enumerate() {
         if let Some(id) = item.id() {
-            limits::key_id(&format!("input[{i}].id"), id)?;
+            limits::key_id(&format!("{param}[{i}].id"), id)?;
         }
         if let Some(call_id) = item.call_id() {
-            limits::call_id(&format!("input[{i}].call_id"), call_id)?;
+            limits::call_id(&format!("{param}[{i}].call_id"), call_id)?;
         }
     }
     Ok(())
@@ -275,16 +295,33 @@ impl<'de> Visitor<'de> for InputVisitor {
 /// `tools`: a list of at most [`MAX_TOOLS`] tools (checked by the chat
 /// translation), or `null`.
 fn tools<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<Value>>, D::Error> {
-    deserializer.deserialize_option(ToolsVisitor)
+    optional_list(deserializer, "tools", MAX_TOOLS)
 }
 
-struct ToolsVisitor;
+/// A list of at most `max` elements (see [`bounded`]), or `null`.
+pub(crate) fn optional_list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+    param: &'static str,
+    max: usize,
+) -> Result<Option<Vec<T>>, D::Error> {
+    deserializer.deserialize_option(ListVisitor {
+        param,
+        max,
+        element: std::marker::PhantomData,
+    })
+}
 
-impl<'de> Visitor<'de> for ToolsVisitor {
-    type Value = Option<Vec<Value>>;
+struct ListVisitor<T> {
+    param: &'static str,
+    max: usize,
+    element: std::marker::PhantomData<T>,
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for ListVisitor<T> {
+    type Value = Option<Vec<T>>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a list of tools")
+        write!(f, "a list of {}", self.param)
     }
 
     fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
@@ -300,13 +337,13 @@ impl<'de> Visitor<'de> for ToolsVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        bounded(seq, "tools", MAX_TOOLS).map(Some)
+        bounded(seq, self.param, self.max).map(Some)
     }
 }
 
 /// `metadata`: an object, of which only the first
 /// [`MAX_METADATA_PAIRS`] + 1 pairs are kept (checked by validation).
-fn metadata<'de, D: Deserializer<'de>>(
+pub(crate) fn metadata<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Map<String, Value>>, D::Error> {
     deserializer.deserialize_option(MetadataVisitor)
@@ -348,7 +385,7 @@ impl<'de> Visitor<'de> for MetadataVisitor {
 
 /// The elements of a list of at most `max`; past it, the rest is counted
 /// without being kept and the list is an error that says its length.
-fn bounded<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(
+pub(crate) fn bounded<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(
     mut seq: A,
     param: &str,
     max: usize,
@@ -379,7 +416,7 @@ fn range(param: &str, value: Option<f64>, min: f64, max: f64) -> Result<(), ApiE
 
 /// At most [`MAX_METADATA_PAIRS`] pairs, keys up to 64 characters, string
 /// values up to 512.
-fn validate_metadata(metadata: &Map<String, Value>) -> Result<(), ApiError> {
+pub(crate) fn validate_metadata(metadata: &Map<String, Value>) -> Result<(), ApiError> {
     if metadata.len() > MAX_METADATA_PAIRS {
         return Err(ApiError::invalid_param(
             "metadata",

@@ -33,6 +33,9 @@ pub struct Response {
     pub incomplete_details: Option<IncompleteDetails>,
     pub model: String,
     pub previous_response_id: Option<String>,
+    /// The conversation object the response's items were added to.
+    #[serde(default)]
+    pub conversation: Option<ConversationId>,
     pub instructions: Option<String>,
     pub output: Vec<Item>,
     pub tools: Vec<Value>,
@@ -56,6 +59,12 @@ pub struct Response {
     pub user: Option<String>,
     pub safety_identifier: Option<String>,
     pub prompt_cache_key: Option<String>,
+}
+
+/// `conversation` of a Response: `{"id": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationId {
+    pub id: String,
 }
 
 /// Why a response failed.
@@ -108,6 +117,7 @@ impl Response {
         "incomplete_details",
         "model",
         "previous_response_id",
+        "conversation",
         "instructions",
         "output",
         "tools",
@@ -145,6 +155,7 @@ impl Response {
             incomplete_details: None,
             model: request.model().to_owned(),
             previous_response_id: request.previous_response_id.clone(),
+            conversation: request.conversation.clone().map(|id| ConversationId { id }),
             instructions: request.instructions.clone(),
             output: Vec::new(),
             tools: request.tools.iter().flatten().map(echoed_tool).collect(),

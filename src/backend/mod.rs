@@ -15,6 +15,8 @@ pub mod answer;
 pub mod call;
 pub mod dialect;
 mod errors;
+#[cfg(test)]
+pub mod replay;
 pub mod routes;
 
 pub use errors::{embedded_error, status_error};

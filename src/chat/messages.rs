@@ -4,7 +4,8 @@
 //! into that assistant message's `tool_calls`, which is the shape chat
 //! templates expect; tool outputs become `tool` messages; reasoning belongs
 //! to the next assistant message, as its `reasoning_content` when the
-//! backend takes it, and is dropped otherwise.
+//! backend takes it, and is dropped otherwise. A `compaction` item becomes
+//! a `user` message with the summary it carries.
 //!
 //! [`Rendered`] also says whether a run of items renders the same on its own
 //! as among other items, which lets a stored turn keep its messages ready.
@@ -14,6 +15,7 @@ use serde_json::{json, Value};
 use super::tools::flat_name;
 use super::{ChatContent, ChatFunction, ChatMessage, ChatToolCall};
 use crate::api::items::{ContentPart, Item, Message, Role};
+use crate::compact::replayed_summary;
 
 /// The version of the rendering below. Stored turns keep the messages they
 /// rendered to with this number; bump it whenever what items render to
@@ -126,6 +128,15 @@ impl Transcript {
                         Some(prev) => format!("{prev}\n{text}"),
                         None => text,
                     });
+                }
+            }
+            // A compaction item is replayed as the summary it carries, as
+            // a `user` message: the client holds it, so it has no more
+            // authority than what the client says itself. Its blob was
+            // checked when the item came in (`crate::compact`).
+            Item::Other(_) if item.is_compaction() => {
+                if let Some(text) = item.compaction_content().and_then(replayed_summary) {
+                    self.out.push(text_message("user", text));
                 }
             }
             // References are resolved before translation; other kinds are
@@ -315,6 +326,33 @@ mod tests {
             assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
             assert_eq!(v[0]["tool_calls"][0]["id"], "c1");
         }
+    }
+
+    #[test]
+    fn compaction_items_replay_their_summary() {
+        use crate::compact::seal::{Seal, Sealed};
+        let blob = Seal::new(None, "t").seal(&Sealed {
+            summary: "Goal: x.".into(),
+            model: "m".into(),
+            created_at: 0,
+        });
+        let history = items(json!([
+            {"role": "user", "content": "q"},
+            {"type": "compaction", "id": "cmp_1", "encrypted_content": blob},
+            {"type": "compaction", "encrypted_content": "gAAAAAB-not-ours"},
+            {"type": "compaction"},
+            {"role": "user", "content": "next"},
+        ]));
+        let v = chat(&history, false);
+        assert_eq!(v.as_array().map(Vec::len), Some(3), "{v}");
+        assert_eq!(v[1]["role"], "user");
+        let text = v[1]["content"].as_str().unwrap();
+        assert!(
+            text.starts_with("Summary of the conversation so far"),
+            "{text}"
+        );
+        assert!(text.ends_with("\n\nGoal: x."), "{text}");
+        assert!(Rendered::new(&history[1..2], true).self_contained());
     }
 
     /// Splitting a conversation into runs whose renderings are each

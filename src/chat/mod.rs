@@ -181,7 +181,45 @@ pub struct ChatFunction {
     pub arguments: String,
 }
 
+impl ChatMessage {
+    /// A message of `role` with text content.
+    pub fn text(role: &'static str, text: impl Into<String>) -> Self {
+        messages::text_message(role, text.into())
+    }
+}
+
 impl ChatRequest {
+    /// A request for one whole completion (`stream: false`) without tools
+    /// or sampling parameters: `instructions` as the system message, then
+    /// `rendered`.
+    pub fn plain(model: &str, instructions: Option<&str>, rendered: Vec<ChatMessage>) -> Self {
+        ChatRequest {
+            model: model.to_owned(),
+            messages: ChatMessages {
+                system: messages::system_message(instructions),
+                kept: KeptMessages::default(),
+                rendered,
+            },
+            stream: false,
+            stream_options: None,
+            tools: Vec::new(),
+            tool_choice: None,
+            parallel_tool_calls: None,
+            temperature: None,
+            top_p: None,
+            frequency_penalty: None,
+            presence_penalty: None,
+            max_tokens: None,
+            max_completion_tokens: None,
+            response_format: None,
+            reasoning_effort: None,
+            logprobs: None,
+            top_logprobs: None,
+            user: None,
+            prompt_cache_key: None,
+        }
+    }
+
     /// The chat request for `request`. Its conversation is the messages
     /// earlier turns `kept`, followed by the messages `rendered` now: the
     /// whole conversation when nothing was kept, else this request's input.

@@ -7,7 +7,8 @@
 //! 4. **render** the chat request and pick its backend ([`render`]);
 //! 5. **run the model loop** ([`model`]): the backend calls that make the
 //!    response, their chunks turned into events by the [`EventStream`];
-//! 6. **store** the response before its terminal event ([`save`]);
+//! 6. **store** the response before its terminal event ([`save`]), and
+//!    add its items to its conversation object, if it has one;
 //! 7. **emit** the events to the client ([`emit`]).
 //!
 //! [`Create::start`] runs steps 1 to 4: its errors are answered as plain
@@ -21,11 +22,11 @@
 pub mod emit;
 mod model;
 mod render;
-mod resolve;
+pub(crate) mod resolve;
 mod save;
 
 pub use emit::{Discard, EventSink};
-pub use resolve::with_id;
+pub use resolve::{prepare_input, with_id};
 
 use crate::api::items::Item;
 use crate::api::request::CreateRequest;
@@ -48,6 +49,8 @@ pub struct Create<'s, K: Kv, B: Backend> {
     input: Vec<Item>,
     /// The conversation this request continues.
     parent: Option<Conversation>,
+    /// The conversation object its items are added to when it completes.
+    conversation: Option<String>,
     store: bool,
     /// Whether the client asked for an event stream.
     pub streaming: bool,
@@ -65,9 +68,16 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
         let tenant = service.tenant(api_key)?;
         let request = CreateRequest::parse(body)?;
         let settings = &service.settings;
+        crate::compact::check_input(settings, &tenant, request.input.as_ref())?;
         let store = service.store(&tenant);
-        let resolved =
-            resolve::resolve(&request, &store, &service.env, settings.backend_reasoning)?;
+        let conversations = service.conversations(&tenant);
+        let resolved = resolve::resolve(
+            &request,
+            &store,
+            &conversations,
+            &service.env,
+            settings.backend_reasoning,
+        )?;
         let plan = render::render(&request, &settings.routes, resolved.kept, resolved.rendered)?;
         let call = Call {
             backend: &service.backend,
@@ -92,6 +102,7 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
             model,
             input: resolved.input,
             parent: resolved.parent,
+            conversation: request.conversation.clone(),
             store: request.store(),
             streaming: request.stream(),
         })
@@ -125,9 +136,12 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
         // A plain request that failed is answered with an error alone: its
         // client never learns the response's id, so nothing is stored. A
         // stream has already shown the id, so its failure is kept.
+        // A response that completes adds its items to its conversation
+        // object, before its client hears it is done.
         let stored = match (&failure, self.streaming) {
             (Some(_), false) => Ok(()),
-            _ => self.save(),
+            (Some(_), true) => self.save(),
+            (None, _) => self.save().and_then(|()| self.add_to_conversation()),
         };
         let failure = match stored {
             Ok(()) => failure,
@@ -146,6 +160,16 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
         self.stream.interrupt();
         let error = self.save().err();
         (self.stream.into_response(), error)
+    }
+
+    /// Appends the input and output items to the conversation object.
+    fn add_to_conversation(&self) -> Result<(), ApiError> {
+        let Some(id) = &self.conversation else {
+            return Ok(());
+        };
+        let output = &self.stream.response().output;
+        let items: Vec<Item> = self.input.iter().chain(output).cloned().collect();
+        self.service.conversations(&self.tenant).append(id, &items)
     }
 
     fn save(&self) -> Result<(), ApiError> {

@@ -6,12 +6,16 @@
 //! Kept messages are passed on as stored bytes; when a turn kept none (or
 //! the new input opens with a tool call that joins the last assistant
 //! message), the whole conversation is rendered from its items instead.
+//!
+//! A request in a conversation object (`conversation`) has that
+//! conversation's items as its history, rendered with its input.
 
 use crate::api::items::{Item, Status};
 use crate::api::request::{CreateRequest, Input};
 use crate::chat::{ChatMessage, KeptMessages, Rendered};
 use crate::error::ApiError;
 use crate::ids::Env;
+use crate::store::conversations::Conversations;
 use crate::store::{find_item, Conversation, Kv, ResponseStore};
 
 /// What a request continues and adds.
@@ -26,13 +30,17 @@ pub struct Resolved {
     pub rendered: Vec<ChatMessage>,
 }
 
-/// Resolves `request` against the caller's `store`.
+/// Resolves `request` against the caller's `store` and `conversations`.
 pub fn resolve<K: Kv>(
     request: &CreateRequest,
     store: &ResponseStore<'_, K>,
+    conversations: &Conversations<'_, K>,
     env: &Env,
     send_reasoning: bool,
 ) -> Result<Resolved, ApiError> {
+    if let Some(id) = &request.conversation {
+        return in_conversation(request, id, store, conversations, env, send_reasoning);
+    }
     let parent = match &request.previous_response_id {
         Some(id) => Some(previous(store, id, env.now())?),
         None => None,
@@ -74,9 +82,33 @@ pub fn resolve<K: Kv>(
     })
 }
 
+/// A request in conversation object `id`: its items are the history.
+fn in_conversation<K: Kv>(
+    request: &CreateRequest,
+    id: &str,
+    store: &ResponseStore<'_, K>,
+    conversations: &Conversations<'_, K>,
+    env: &Env,
+    send_reasoning: bool,
+) -> Result<Resolved, ApiError> {
+    let read = conversations.read(id)?.ok_or_else(|| {
+        ApiError::not_found(format!("Conversation with id '{id}' not found."))
+            .with_param("conversation")
+    })?;
+    let mut history = read.items;
+    let input = prepare_input(request.input.clone(), &history, store, env)?;
+    history.extend(input.iter().cloned());
+    Ok(Resolved {
+        input,
+        parent: None,
+        kept: KeptMessages::default(),
+        rendered: Rendered::new(&history, send_reasoning).messages,
+    })
+}
+
 /// The stored conversation `previous_response_id` names, or 404 on that
 /// parameter.
-fn previous<K: Kv>(
+pub(crate) fn previous<K: Kv>(
     store: &ResponseStore<'_, K>,
     id: &str,
     now: i64,
@@ -97,7 +129,7 @@ fn previous<K: Kv>(
 /// The request's input as stored: ids assigned, assistant text normalized,
 /// item references resolved against the earlier conversation, else against
 /// every stored response of the caller.
-fn prepare_input<K: Kv>(
+pub fn prepare_input<K: Kv>(
     input: Option<Input>,
     history: &[Item],
     store: &ResponseStore<'_, K>,

@@ -8,6 +8,7 @@
 //! Creating is the pipeline in [`crate::create`]; reading, deleting and
 //! listing are here.
 
+mod conversations;
 mod list;
 mod models;
 #[cfg(test)]
@@ -27,6 +28,7 @@ use crate::config::Settings;
 use crate::create::{Create, Discard};
 use crate::error::ApiError;
 use crate::ids::Env;
+use crate::store::conversations::Conversations;
 use crate::store::retention::{self, Due, Status, Sweep};
 use crate::store::{Kv, ResponseStore, Turn};
 
@@ -44,6 +46,10 @@ pub struct Service<K, B> {
 impl<K: Kv, B: Backend> Service<K, B> {
     pub(crate) fn store(&self, tenant: &str) -> ResponseStore<'_, K> {
         ResponseStore::new(&self.kv, tenant)
+    }
+
+    pub(crate) fn conversations(&self, tenant: &str) -> Conversations<'_, K> {
+        Conversations::new(&self.kv, tenant)
     }
 
     pub(crate) fn tenant(&self, api_key: Option<&str>) -> Result<String, ApiError> {

@@ -213,9 +213,9 @@ fn decode_rest(
     shared: &BTreeMap<String, Vec<u8>>,
 ) -> Result<Response, ApiError> {
     if refs.is_empty() {
-        return serde_json::from_slice(rest).map_err(unreadable);
+        return crate::api::from_slice(rest).map_err(unreadable);
     }
-    let mut value: Value = serde_json::from_slice(rest).map_err(unreadable)?;
+    let mut value: Value = crate::api::from_slice(rest).map_err(unreadable)?;
     for field in SHARED_FIELDS {
         let Some(slot) = value.get_mut(field) else {
             continue;
@@ -226,7 +226,7 @@ fn decode_rest(
         let bytes = shared
             .get(hash)
             .ok_or_else(|| unreadable(format!("its {field} are no longer stored")))?;
-        *slot = serde_json::from_slice(bytes).map_err(unreadable)?;
+        *slot = crate::api::from_slice(bytes).map_err(unreadable)?;
     }
     serde_json::from_value(value).map_err(unreadable)
 }
@@ -253,7 +253,7 @@ pub fn decode_items(bytes: &[u8]) -> Result<Vec<TurnItems>, ApiError> {
     Records::<ItemsHead>::new(bytes)
         .map(|record| {
             let (head, [_, items, _]) = record?;
-            let items: ItemsIn = serde_json::from_slice(items).map_err(unreadable)?;
+            let items: ItemsIn = crate::api::from_slice(items).map_err(unreadable)?;
             Ok(TurnItems {
                 id: head.id,
                 input: items.input,
@@ -275,7 +275,7 @@ pub fn decode_items_prefix(bytes: &[u8]) -> (Vec<TurnItems>, usize) {
         let Some(Ok((head, [_, items, _]))) = records.next() else {
             return (turns, start);
         };
-        let Ok(items) = serde_json::from_slice::<ItemsIn>(items) else {
+        let Ok(items) = crate::api::from_slice::<ItemsIn>(items) else {
             return (turns, start);
         };
         turns.push(TurnItems {
@@ -296,7 +296,7 @@ pub fn decode_turns(
     Records::<ItemsHead>::new(bytes)
         .map(|record| {
             let (head, [_, items, rest]) = record?;
-            let items: ItemsIn = serde_json::from_slice(items).map_err(unreadable)?;
+            let items: ItemsIn = crate::api::from_slice(items).map_err(unreadable)?;
             let mut response = decode_rest(rest, &head.shared, shared)?;
             response.output = items.output;
             Ok(Turn {

@@ -266,5 +266,8 @@ pub async fn pytest(
         output.status.success(),
         "openai SDK tests against {base_url} failed:\n{report}"
     );
+    // pytest's summary line ("N passed, M skipped in ..."), for the log.
+    let summary = report.lines().rev().find(|l| !l.trim().is_empty());
+    eprintln!("pytest {target}: {}", summary.unwrap_or_default());
     report
 }
