@@ -11,6 +11,7 @@
 //! | `backend_reasoning` | `true` to pass earlier reasoning to the backend as `reasoning_content` |
 //! | `backend_timeout_seconds` | longest wait for the backend's first byte, and between two pieces of its answer (default 300) |
 //! | `retention_grace_seconds` | how long past its expiry stored data waits for removal (default 60) |
+//! | `model_context_windows` | context windows by model, `pattern=tokens` pairs (`llama3*=8192, *=32768`): what `truncation: "auto"` fits a request into |
 //! | `admin_key` | the key of `/v1/admin/...` (retention status, a sweep step now); unset = no admin routes |
 //! | `retention_sweep_every` | one create in this many runs a bounded removal step after answering (default 8; 0 never) |
 //! | `stream_keepalive_seconds` | a stream silent this long gets an SSE comment, `: keep-alive` (default 15; 0 never) |
@@ -67,10 +68,11 @@ enum Setting {
     RetentionGraceSeconds,
     RetentionSweepEvery,
     AdminKey,
+    ModelContextWindows,
 }
 
 impl Setting {
-    const ALL: [Setting; 17] = [
+    const ALL: [Setting; 18] = [
         Setting::BackendUrl,
         Setting::BackendApiKey,
         Setting::BackendHeaders,
@@ -88,6 +90,7 @@ impl Setting {
         Setting::RetentionGraceSeconds,
         Setting::RetentionSweepEvery,
         Setting::AdminKey,
+        Setting::ModelContextWindows,
     ];
 
     const fn name(self) -> &'static str {
@@ -109,6 +112,7 @@ impl Setting {
             Setting::RetentionGraceSeconds => "retention_grace_seconds",
             Setting::RetentionSweepEvery => "retention_sweep_every",
             Setting::AdminKey => "admin_key",
+            Setting::ModelContextWindows => "model_context_windows",
         }
     }
 
@@ -152,9 +156,20 @@ pub struct Settings {
     pub retention_sweep_every: u32,
     /// The key of the admin routes; `None`: they are off.
     pub admin_key: Option<String>,
+    /// Context windows in tokens by model name pattern (`*` globs), first
+    /// match wins: what `truncation: "auto"` fits a request into.
+    pub model_context_windows: Vec<(String, u64)>,
 }
 
 impl Settings {
+    /// The context window of `model`, if one is configured.
+    pub fn context_window(&self, model: &str) -> Option<u64> {
+        self.model_context_windows
+            .iter()
+            .find(|(pattern, _)| crate::backend::routes::glob(pattern, model))
+            .map(|(_, tokens)| *tokens)
+    }
+
     /// How long a stream may stay silent before a keep-alive; `None` never.
     pub fn stream_keepalive(&self) -> Option<std::time::Duration> {
         (self.stream_keepalive_seconds > 0)
@@ -218,6 +233,9 @@ impl Settings {
                     settings.retention_sweep_every = number(key, &value)?
                 }
                 Setting::AdminKey => settings.admin_key = Some(value),
+                Setting::ModelContextWindows => {
+                    settings.model_context_windows = parse_windows(&value)?
+                }
                 Setting::MaxRequestBytes => {
                     settings.max_request_bytes = number(key, &value)?;
                     if settings.max_request_bytes == 0 {
@@ -270,6 +288,30 @@ fn number<T: std::str::FromStr>(key: Setting, value: &str) -> Result<T, ApiError
     value
         .parse()
         .map_err(|_| ApiError::server(format!("{} must be a number, got '{value}'", key.name())))
+}
+
+/// `model_context_windows`: `pattern=tokens` pairs separated by commas,
+/// e.g. `gpt-4o*=128000, llama3*=8192`.
+fn parse_windows(value: &str) -> Result<Vec<(String, u64)>, ApiError> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let invalid = || {
+                ApiError::server(format!(
+                    "model_context_windows: '{pair}' is not model=tokens (e.g. llama3*=8192)"
+                ))
+            };
+            let (pattern, tokens) = pair.split_once('=').ok_or_else(invalid)?;
+            let tokens: u64 = tokens.trim().parse().map_err(|_| invalid())?;
+            let pattern = pattern.trim();
+            if pattern.is_empty() || tokens == 0 {
+                return Err(invalid());
+            }
+            Ok((pattern.to_owned(), tokens))
+        })
+        .collect()
 }
 
 fn truthy(value: &str) -> bool {

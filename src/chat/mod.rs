@@ -82,6 +82,11 @@ pub struct ChatMessages {
 pub struct KeptMessages(Vec<u8>);
 
 impl KeptMessages {
+    /// Bytes of the kept messages.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// Appends the messages of `array`, a JSON array of messages.
     pub fn push_array(&mut self, array: &[u8]) {
         let inner = array.trim_ascii();

@@ -24,6 +24,7 @@ mod model;
 mod render;
 pub(crate) mod resolve;
 mod save;
+mod truncate;
 
 pub use emit::{Discard, EventSink};
 pub use resolve::{prepare_input, with_id};
@@ -71,13 +72,13 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
         crate::compact::check_input(settings, &tenant, request.input.as_ref())?;
         let store = service.store(&tenant);
         let conversations = service.conversations(&tenant);
-        let resolved = resolve::resolve(
-            &request,
-            &store,
-            &conversations,
-            &service.env,
-            settings.backend_reasoning,
-        )?;
+        let replay = resolve::Replay {
+            send_reasoning: settings.backend_reasoning,
+            window: settings
+                .context_window(request.model())
+                .filter(|_| request.truncation.as_deref() == Some("auto")),
+        };
+        let resolved = resolve::resolve(&request, &store, &conversations, &service.env, replay)?;
         let plan = render::render(&request, &settings.routes, resolved.kept, resolved.rendered)?;
         let call = Call {
             backend: &service.backend,

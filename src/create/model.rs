@@ -7,8 +7,6 @@
 //! them, appends their outputs to the chat request and calls the backend
 //! again. `max_tool_calls` is counted by the loop, across its calls.
 
-use std::collections::BTreeSet;
-
 use super::emit::{Emitter, EventSink};
 use crate::backend::call::{open_chat, ChatAnswer};
 use crate::backend::dialect::Learned;
@@ -38,7 +36,7 @@ pub struct ModelLoop<'a, Bk: Backend> {
     /// `max_tool_calls`: tool calls past it are dropped.
     max_tool_calls: Option<u64>,
     /// The backend's tool-call indices let through so far.
-    calls_seen: BTreeSet<usize>,
+    calls_seen: Vec<usize>,
 }
 
 /// What a chat call needs besides its request.
@@ -58,7 +56,7 @@ impl<'a, Bk: Backend> ModelLoop<'a, Bk> {
             pending: Some(chat),
             answer: None,
             max_tool_calls,
-            calls_seen: BTreeSet::new(),
+            calls_seen: Vec::new(),
         }
     }
 
@@ -212,7 +210,7 @@ impl<'a, Bk: Backend> ModelLoop<'a, Bk> {
                     return true;
                 }
                 if seen.len() < max {
-                    seen.insert(index);
+                    seen.push(index);
                     return true;
                 }
                 false

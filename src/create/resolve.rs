@@ -10,6 +10,7 @@
 //! A request in a conversation object (`conversation`) has that
 //! conversation's items as its history, rendered with its input.
 
+use super::truncate::{self, Budget};
 use crate::api::items::{Item, Status};
 use crate::api::request::{CreateRequest, Input};
 use crate::chat::{ChatMessage, KeptMessages, Rendered};
@@ -30,17 +31,38 @@ pub struct Resolved {
     pub rendered: Vec<ChatMessage>,
 }
 
+/// How a replay is rendered.
+#[derive(Debug, Clone, Copy)]
+pub struct Replay {
+    /// Whether earlier reasoning is passed on to the backend.
+    pub send_reasoning: bool,
+    /// The model's context window in tokens, when one is configured and
+    /// the request asks for `truncation: "auto"`.
+    pub window: Option<u64>,
+}
+
 /// Resolves `request` against the caller's `store` and `conversations`.
 pub fn resolve<K: Kv>(
     request: &CreateRequest,
     store: &ResponseStore<'_, K>,
     conversations: &Conversations<'_, K>,
     env: &Env,
-    send_reasoning: bool,
+    replay: Replay,
 ) -> Result<Resolved, ApiError> {
-    if let Some(id) = &request.conversation {
-        return in_conversation(request, id, store, conversations, env, send_reasoning);
+    match &request.conversation {
+        Some(id) => in_conversation(request, id, store, conversations, env, replay),
+        None => continuing(request, store, env, replay),
     }
+}
+
+/// A request on its own or continuing `previous_response_id`.
+fn continuing<K: Kv>(
+    request: &CreateRequest,
+    store: &ResponseStore<'_, K>,
+    env: &Env,
+    replay: Replay,
+) -> Result<Resolved, ApiError> {
+    let send_reasoning = replay.send_reasoning;
     let parent = match &request.previous_response_id {
         Some(id) => Some(previous(store, id, env.now())?),
         None => None,
@@ -54,9 +76,11 @@ pub fn resolve<K: Kv>(
     };
     let input = prepare_input(request.input.clone(), &history, store, env)?;
     let rendered = Rendered::new(&input, send_reasoning);
+    // A replay that may have to be cut to fit a window is rendered from
+    // its items.
     let kept = match &parent {
         None => Some(KeptMessages::default()),
-        Some(_) if rendered.leading_call => None,
+        Some(_) if rendered.leading_call || replay.window.is_some() => None,
         Some(conversation) => conversation.kept_chat(send_reasoning)?,
     };
     let (kept, rendered) = match kept {
@@ -69,6 +93,7 @@ pub fn resolve<K: Kv>(
                     .transpose()?
                     .unwrap_or_default();
             }
+            let mut history = fit(request, history, &input, replay);
             history.extend(input.iter().cloned());
             let all = Rendered::new(&history, send_reasoning).messages;
             (KeptMessages::default(), all)
@@ -89,21 +114,42 @@ fn in_conversation<K: Kv>(
     store: &ResponseStore<'_, K>,
     conversations: &Conversations<'_, K>,
     env: &Env,
-    send_reasoning: bool,
+    replay: Replay,
 ) -> Result<Resolved, ApiError> {
     let read = conversations.read(id)?.ok_or_else(|| {
         ApiError::not_found(format!("Conversation with id '{id}' not found."))
             .with_param("conversation")
     })?;
-    let mut history = read.items;
-    let input = prepare_input(request.input.clone(), &history, store, env)?;
+    let input = prepare_input(request.input.clone(), &read.items, store, env)?;
+    let mut history = fit(request, read.items, &input, replay);
     history.extend(input.iter().cloned());
     Ok(Resolved {
         input,
         parent: None,
         kept: KeptMessages::default(),
-        rendered: Rendered::new(&history, send_reasoning).messages,
+        rendered: Rendered::new(&history, replay.send_reasoning).messages,
     })
+}
+
+/// `truncation: "auto"`: the history without its oldest items, when with
+/// them the request would not fit the model's window (see [`truncate`]).
+fn fit(request: &CreateRequest, history: Vec<Item>, input: &[Item], replay: Replay) -> Vec<Item> {
+    let Some(window) = replay.window else {
+        return history;
+    };
+    let instructions = request.instructions.as_deref().map_or(0, str::len);
+    let tools: usize = request
+        .tools
+        .iter()
+        .flatten()
+        .map(|t| serde_json::to_vec(t).map_or(0, |b| b.len()))
+        .sum();
+    let budget = Budget {
+        window,
+        reserve: request.max_output_tokens.unwrap_or(0),
+        fixed_bytes: instructions + tools + truncate::items_bytes(input),
+    };
+    truncate::drop_oldest(history, &budget)
 }
 
 /// The stored conversation `previous_response_id` names, or 404 on that

@@ -460,7 +460,7 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
             .map(|hash| self.shared_key(&own.thread, hash))
             .collect();
         let read = self.read_log_and(std::slice::from_ref(own), keys)?;
-        let shared = pointer
+        let shared: Vec<(String, Vec<u8>)> = pointer
             .shared
             .iter()
             .cloned()

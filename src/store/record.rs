@@ -22,8 +22,6 @@
 //! usage. Reading a whole turn parses the items and the rest and puts the
 //! output back.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -210,7 +208,7 @@ fn encode_rest(rest: &Response) -> Result<(Vec<u8>, Vec<Shared>), ApiError> {
 fn decode_rest(
     rest: &[u8],
     refs: &[String],
-    shared: &BTreeMap<String, Vec<u8>>,
+    shared: &[(String, Vec<u8>)],
 ) -> Result<Response, ApiError> {
     if refs.is_empty() {
         return crate::api::from_slice(rest).map_err(unreadable);
@@ -224,7 +222,9 @@ fn decode_rest(
             continue;
         };
         let bytes = shared
-            .get(hash)
+            .iter()
+            .find(|(h, _)| h == hash)
+            .map(|(_, bytes)| bytes)
             .ok_or_else(|| unreadable(format!("its {field} are no longer stored")))?;
         *slot = crate::api::from_slice(bytes).map_err(unreadable)?;
     }
@@ -289,10 +289,7 @@ pub fn decode_items_prefix(bytes: &[u8]) -> (Vec<TurnItems>, usize) {
 
 /// Every whole turn in `bytes`, in order, with the parts stored apart
 /// from `shared` (hash → JSON).
-pub fn decode_turns(
-    bytes: &[u8],
-    shared: &BTreeMap<String, Vec<u8>>,
-) -> Result<Vec<Turn>, ApiError> {
+pub fn decode_turns(bytes: &[u8], shared: &[(String, Vec<u8>)]) -> Result<Vec<Turn>, ApiError> {
     Records::<ItemsHead>::new(bytes)
         .map(|record| {
             let (head, [_, items, rest]) = record?;
@@ -389,7 +386,7 @@ mod tests {
     #[test]
     fn whole_turns_round_trip() {
         let turns = [turn("resp_a", "a"), turn("resp_b", "b")];
-        assert_eq!(decode_turns(&log(&turns), &BTreeMap::new()).unwrap(), turns);
+        assert_eq!(decode_turns(&log(&turns), &[]).unwrap(), turns);
     }
 
     #[test]
@@ -453,10 +450,7 @@ mod tests {
             "other setting"
         );
         // Keeping messages changes nothing else.
-        assert_eq!(
-            decode_turns(&bytes, &BTreeMap::new()).unwrap(),
-            [a.clone(), b.clone()]
-        );
+        assert_eq!(decode_turns(&bytes, &[]).unwrap(), [a.clone(), b.clone()]);
 
         let mut partly = encode(&a, Some(&kept(false, "a"))).unwrap().bytes;
         partly.extend(encode(&b, None).unwrap().bytes);
@@ -471,7 +465,7 @@ mod tests {
             .bytes;
         for cut in [1, bytes.len() / 2, bytes.len() - 1] {
             let damaged = &bytes[..cut];
-            let none = BTreeMap::new();
+            let none = [];
             assert_eq!(decode_turns(damaged, &none).unwrap_err().status, 500);
             assert_eq!(decode_items(damaged).unwrap_err().status, 500);
             assert_eq!(decode_chat(damaged, false).unwrap_err().status, 500);
