@@ -230,12 +230,16 @@ async fn strict_backend_scenario(spin: &Path, redis: Option<&Redis>) {
     assert_eq!(gone.status(), 404);
 }
 
-/// The official `openai` SDK tests against the component under Spin.
+/// The official `openai` SDK tests against the component under Spin: the
+/// Responses API, and conversation objects (their appends and reads go
+/// through Spin's store, Redis included).
 async fn sdk_scenario(spin: &Path, redis: Option<&Redis>) {
     let backend = Backend::start().expect("backend starts");
     let origin = backend.origin();
     let spin = Spin::up(spin, &[("backend_origin", origin.as_str())], redis).await;
-    common::pytest(&spin.url, &origin, "test_openai_sdk.py", &[], &[]).await;
+    for suite in ["test_openai_sdk.py", "test_conversations.py"] {
+        common::pytest(&spin.url, &origin, suite, &[], &[]).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

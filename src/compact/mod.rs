@@ -32,16 +32,15 @@ use serde::Serialize;
 use crate::api::items::{Compaction, Item, Role};
 use crate::api::request::{CreateRequest, Input};
 use crate::api::response::{Response, Usage};
-use crate::backend::answer::excerpt;
-use crate::backend::call::{open_chat, ChatAnswer};
-use crate::backend::{Backend, BodyStream};
-use crate::chat::{ChatChunk, ToolMap};
+use crate::backend::Backend;
+use crate::chat::ToolMap;
 use crate::config::Settings;
-use crate::create::prepare_input;
+use crate::create::emit::Emitter;
+use crate::create::model::{Call, Ended, ModelLoop};
+use crate::create::{prepare_input, Discard};
 use crate::error::ApiError;
 use crate::service::Service;
 use crate::store::Kv;
-use crate::stream::sse::{SseData, SseReader};
 use crate::stream::EventStream;
 use seal::{Broken, Seal, Sealed};
 
@@ -92,14 +91,14 @@ pub async fn compact<K: Kv, B: Backend>(
 
     let route = settings.routes.for_model(request.model())?;
     let chat = prompt::chat_request(&request, &history, settings.backend_reasoning);
-    let answer = open_chat(
-        &service.backend,
+    let call = Call {
+        backend: &service.backend,
         route,
-        &service.learned,
-        service.client_key(api_key),
-        chat,
-    )
-    .await?;
+        learned: &service.learned,
+        client_key: service.client_key(api_key),
+    };
+    let mut model = ModelLoop::new(call, chat, None);
+    model.open().await?;
     let mut stream = EventStream::new(
         Response::start(env.new_id("resp"), env.now(), &request),
         ToolMap::default(),
@@ -108,7 +107,11 @@ pub async fn compact<K: Kv, B: Backend>(
     if route.think_tags {
         stream = stream.with_think_tags();
     }
-    read_answer(answer, &mut stream).await?;
+    let mut discard = Discard;
+    let mut out = Emitter::new(&mut discard, false);
+    if let Ended::Failed(error) = model.run(&mut stream, &mut out).await {
+        return Err(error);
+    }
     stream.finish();
     let response = stream.into_response();
     let summary = response.output_text().trim().to_owned();
@@ -234,66 +237,6 @@ fn latest_user_messages(history: &[Item]) -> Vec<Item> {
         }
     }
     kept
-}
-
-/// Reads the backend's answer through `stream`: one completion, or (from
-/// a backend that streams although asked not to) events to their end.
-async fn read_answer<Body: BodyStream>(
-    answer: ChatAnswer<Body>,
-    stream: &mut EventStream,
-) -> Result<(), ApiError> {
-    let (first, mut body) = match answer {
-        ChatAnswer::Completion(chunk) => {
-            stream.feed(chunk);
-            return Ok(());
-        }
-        ChatAnswer::Events { first, body } => (first, body),
-    };
-    let mut reader = SseReader::default();
-    let mut payloads = reader.push(&first);
-    loop {
-        for payload in payloads {
-            match payload {
-                SseData::Done => return Ok(()),
-                SseData::Data(data) => feed(&data, stream)?,
-            }
-        }
-        payloads = match body.next().await {
-            Some(Ok(bytes)) => reader.push(&bytes),
-            Some(Err(e)) => {
-                return Err(ApiError::backend(format!(
-                    "The backend connection failed mid-stream: {e}"
-                )))
-            }
-            None => {
-                if let Some(SseData::Data(data)) = reader.finish() {
-                    feed(&data, stream)?;
-                } else if !stream.saw_finish() {
-                    return Err(ApiError::backend(
-                        "The backend closed the stream before the completion was finished.",
-                    ));
-                }
-                return Ok(());
-            }
-        };
-    }
-}
-
-/// One event's data through `stream`.
-fn feed(data: &str, stream: &mut EventStream) -> Result<(), ApiError> {
-    let chunk: ChatChunk = serde_json::from_str(data).map_err(|e| {
-        ApiError::backend(format!(
-            "The backend sent a malformed chunk ({e}): {}",
-            excerpt(data.as_bytes())
-        ))
-    })?;
-    if let Some(message) = chunk.error_message() {
-        return Err(ApiError::backend(format!(
-            "The backend reported an error mid-stream: {message}"
-        )));
-    }
-    stream.feed(chunk);
-    Ok(())
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@
 //! carries keep-alive comments while the backend is silent.
 
 pub mod emit;
-mod model;
+pub(crate) mod model;
 mod render;
 pub(crate) mod resolve;
 mod save;

@@ -268,15 +268,53 @@ proptest! {
     fn readable_responses_replay_exactly_their_history(
         steps in proptest::collection::vec((op(), fault()), 1..80)
     ) {
-        let mut run = Run {
-            kv: MemoryKv::default(),
-            now: T0,
-            nodes: Vec::new(),
-            past: Vec::new(),
-        };
-        for (op, fault) in &steps {
-            run.step(op, fault);
-            run.check()?;
-        }
+        run(&steps)?;
+    }
+}
+
+/// Plays `steps` from an empty store, checking after each.
+fn run(steps: &[(Op, Fault)]) -> Result<(), TestCaseError> {
+    let mut run = Run {
+        kv: MemoryKv::default(),
+        now: T0,
+        nodes: Vec::new(),
+        past: Vec::new(),
+    };
+    for (op, fault) in steps {
+        run.step(op, fault);
+        run.check()?;
+    }
+    Ok(())
+}
+
+/// Found by the property test: a sweep whose batch read saw an expiry from
+/// before the thread's last continuation removed that continuation's
+/// history.
+#[test]
+fn a_sweep_reading_a_stale_expiry_keeps_a_live_history() {
+    use Fault::{None as Clean, Stale};
+    use Op::*;
+    let steps = [
+        (New, Clean),
+        (New, Clean),
+        (New, Clean),
+        (New, Clean),
+        (Advance(32), Clean),
+        (New, Clean),
+        (New, Stale(1)),
+        (New, Clean),
+        (New, Clean),
+        (ContinueRacingDelete(0), Clean),
+        (Advance(21), Clean),
+        (Advance(99), Clean),
+        (Continue(2629215891909986745), Clean),
+        (New, Clean),
+        (Continue(38653689883273688), Clean),
+        (Continue(3465191309639349852), Stale(1)),
+        (Advance(172), Clean),
+        (Sweep(0), Stale(3)),
+    ];
+    if let Err(failure) = run(&steps) {
+        panic!("{failure}");
     }
 }

@@ -379,15 +379,16 @@ impl<K: Kv> ResponseStore<'_, K> {
         slots_left: &mut u64,
         done: &mut Sweep,
     ) -> Result<Outcome, ApiError> {
-        let read = self
-            .kv
-            .get_many(vec![self.exp_key(thread), self.len_key(thread)])
-            .map_err(storage)?;
-        let expiry = read[0]
+        // Whether the thread may go is read on its own, never from a batch:
+        // a store whose batch reads can lag (a replica, a cache) must not
+        // show an expiry that a continuation has since moved on.
+        let expiry = self.kv.get(&self.exp_key(thread)).map_err(storage)?;
+        let expiry = expiry
             .as_deref()
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.parse::<i64>().ok());
-        let len = read[1].as_deref().and_then(counter);
+        let len = self.kv.get(&self.len_key(thread)).map_err(storage)?;
+        let len = len.as_deref().and_then(counter);
         match expiry {
             Some(expiry) if !due.thread(expiry) && bucket_of(expiry) <= bucket => {
                 return Ok(Outcome::NotYet)
