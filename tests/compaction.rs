@@ -306,3 +306,97 @@ async fn foreign_and_tampered_blobs_are_refused() {
         "nothing reached the backend"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_management_compacts_the_history_past_its_threshold() {
+    let h = Harness::start().await;
+    let last = chain(&h).await;
+    let management = json!([{"type": "compaction", "compact_threshold": 10}]);
+
+    // Below the threshold nothing happens; past it, the backend is first
+    // asked for a summary, then answers the request after it.
+    let calls = h.backend.chat_requests().len();
+    create(
+        &h,
+        json!({"model": "m", "input": "hi", "context_management": [{"type": "compaction", "compact_threshold": 100000}]}),
+    )
+    .await;
+    assert_eq!(h.backend.chat_requests().len(), calls + 1);
+
+    h.backend.push(Reply::text(SUMMARY));
+    let compacted = create(
+        &h,
+        json!({"model": "m", "input": "turn 4", "previous_response_id": last,
+               "context_management": management}),
+    )
+    .await;
+    let requests = h.backend.chat_requests();
+    assert_eq!(requests.len(), calls + 3);
+    let asked = serde_json::to_string(requests[calls + 1].messages()).unwrap();
+    assert!(
+        asked.contains("turn 1") && asked.contains("turn 3"),
+        "{asked}"
+    );
+    assert!(!asked.contains("turn 4"), "the new input is not summarised");
+    let answered = sent(&h);
+    assert_eq!(answered.len(), 2, "{answered:?}");
+    assert!(answered[0].1.contains(SUMMARY), "{answered:?}");
+    assert_eq!(answered[1], ("user".to_owned(), "turn 4".to_owned()));
+    let output = compacted["output"].as_array().unwrap();
+    assert_eq!(output[0]["type"], "compaction", "{compacted}");
+    assert!(output[0]["encrypted_content"].as_str().unwrap().len() > 20);
+    assert_eq!(compacted["output_text"].as_str().unwrap_or_default(), "");
+    assert_eq!(output[1]["type"], "message");
+
+    // The next turn replays the compaction, not what it replaced.
+    create(
+        &h,
+        json!({"model": "m", "input": "turn 5", "previous_response_id": compacted["id"]}),
+    )
+    .await;
+    let replayed = sent(&h);
+    let contents: Vec<&str> = replayed.iter().map(|(_, c)| c.as_str()).collect();
+    assert!(contents[0].contains(SUMMARY), "{contents:?}");
+    assert_eq!(
+        contents[1..],
+        ["turn 4", "Hello! You said: turn 4", "turn 5"]
+    );
+
+    // Streamed: the compaction item is announced before the answer.
+    h.backend.push(Reply::text(SUMMARY));
+    let events = h
+        .stream(
+            &json!({"model": "m", "input": "turn 6", "previous_response_id": last,
+                        "context_management": management, "stream": true}),
+        )
+        .await;
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names[..4],
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.output_item.done"
+        ]
+    );
+    let added: Value = serde_json::from_str(&events[2].1).unwrap();
+    assert_eq!(added["item"]["type"], "compaction");
+    assert_eq!(added["output_index"], 0);
+    let (_, completed) = events
+        .iter()
+        .find(|(n, _)| n == "response.completed")
+        .unwrap();
+    let completed: Value = serde_json::from_str(completed).unwrap();
+    assert_eq!(completed["response"]["output"][0]["type"], "compaction");
+
+    // A bad entry is a 400 naming it.
+    let (status, error) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "x", "context_management": [{"type": "trim"}]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["param"], "context_management[0].type");
+}

@@ -74,6 +74,9 @@ pub struct CreateRequest {
     pub service_tier: Option<String>,
     #[serde(default)]
     pub truncation: Option<String>,
+    /// `[{"type": "compaction", "compact_threshold": N}]`.
+    #[serde(default)]
+    pub context_management: Option<Vec<Value>>,
     #[serde(default)]
     pub background: Option<bool>,
 }
@@ -173,7 +176,32 @@ impl CreateRequest {
         if let Some(Input::Items(items)) = &self.input {
             validate_ids("input", items)?;
         }
+        for (i, entry) in self.context_management.iter().flatten().enumerate() {
+            if entry.get("type").and_then(Value::as_str) != Some("compaction") {
+                return Err(ApiError::invalid_param(
+                    &format!("context_management[{i}].type"),
+                    "The only context management type is 'compaction'.",
+                ));
+            }
+            let threshold = entry.get("compact_threshold").filter(|t| !t.is_null());
+            if threshold.is_some_and(|t| t.as_u64().is_none_or(|n| n == 0)) {
+                return Err(ApiError::invalid_param(
+                    &format!("context_management[{i}].compact_threshold"),
+                    "'compact_threshold' must be a positive number of tokens.",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The `compact_threshold` of a `compaction` entry of
+    /// `context_management`: past it, the history is compacted first.
+    pub fn compact_threshold(&self) -> Option<u64> {
+        self.context_management
+            .iter()
+            .flatten()
+            .find(|entry| entry["type"] == "compaction")
+            .and_then(|entry| entry["compact_threshold"].as_u64())
     }
 
     /// Whether the response is kept (default true).

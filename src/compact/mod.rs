@@ -89,8 +89,32 @@ pub async fn compact<K: Kv, B: Backend>(
         ));
     }
 
+    let (item, response) = summarize(service, api_key, &tenant, &request, &history).await?;
+    let mut output = latest_user_messages(&history);
+    output.push(item);
+    Ok(Compacted {
+        id: response.id,
+        object: "response.compaction".to_owned(),
+        created_at: response.created_at,
+        output,
+        usage: response.usage.unwrap_or_default(),
+    })
+}
+
+/// The `compaction` item that replaces `history`: the summary the
+/// backend serving `request`'s model writes of it, sealed for `tenant`; and
+/// the backend's answer as a response (its id, time and usage).
+pub async fn summarize<K: Kv, B: Backend>(
+    service: &Service<K, B>,
+    api_key: Option<&str>,
+    tenant: &str,
+    request: &CreateRequest,
+    history: &[Item],
+) -> Result<(Item, Response), ApiError> {
+    let settings = &service.settings;
+    let env = &service.env;
     let route = settings.routes.for_model(request.model())?;
-    let chat = prompt::chat_request(&request, &history, settings.backend_reasoning);
+    let chat = prompt::chat_request(request, history, settings.backend_reasoning);
     let call = Call {
         backend: &service.backend,
         route,
@@ -100,7 +124,7 @@ pub async fn compact<K: Kv, B: Backend>(
     let mut model = ModelLoop::new(call, chat, None);
     model.open().await?;
     let mut stream = EventStream::new(
-        Response::start(env.new_id("resp"), env.now(), &request),
+        Response::start(env.new_id("resp"), env.now(), request),
         ToolMap::default(),
         env.clone(),
     );
@@ -120,25 +144,16 @@ pub async fn compact<K: Kv, B: Backend>(
             "The backend answered the compaction request without a summary.",
         ));
     }
-
-    let created_at = env.now();
-    let blob = seal.seal(&Sealed {
+    let blob = seal_for(settings, tenant).seal(&Sealed {
         summary,
         model: response.model.clone(),
-        created_at,
+        created_at: response.created_at,
     });
-    let mut output = latest_user_messages(&history);
-    output.push(Item::from(Compaction {
+    let item = Item::from(Compaction {
         id: env.new_id("cmp"),
         encrypted_content: blob,
-    }));
-    Ok(Compacted {
-        id: response.id,
-        object: "response.compaction".to_owned(),
-        created_at,
-        output,
-        usage: response.usage.unwrap_or_default(),
-    })
+    });
+    Ok((item, response))
 }
 
 /// Checks the compaction items of a create request's `input` for the

@@ -33,6 +33,7 @@ use crate::api::items::Item;
 use crate::api::request::CreateRequest;
 use crate::api::response::Response;
 use crate::backend::Backend;
+use crate::chat::Rendered;
 use crate::error::ApiError;
 use crate::service::Service;
 use crate::store::{Conversation, Kv};
@@ -52,6 +53,9 @@ pub struct Create<'s, K: Kv, B: Backend> {
     parent: Option<Conversation>,
     /// The conversation object its items are added to when it completes.
     conversation: Option<String>,
+    /// The `compaction` item that replaced its history, the first of its
+    /// output.
+    compaction: Option<Item>,
     store: bool,
     /// Whether the client asked for an event stream.
     pub streaming: bool,
@@ -72,13 +76,32 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
         crate::compact::check_input(settings, &tenant, request.input.as_ref())?;
         let store = service.store(&tenant);
         let conversations = service.conversations(&tenant);
+        let window = settings.context_window(request.model());
         let replay = resolve::Replay {
             send_reasoning: settings.backend_reasoning,
-            window: settings
-                .context_window(request.model())
-                .filter(|_| request.truncation.as_deref() == Some("auto")),
+            window: window.filter(|_| request.truncation.as_deref() == Some("auto")),
+            // Without a threshold of its own, compaction starts at four
+            // fifths of the model's window.
+            compact_at: request.compact_threshold().or_else(|| {
+                request
+                    .context_management
+                    .as_ref()
+                    .and(window.map(|w| w / 5 * 4))
+            }),
         };
-        let resolved = resolve::resolve(&request, &store, &conversations, &service.env, replay)?;
+        let mut resolved =
+            resolve::resolve(&request, &store, &conversations, &service.env, replay)?;
+        // context_management: the history gives way to its compaction.
+        let mut compaction = None;
+        if let Some(history) = resolved.to_compact.take() {
+            let (item, _) =
+                crate::compact::summarize(service, api_key, &tenant, &request, &history).await?;
+            let items: Vec<Item> = std::iter::once(item.clone())
+                .chain(resolved.input.iter().cloned())
+                .collect();
+            resolved.rendered = Rendered::new(&items, replay.send_reasoning).messages;
+            compaction = Some(item);
+        }
         let plan = render::render(&request, &settings.routes, resolved.kept, resolved.rendered)?;
         let call = Call {
             backend: &service.backend,
@@ -103,6 +126,7 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
             model,
             input: resolved.input,
             parent: resolved.parent,
+            compaction,
             conversation: request.conversation.clone(),
             store: request.store(),
             streaming: request.stream(),
@@ -122,7 +146,11 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
                 every,
             });
         let mut out = Emitter::new(sink, self.streaming).with_keep_alive(keep_alive);
-        if !out.events(self.stream.start()).await {
+        let mut first = self.stream.start();
+        if let Some(item) = self.compaction.take() {
+            first.extend(self.stream.complete_item(item));
+        }
+        if !out.events(first).await {
             return self.interrupted();
         }
         let failure = match self.model.run(&mut self.stream, &mut out).await {

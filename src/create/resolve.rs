@@ -17,7 +17,7 @@ use crate::chat::{ChatMessage, KeptMessages, Rendered};
 use crate::error::ApiError;
 use crate::ids::Env;
 use crate::store::conversations::Conversations;
-use crate::store::{find_item, Conversation, Kv, ResponseStore};
+use crate::store::{find_item, Conversation, Kv, ResponseStore, TurnItems};
 
 /// What a request continues and adds.
 pub struct Resolved {
@@ -29,6 +29,10 @@ pub struct Resolved {
     pub kept: KeptMessages,
     /// Messages rendered now: the input, or the whole conversation.
     pub rendered: Vec<ChatMessage>,
+    /// `context_management`: the history to compact before the request
+    /// is sent, when it passed the threshold. `rendered` is then the input
+    /// alone, to follow the compaction.
+    pub to_compact: Option<Vec<Item>>,
 }
 
 /// How a replay is rendered.
@@ -39,6 +43,9 @@ pub struct Replay {
     /// The model's context window in tokens, when one is configured and
     /// the request asks for `truncation: "auto"`.
     pub window: Option<u64>,
+    /// Tokens past which the history is compacted first
+    /// (`context_management`).
+    pub compact_at: Option<u64>,
 }
 
 /// Resolves `request` against the caller's `store` and `conversations`.
@@ -81,22 +88,24 @@ fn continuing<K: Kv>(
     let kept = match &parent {
         None => Some(KeptMessages::default()),
         Some(_) if rendered.leading_call || replay.window.is_some() => None,
+        Some(_) if replay.compact_at.is_some() => None,
         Some(conversation) => conversation.kept_chat(send_reasoning)?,
     };
+    let mut to_compact = None;
     let (kept, rendered) = match kept {
         Some(kept) => (kept, rendered.messages),
         None => {
-            if history.is_empty() {
-                history = parent
-                    .as_ref()
-                    .map(Conversation::items)
-                    .transpose()?
-                    .unwrap_or_default();
+            let turns = parent.as_ref().map(Conversation::turns).transpose()?;
+            history = context_items(turns.unwrap_or_default());
+            if past_threshold(request, &history, &input, replay) {
+                to_compact = Some(history);
+                (KeptMessages::default(), rendered.messages)
+            } else {
+                let mut history = fit(request, history, &input, replay);
+                history.extend(input.iter().cloned());
+                let all = Rendered::new(&history, send_reasoning).messages;
+                (KeptMessages::default(), all)
             }
-            let mut history = fit(request, history, &input, replay);
-            history.extend(input.iter().cloned());
-            let all = Rendered::new(&history, send_reasoning).messages;
-            (KeptMessages::default(), all)
         }
     };
     Ok(Resolved {
@@ -104,7 +113,56 @@ fn continuing<K: Kv>(
         parent,
         kept,
         rendered,
+        to_compact,
     })
+}
+
+/// The items a replay sends, from its turns: each turn's input and output,
+/// except that a turn whose output opens with a `compaction` item (made by
+/// `context_management`) stands for everything before it: the compaction,
+/// then its input and the rest of its output.
+fn context_items(turns: Vec<TurnItems>) -> Vec<Item> {
+    let mut items = Vec::new();
+    for turn in turns {
+        let mut output = turn.output.into_iter().peekable();
+        if output.peek().is_some_and(Item::is_compaction) {
+            items.clear();
+            items.extend(output.next());
+        }
+        items.extend(turn.input);
+        items.extend(output);
+    }
+    items
+}
+
+/// Bytes of the request besides its history: instructions and tools.
+fn request_bytes(request: &CreateRequest) -> usize {
+    let instructions = request.instructions.as_deref().map_or(0, str::len);
+    let tools: usize = request
+        .tools
+        .iter()
+        .flatten()
+        .map(|t| serde_json::to_vec(t).map_or(0, |b| b.len()))
+        .sum();
+    instructions + tools
+}
+
+/// Whether `context_management` asks for the history to be compacted: it
+/// has one, and with it the request passes the threshold (estimated as
+/// `truncation` estimates).
+fn past_threshold(
+    request: &CreateRequest,
+    history: &[Item],
+    input: &[Item],
+    replay: Replay,
+) -> bool {
+    let Some(threshold) = replay.compact_at else {
+        return false;
+    };
+    let bytes =
+        request_bytes(request) + truncate::items_bytes(history) + truncate::items_bytes(input);
+    !history.is_empty()
+        && bytes / truncate::BYTES_PER_TOKEN > usize::try_from(threshold).unwrap_or(usize::MAX)
 }
 
 /// A request in conversation object `id`: its items are the history.
@@ -128,6 +186,7 @@ fn in_conversation<K: Kv>(
         parent: None,
         kept: KeptMessages::default(),
         rendered: Rendered::new(&history, replay.send_reasoning).messages,
+        to_compact: None,
     })
 }
 
@@ -137,17 +196,10 @@ fn fit(request: &CreateRequest, history: Vec<Item>, input: &[Item], replay: Repl
     let Some(window) = replay.window else {
         return history;
     };
-    let instructions = request.instructions.as_deref().map_or(0, str::len);
-    let tools: usize = request
-        .tools
-        .iter()
-        .flatten()
-        .map(|t| serde_json::to_vec(t).map_or(0, |b| b.len()))
-        .sum();
     let budget = Budget {
         window,
         reserve: request.max_output_tokens.unwrap_or(0),
-        fixed_bytes: instructions + tools + truncate::items_bytes(input),
+        fixed_bytes: request_bytes(request) + truncate::items_bytes(input),
     };
     truncate::drop_oldest(history, &budget)
 }

@@ -36,7 +36,14 @@ pub fn save<K: Kv>(store: &ResponseStore<'_, K>, finished: Finished<'_>) -> Resu
 fn kept_chat(turn: &Turn, send_reasoning: bool) -> Result<Option<KeptChat>, ApiError> {
     let items = turn.input.iter().chain(&turn.response.output);
     let rendered = Rendered::new(items, send_reasoning);
-    if !rendered.self_contained() {
+    // A turn that compacted what came before it is replayed from items,
+    // which know to leave that out.
+    let compacted = turn
+        .response
+        .output
+        .first()
+        .is_some_and(Item::is_compaction);
+    if !rendered.self_contained() || compacted {
         return Ok(None);
     }
     let messages = serde_json::to_vec(&rendered.messages)

@@ -119,6 +119,14 @@ impl EventStream {
         self.take()
     }
 
+    /// An item made before the model's answer (a `compaction`), added to
+    /// the output whole: its `output_item.added` and `.done`.
+    pub fn complete_item(&mut self, item: Item) -> Vec<Event> {
+        let index = self.add_item(item.clone());
+        self.done_item(index, item);
+        self.take()
+    }
+
     /// Applies one backend chunk.
     pub fn feed(&mut self, chunk: ChatChunk) -> Vec<Event> {
         if let Some(usage) = chunk.usage {

@@ -137,3 +137,28 @@ def test_compact_errors(client):
     with pytest.raises(openai.BadRequestError) as no_model:
         client.responses.compact(model=None, input="x")
     assert no_model.value.body["param"] == "model"
+
+
+@open_only
+def test_context_management_compacts_on_the_server(client):
+    first = client.responses.create(model="test-model", input="managed turn one " + "words " * 40)
+    control("POST", "replies", [{"text": SUMMARY}])
+    second = client.responses.create(
+        model="test-model",
+        input="managed turn two",
+        previous_response_id=first.id,
+        context_management=[{"type": "compaction", "compact_threshold": 20}],
+    )
+    assert second.output[0].type == "compaction"
+    assert second.output_text == "Hello! You said: managed turn two"
+    third = client.responses.create(
+        model="test-model", input="managed turn three", previous_response_id=second.id
+    )
+    contents = [m["content"] for m in chat_requests()[-1]["messages"]]
+    assert contents[0].endswith(SUMMARY), contents
+    assert contents[1:] == [
+        "managed turn two",
+        "Hello! You said: managed turn two",
+        "managed turn three",
+    ]
+    assert third.output_text == "Hello! You said: managed turn three"
