@@ -400,3 +400,57 @@ async fn context_management_compacts_the_history_past_its_threshold() {
     assert_eq!(status, 400, "{error}");
     assert_eq!(error["error"]["param"], "context_management[0].type");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_management_in_a_conversation_object() {
+    let h = Harness::start().await;
+    let items: Vec<Value> = (1..=4)
+        .map(|i| json!({"role": "user", "content": format!("note {i}")}))
+        .collect();
+    let (_, conversation) = h.post("/v1/conversations", &json!({"items": items})).await;
+    let id = conversation["id"].as_str().unwrap().to_owned();
+
+    h.backend.push(Reply::text(SUMMARY));
+    let compacted = create(
+        &h,
+        json!({"model": "m", "input": "next", "conversation": id,
+               "context_management": [{"type": "compaction", "compact_threshold": 10}]}),
+    )
+    .await;
+    assert_eq!(compacted["output"][0]["type"], "compaction");
+    let answered = sent(&h);
+    assert_eq!(answered.len(), 2, "{answered:?}");
+    assert!(answered[0].1.contains(SUMMARY));
+
+    // Every item is listed; the compaction comes before the input it
+    // answered, and the next response replays from it.
+    let (_, list) = h
+        .get(&format!("/v1/conversations/{id}/items?order=asc&limit=100"))
+        .await;
+    let types: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "message",
+            "message",
+            "message",
+            "message",
+            "compaction",
+            "message",
+            "message"
+        ]
+    );
+    create(
+        &h,
+        json!({"model": "m", "input": "and then", "conversation": id}),
+    )
+    .await;
+    let contents: Vec<String> = sent(&h).into_iter().map(|(_, c)| c).collect();
+    assert!(contents[0].contains(SUMMARY), "{contents:?}");
+    assert_eq!(contents[1..], ["next", "Hello! You said: next", "and then"]);
+}

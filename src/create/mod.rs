@@ -191,14 +191,32 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
         (self.stream.into_response(), error)
     }
 
-    /// Appends the input and output items to the conversation object.
+    /// Appends the input and output items to the conversation object. A
+    /// compaction the response opens with goes first, and the conversation's
+    /// context starts from it.
     fn add_to_conversation(&self) -> Result<(), ApiError> {
         let Some(id) = &self.conversation else {
             return Ok(());
         };
+        let conversations = self.service.conversations(&self.tenant);
         let output = &self.stream.response().output;
-        let items: Vec<Item> = self.input.iter().chain(output).cloned().collect();
-        self.service.conversations(&self.tenant).append(id, &items)
+        let compaction = output.first().filter(|item| item.is_compaction());
+        let rest = &output[usize::from(compaction.is_some())..];
+        let items: Vec<Item> = compaction
+            .into_iter()
+            .chain(&self.input)
+            .chain(rest)
+            .cloned()
+            .collect();
+        conversations.append(id, &items)?;
+        let Some(from) = compaction.and_then(Item::id) else {
+            return Ok(());
+        };
+        if let Some(mut record) = conversations.record(id)? {
+            record.context_from = Some(from.to_owned());
+            conversations.write(&record)?;
+        }
+        Ok(())
     }
 
     fn save(&self) -> Result<(), ApiError> {

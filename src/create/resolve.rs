@@ -179,7 +179,24 @@ fn in_conversation<K: Kv>(
             .with_param("conversation")
     })?;
     let input = prepare_input(request.input.clone(), &read.items, store, env)?;
-    let mut history = fit(request, read.items, &input, replay);
+    // A compaction made here stands for everything before it.
+    let start = read
+        .record
+        .context_from
+        .as_deref()
+        .and_then(|from| read.items.iter().position(|item| item.id() == Some(from)));
+    let mut context = read.items;
+    context.drain(..start.unwrap_or(0));
+    if past_threshold(request, &context, &input, replay) {
+        return Ok(Resolved {
+            rendered: Rendered::new(&input, replay.send_reasoning).messages,
+            input,
+            parent: None,
+            kept: KeptMessages::default(),
+            to_compact: Some(context),
+        });
+    }
+    let mut history = fit(request, context, &input, replay);
     history.extend(input.iter().cloned());
     Ok(Resolved {
         input,

@@ -79,6 +79,7 @@ impl<K: Kv, B: Backend> Service<K, B> {
             id: self.env.new_id("conv"),
             created_at: self.env.now(),
             metadata: request.metadata.unwrap_or_default(),
+            context_from: None,
         };
         conversations.create(&record, &items)?;
         Ok(object(record))

@@ -35,6 +35,11 @@ pub struct Record {
     pub created_at: i64,
     #[serde(default)]
     pub metadata: Map<String, Value>,
+    /// The `compaction` item `context_management` made, from which the
+    /// conversation's context starts: what came before it is listed, not
+    /// replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_from: Option<String>,
 }
 
 /// A conversation as read: its record and its live items, oldest first.
@@ -268,6 +273,7 @@ mod tests {
             id: id.to_owned(),
             created_at: 7,
             metadata: Map::new(),
+            context_from: None,
         }
     }
 
