@@ -12,6 +12,7 @@
 //! | [`store`] | the storage layout on a key-value store |
 //! | [`create`] | `POST /v1/responses` as a pipeline of steps |
 //! | [`compact`] | `POST /v1/responses/compact`, and the `compaction` items it makes |
+//! | [`mcp`] | remote MCP servers: the Streamable HTTP client |
 //! | [`service`] | the API operations, shared by HTTP and the typed export |
 //! | [`config`], [`auth`], [`backend`], [`error`], [`ids`] | settings, keys, backend errors, errors, ids |
 //! | `wasi`, `http`, `export` | the thin WASI glue (wasm only) |
@@ -25,6 +26,7 @@ pub mod config;
 pub mod create;
 pub mod error;
 pub mod ids;
+pub mod mcp;
 pub mod service;
 pub mod store;
 pub mod stream;

@@ -63,6 +63,9 @@ pub struct Answer<B> {
     pub status: u16,
     /// The `content-type` header, if any.
     pub content_type: Option<String>,
+    /// The `mcp-session-id` header, if any: the session an MCP server
+    /// opened (see `crate::mcp`).
+    pub session: Option<String>,
     pub body: B,
 }
 

@@ -26,6 +26,8 @@ pub type Scripted = Result<(u16, &'static str, Vec<Vec<u8>>), ApiError>;
 pub struct ReplayBackend {
     answers: RefCell<VecDeque<Scripted>>,
     pub sent: RefCell<Vec<Outbound>>,
+    /// The `mcp-session-id` every answer carries.
+    pub session: RefCell<Option<String>>,
 }
 
 pub struct ReplayBody(VecDeque<Vec<u8>>);
@@ -46,6 +48,7 @@ impl Backend for Rc<ReplayBackend> {
         Ok(Answer {
             status,
             content_type: Some(content_type.to_owned()),
+            session: self.session.borrow().clone(),
             body: ReplayBody(pieces.into()),
         })
     }

@@ -72,11 +72,14 @@ impl Backend for WasiBackend {
             ));
         }
         let status = response.status();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .first()
-            .map(|v| String::from_utf8_lossy(v).into_owned());
+        let header = |name: &str| {
+            let values = response.headers().get(name);
+            values
+                .first()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let content_type = header("content-type");
+        let session = header("mcp-session-id");
         let response = std::rc::Rc::new(response);
         let stream = response
             .take_body_stream()
@@ -85,6 +88,7 @@ impl Backend for WasiBackend {
         Ok(Answer {
             status,
             content_type,
+            session,
             body: WasiBody {
                 stream,
                 _response: response,

@@ -1,0 +1,7 @@
+//! Remote MCP servers, as the model loop will run their tools: the client
+//! side of the MCP Streamable HTTP transport ([`client`]).
+//!
+//! A server is reached through the same outbound HTTP as the backends
+//! ([`crate::backend::Backend`]), and only at URLs an operator allowed.
+
+pub mod client;
