@@ -1,0 +1,171 @@
+//! The component's MCP client (`edge_responses::mcp::client`) against real
+//! MCP servers from the official MCP Python SDK (tests/python/mcp_server.py,
+//! Streamable HTTP on loopback), answering with SSE streams and with JSON:
+//! initialize, tools/list, tools/call, a tool that fails, an unknown tool.
+//! The client runs natively here, over a small reqwest backend; in the
+//! component it goes through wasi:http.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use edge_responses::backend::{Answer, Backend, BodyStream, Method, Outbound};
+use edge_responses::error::ApiError;
+use edge_responses::mcp::client::{McpError, Server};
+use serde_json::json;
+
+/// Outbound HTTP over reqwest, for running the client natively.
+struct Reqwest(reqwest::Client);
+
+struct Body(Option<reqwest::Response>);
+
+impl BodyStream for Body {
+    async fn next(&mut self) -> Option<Result<Vec<u8>, String>> {
+        let response = self.0.as_mut()?;
+        match response.chunk().await {
+            Ok(Some(bytes)) => Some(Ok(bytes.to_vec())),
+            Ok(None) => None,
+            Err(e) => Some(Err(e.to_string())),
+        }
+    }
+}
+
+impl Backend for Reqwest {
+    type Body = Body;
+
+    async fn send(&self, request: Outbound) -> Result<Answer<Body>, ApiError> {
+        let method = match request.method {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+        };
+        let mut builder = self.0.request(method, &request.url);
+        for (name, value) in &request.headers {
+            builder = builder.header(name, value);
+        }
+        if let Some(body) = request.body {
+            builder = builder.body(body);
+        }
+        let response = builder
+            .send()
+            .await
+            .map_err(|e| ApiError::backend(e.to_string()))?;
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Ok(Answer {
+            status: response.status().as_u16(),
+            content_type: header("content-type"),
+            session: header("mcp-session-id"),
+            body: Body(Some(response)),
+        })
+    }
+}
+
+/// The MCP server process, killed on drop.
+struct McpServer {
+    child: Child,
+    url: String,
+}
+
+impl Drop for McpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts tests/python/mcp_server.py; `None` (with a loud message) when
+/// the `mcp` package is not installed.
+async fn start(json_answers: bool) -> Option<McpServer> {
+    let python = common::python();
+    let installed = Command::new(&python)
+        .args(["-c", "import mcp.server.fastmcp"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        eprintln!("\n*** SKIPPED: the `mcp` Python package is not installed (scripts/test installs it) ***\n");
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/mcp_server.py");
+    let mut command = Command::new(&python);
+    command.arg(script).arg(port.to_string());
+    if json_answers {
+        command.arg("--json");
+    }
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the MCP server starts");
+    let server = McpServer {
+        child,
+        url: format!("http://127.0.0.1:{port}/mcp"),
+    };
+    // Up to 30 s for the server to listen.
+    for _ in 0..300 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Some(server);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the MCP server did not start listening");
+}
+
+async fn scenario(json_answers: bool) {
+    let Some(server) = start(json_answers).await else {
+        return;
+    };
+    let backend = Reqwest(reqwest::Client::new());
+    let mut client = Server::new(&backend, server.url.clone(), Vec::new());
+    client.initialize().await.expect("initialize");
+    let tools = client.list_tools().await.expect("tools/list");
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["add", "fail"]);
+    assert_eq!(tools[0].description.as_deref(), Some("Adds two integers."));
+    assert_eq!(tools[0].input_schema["properties"]["a"]["type"], "integer");
+
+    let sum = client
+        .call_tool("add", json!({"a": 2, "b": 40}))
+        .await
+        .expect("tools/call");
+    assert_eq!(sum.output, "42");
+    assert!(!sum.is_error);
+    let failed = client
+        .call_tool("fail", json!({"reason": "testing"}))
+        .await
+        .expect("a failing tool is a result");
+    assert!(failed.is_error);
+    assert!(
+        failed.output.contains("failed on purpose: testing"),
+        "{}",
+        failed.output
+    );
+    let unknown = client.call_tool("nope", json!({})).await;
+    match unknown {
+        Ok(result) => assert!(result.is_error, "{result:?}"),
+        Err(error) => assert!(matches!(error, McpError::Rpc { .. }), "{error}"),
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_official_sdk_server_answering_with_event_streams() {
+    scenario(false).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_official_sdk_server_answering_with_json() {
+    scenario(true).await;
+}
