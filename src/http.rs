@@ -119,37 +119,42 @@ async fn handle(request: IncomingRequest, out: ResponseOutparam) {
     }
 }
 
-fn with_service<T>(
-    f: impl FnOnce(&crate::service::Service<wasi::WasiKv, wasi::WasiBackend>) -> Result<T, ApiError>,
-) -> Result<T, ApiError> {
+fn with_service<T>(f: impl FnOnce(&WasiService) -> Result<T, ApiError>) -> Result<T, ApiError> {
     f(&wasi::service()?)
 }
 
 /// The response id of a path, for a caller with a valid key: an id no
 /// response can have is a 404 (after the key check, so a caller without a
 /// key still learns only that).
-fn stored_id<'i>(
-    s: &crate::service::Service<wasi::WasiKv, wasi::WasiBackend>,
-    api_key: Option<&str>,
-    id: &'i str,
-) -> Result<&'i str, ApiError> {
+fn stored_id<'i>(s: &WasiService, api_key: Option<&str>, id: &'i str) -> Result<&'i str, ApiError> {
     s.tenant(api_key)?;
     limits::response_id(id)
 }
 
-/// A route that reads a JSON body: the caller is authenticated before it
-/// is read, and it is read up to `max_request_bytes` (see [`create`]).
-async fn with_body(
+type WasiService = crate::service::Service<wasi::WasiKv, wasi::WasiBackend>;
+
+/// The service, and the body of a request whose caller is authenticated
+/// before a byte of it is read; the body is read only up to
+/// `max_request_bytes`: a larger `Content-Length` is answered 413 at once,
+/// and a body without one (chunked) is answered 413 the moment it goes
+/// past the limit. What was not read is never read.
+async fn authenticated_body(
     request: IncomingRequest,
     api_key: Option<&str>,
-    f: impl FnOnce(
-        &crate::service::Service<wasi::WasiKv, wasi::WasiBackend>,
-        &[u8],
-    ) -> Result<Vec<u8>, ApiError>,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<(WasiService, Vec<u8>), ApiError> {
     let service = wasi::service()?;
     service.tenant(api_key)?;
     let body = read_body(request, service.settings.max_request_bytes).await?;
+    Ok((service, body))
+}
+
+/// A route that reads a JSON body (see [`authenticated_body`]).
+async fn with_body(
+    request: IncomingRequest,
+    api_key: Option<&str>,
+    f: impl FnOnce(&WasiService, &[u8]) -> Result<Vec<u8>, ApiError>,
+) -> Result<Vec<u8>, ApiError> {
+    let (service, body) = authenticated_body(request, api_key).await?;
     f(&service, &body)
 }
 
@@ -157,22 +162,11 @@ fn json_body<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
     to_json(value).map(String::into_bytes)
 }
 
-/// `POST /v1/responses`: JSON, or an event stream when `stream` is true.
-///
-/// The caller is authenticated before a byte of the body is read, and the
-/// body is read only up to `max_request_bytes`: a larger `Content-Length`
-/// is answered 413 at once, and a body without one (chunked) is answered
-/// 413 the moment it goes past the limit. What was not read is never read.
+/// `POST /v1/responses`: JSON, or an event stream when `stream` is true;
+/// its body is read as [`authenticated_body`] reads it.
 async fn create(request: IncomingRequest, api_key: Option<&str>, out: ResponseOutparam) {
-    let service = match wasi::service() {
-        Ok(service) => service,
-        Err(error) => return respond_error(out, &error).await,
-    };
-    if let Err(error) = service.tenant(api_key) {
-        return respond_error(out, &error).await;
-    }
-    let body = match read_body(request, service.settings.max_request_bytes).await {
-        Ok(body) => body,
+    let (service, body) = match authenticated_body(request, api_key).await {
+        Ok(read) => read,
         Err(error) => return respond_error(out, &error).await,
     };
     let exchange = match service.start(api_key, &body).await {
@@ -210,9 +204,7 @@ async fn create(request: IncomingRequest, api_key: Option<&str>, out: ResponseOu
 /// `POST /v1/responses/compact`, authenticated and read as a create is.
 async fn compact(request: IncomingRequest, api_key: Option<&str>, out: ResponseOutparam) {
     let compacted = async {
-        let service = wasi::service()?;
-        service.tenant(api_key)?;
-        let body = read_body(request, service.settings.max_request_bytes).await?;
+        let (service, body) = authenticated_body(request, api_key).await?;
         crate::compact::compact(&service, api_key, &body).await
     }
     .await;

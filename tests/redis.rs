@@ -13,9 +13,9 @@ mod common;
 
 use std::path::Path;
 
-use common::redis::Redis;
 use common::{component, output_text, send, start_backend};
 use edge_responses_host::{Config, KvStats, Server, StoreLocation};
+use scripted_backend::redis::RedisServer as Redis;
 use scripted_backend::Backend;
 use serde_json::{json, Value};
 

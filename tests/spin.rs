@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::redis::Redis;
 use common::{component, output_text, parse_sse};
+use scripted_backend::redis::RedisServer as Redis;
 use scripted_backend::{Backend, Reply};
 use serde_json::{json, Value};
 

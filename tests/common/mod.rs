@@ -6,8 +6,6 @@
 
 #![allow(dead_code)]
 
-pub mod redis;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -12,8 +12,6 @@ mod redis;
 mod sqlite;
 mod stats;
 mod store;
-#[cfg(test)]
-mod test_redis;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -287,10 +285,10 @@ impl atomics::HostCas for KeyValueView<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::test_redis::RedisServer;
     use super::*;
     use atomics::{Host as _, HostCas as _};
     use batch::Host as _;
+    use scripted_backend::redis::RedisServer;
     use wit::{Host as _, HostBucket as _};
 
     /// A server's key-value state on a fresh store, and what keeps the store

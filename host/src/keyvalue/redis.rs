@@ -268,8 +268,8 @@ fn swap_outcome(value: Value) -> StoreResult<SwapOutcome> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_redis::RedisServer;
     use super::*;
+    use scripted_backend::redis::RedisServer;
 
     async fn open(test: &str) -> Option<(RedisServer, RedisStore)> {
         let server = RedisServer::start(test)?;

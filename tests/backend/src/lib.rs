@@ -103,6 +103,7 @@
 mod body;
 mod control;
 mod record;
+pub mod redis;
 mod remote;
 mod render;
 mod reply;

@@ -1,5 +1,6 @@
-//! For tests: a throwaway `redis-server` on a free loopback port, without
-//! persistence, killed when dropped. Tests that need one skip (and say so
+//! For tests (the host's and the component's): a throwaway
+//! `redis-server` on a free loopback port, without persistence, killed when
+//! dropped. Tests that need one skip (and say so
 //! loudly) when `redis-server` is not on `PATH`; `scripts/ensure-redis`
 //! installs it.
 
