@@ -20,6 +20,8 @@
 //! | `backend_max_tokens_param` | `max_tokens` (default) or `max_completion_tokens` |
 //! | `backend_think_tags` | `true` when the backend's models put reasoning in `<think>` tags |
 //! | `backends` | more backends, chosen by model name: a JSON array of routes |
+//! | `mcp_allowed_servers` | origins of the MCP servers requests may name (`https://mcp.example.com`, `https://*.example.com`, `http://127.0.0.1:*`), separated by commas or spaces; unset = none |
+//! | `mcp_timeout_seconds` | longest wait for an MCP server's listing or tool call (default 60) |
 //!
 //! `backend_url` and its companions make the default backend, which serves
 //! every model no entry of `backends` claims; either may be left out, not
@@ -45,6 +47,8 @@ pub const DEFAULT_STREAM_KEEPALIVE_SECONDS: u64 = 15;
 /// Default for `max_request_bytes`: 32 MiB, room for a few images sent as
 /// data URLs (OpenAI takes images up to 20 MB).
 pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 32 << 20;
+/// Default for `mcp_timeout_seconds`.
+pub const DEFAULT_MCP_TIMEOUT_SECONDS: u64 = 60;
 
 /// A configuration key the component reads. Values are parsed by an
 /// exhaustive `match` on this, and [`KEYS`] lists its names, so the two
@@ -69,10 +73,12 @@ enum Setting {
     RetentionSweepEvery,
     AdminKey,
     ModelContextWindows,
+    McpAllowedServers,
+    McpTimeoutSeconds,
 }
 
 impl Setting {
-    const ALL: [Setting; 18] = [
+    const ALL: [Setting; 20] = [
         Setting::BackendUrl,
         Setting::BackendApiKey,
         Setting::BackendHeaders,
@@ -91,6 +97,8 @@ impl Setting {
         Setting::RetentionSweepEvery,
         Setting::AdminKey,
         Setting::ModelContextWindows,
+        Setting::McpAllowedServers,
+        Setting::McpTimeoutSeconds,
     ];
 
     const fn name(self) -> &'static str {
@@ -113,6 +121,8 @@ impl Setting {
             Setting::RetentionSweepEvery => "retention_sweep_every",
             Setting::AdminKey => "admin_key",
             Setting::ModelContextWindows => "model_context_windows",
+            Setting::McpAllowedServers => "mcp_allowed_servers",
+            Setting::McpTimeoutSeconds => "mcp_timeout_seconds",
         }
     }
 
@@ -159,6 +169,10 @@ pub struct Settings {
     /// Context windows in tokens by model name pattern (`*` globs), first
     /// match wins: what `truncation: "auto"` fits a request into.
     pub model_context_windows: Vec<(String, u64)>,
+    /// The MCP servers requests may name; empty: none.
+    pub mcp_allowed_servers: crate::mcp::allow::AllowList,
+    /// Longest wait for an MCP server's listing or call.
+    pub mcp_timeout_seconds: u64,
 }
 
 impl Settings {
@@ -187,6 +201,7 @@ impl Settings {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             retention_grace_seconds: crate::store::retention::DEFAULT_GRACE_SECONDS,
             retention_sweep_every: DEFAULT_RETENTION_SWEEP_EVERY,
+            mcp_timeout_seconds: DEFAULT_MCP_TIMEOUT_SECONDS,
             ..Settings::default()
         };
         let mut default = DefaultBackend::default();
@@ -240,6 +255,16 @@ impl Settings {
                     settings.max_request_bytes = number(key, &value)?;
                     if settings.max_request_bytes == 0 {
                         return Err(ApiError::server("max_request_bytes must be at least 1"));
+                    }
+                }
+                Setting::McpAllowedServers => {
+                    settings.mcp_allowed_servers = crate::mcp::allow::AllowList::parse(&value)
+                        .map_err(|e| ApiError::server(format!("mcp_allowed_servers: {e}")))?
+                }
+                Setting::McpTimeoutSeconds => {
+                    settings.mcp_timeout_seconds = number(key, &value)?;
+                    if settings.mcp_timeout_seconds == 0 {
+                        return Err(ApiError::server("mcp_timeout_seconds must be at least 1"));
                     }
                 }
                 Setting::ForwardClientKey => settings.forward_client_key = truthy(&value),

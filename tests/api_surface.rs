@@ -547,7 +547,6 @@ async fn hosted_tools_are_echoed_not_offered() {
     let tools = json!([
         {"type": "web_search"},
         {"type": "file_search", "vector_store_ids": ["vs_1"]},
-        {"type": "mcp", "server_label": "docs", "server_url": "https://example.com/mcp"},
         {"type": "image_generation"},
         {"type": "code_interpreter", "container": {"type": "auto"}},
         {"type": "tool_search"},
@@ -556,8 +555,8 @@ async fn hosted_tools_are_echoed_not_offered() {
     let response = create(&h, json!({"model": "m", "input": "hi", "tools": tools})).await;
     assert_eq!(response["status"], "completed");
     let mut echoed = tools.clone();
-    echoed[6]["description"] = Value::Null;
-    echoed[6]["strict"] = Value::Null;
+    echoed[5]["description"] = Value::Null;
+    echoed[5]["strict"] = Value::Null;
     assert_eq!(response["tools"], echoed);
     let body = sent(&h);
     assert_eq!(body["tools"].as_array().unwrap().len(), 1);
@@ -579,7 +578,6 @@ async fn hosted_tools_are_echoed_not_offered() {
     for choice in [
         json!({"type": "web_search"}),
         json!({"type": "file_search"}),
-        json!({"type": "mcp", "server_label": "docs"}),
     ] {
         let error = error(
             &h,

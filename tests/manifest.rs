@@ -56,15 +56,26 @@ fn outbound_hosts_are_origins_and_the_store_is_declared() {
     let manifest = manifest();
     let component = &manifest["component"]["edge-responses"];
     let hosts = component["allowed_outbound_hosts"].as_array().unwrap();
-    assert_eq!(hosts, &[Value::from("{{ backend_origin }}")]);
-    let origin = manifest["variables"]["backend_origin"]["default"]
-        .as_str()
-        .unwrap();
-    let (_, rest) = origin.split_once("://").expect("a scheme");
-    assert!(
-        !rest.contains('/'),
-        "Spin rejects outbound hosts with a path: {origin}"
+    assert_eq!(
+        hosts,
+        &[
+            Value::from("{{ backend_origin }}"),
+            Value::from("{{ mcp_servers }}")
+        ]
     );
+    // The MCP servers Spin lets the component reach are the ones it allows.
+    assert_eq!(
+        component["variables"]["mcp_allowed_servers"].as_str(),
+        Some("{{ mcp_servers }}")
+    );
+    for variable in ["backend_origin", "mcp_servers"] {
+        let origin = manifest["variables"][variable]["default"].as_str().unwrap();
+        let (_, rest) = origin.split_once("://").expect("a scheme");
+        assert!(
+            !rest.is_empty() && !rest.contains('/'),
+            "Spin rejects outbound hosts that are empty or have a path: {origin}"
+        );
+    }
     assert_eq!(
         component["key_value_stores"].as_array().unwrap(),
         &[Value::from("default")]

@@ -7,9 +7,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
+use common::mcp::McpServer;
 use edge_responses::backend::{Answer, Backend, BodyStream, Method, Outbound};
 use edge_responses::error::ApiError;
 use edge_responses::mcp::client::{McpError, Server};
@@ -66,66 +64,8 @@ impl Backend for Reqwest {
     }
 }
 
-/// The MCP server process, killed on drop.
-struct McpServer {
-    child: Child,
-    url: String,
-}
-
-impl Drop for McpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts tests/python/mcp_server.py; `None` (with a loud message) when
-/// the `mcp` package is not installed.
-async fn start(json_answers: bool) -> Option<McpServer> {
-    let python = common::python();
-    let installed = Command::new(&python)
-        .args(["-c", "import mcp.server.fastmcp"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !installed {
-        eprintln!("\n*** SKIPPED: the `mcp` Python package is not installed (scripts/test installs it) ***\n");
-        return None;
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/mcp_server.py");
-    let mut command = Command::new(&python);
-    command.arg(script).arg(port.to_string());
-    if json_answers {
-        command.arg("--json");
-    }
-    let child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the MCP server starts");
-    let server = McpServer {
-        child,
-        url: format!("http://127.0.0.1:{port}/mcp"),
-    };
-    // Up to 30 s for the server to listen.
-    for _ in 0..300 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Some(server);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the MCP server did not start listening");
-}
-
 async fn scenario(json_answers: bool) {
-    let Some(server) = start(json_answers).await else {
+    let Some(server) = McpServer::start(json_answers).await else {
         return;
     };
     let backend = Reqwest(reqwest::Client::new());
@@ -133,7 +73,8 @@ async fn scenario(json_answers: bool) {
     client.initialize().await.expect("initialize");
     let tools = client.list_tools().await.expect("tools/list");
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["add", "fail"]);
+    assert_eq!(names, ["add", "fail", "slow"]);
+    assert_eq!(tools[0].annotations.as_ref().unwrap()["readOnlyHint"], true);
     assert_eq!(tools[0].description.as_deref(), Some("Adds two integers."));
     assert_eq!(tools[0].input_schema["properties"]["a"]["type"], "integer");
 
@@ -158,6 +99,18 @@ async fn scenario(json_answers: bool) {
         Ok(result) => assert!(result.is_error, "{result:?}"),
         Err(error) => assert!(matches!(error, McpError::Rpc { .. }), "{error}"),
     }
+    let methods = server.methods();
+    assert_eq!(
+        methods,
+        [
+            "initialize",
+            "notifications/initialized",
+            "tools/list",
+            "tools/call",
+            "tools/call",
+            "tools/call"
+        ]
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]

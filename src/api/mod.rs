@@ -1,6 +1,7 @@
 //! The Responses API wire format.
 
 pub mod conversation;
+pub mod hosted;
 pub mod items;
 pub mod limits;
 pub mod request;

@@ -90,6 +90,30 @@ pub struct Usage {
     pub total_tokens: u64,
 }
 
+impl Usage {
+    /// The usage of two backend calls of one response, saturating.
+    pub fn plus(&self, other: &Usage) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens.saturating_add(other.input_tokens),
+            input_tokens_details: InputTokensDetails {
+                cached_tokens: self
+                    .input_tokens_details
+                    .cached_tokens
+                    .saturating_add(other.input_tokens_details.cached_tokens),
+                cache_write_tokens: 0,
+            },
+            output_tokens: self.output_tokens.saturating_add(other.output_tokens),
+            output_tokens_details: OutputTokensDetails {
+                reasoning_tokens: self
+                    .output_tokens_details
+                    .reasoning_tokens
+                    .saturating_add(other.output_tokens_details.reasoning_tokens),
+            },
+            total_tokens: self.total_tokens.saturating_add(other.total_tokens),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputTokensDetails {
     pub cached_tokens: u64,

@@ -5,7 +5,8 @@
 //! templates expect; tool outputs become `tool` messages; reasoning belongs
 //! to the next assistant message, as its `reasoning_content` when the
 //! backend takes it, and is dropped otherwise. A `compaction` item becomes
-//! a `user` message with the summary it carries.
+//! a `user` message with the summary it carries; an `mcp_call` the server
+//! ran, a tool call and its `tool` message.
 //!
 //! [`Rendered`] also says whether a run of items renders the same on its own
 //! as among other items, which lets a stored turn keep its messages ready.
@@ -14,6 +15,7 @@ use serde_json::{json, Value};
 
 use super::tools::flat_name;
 use super::{ChatContent, ChatFunction, ChatMessage, ChatToolCall};
+use crate::api::hosted::McpItem;
 use crate::api::items::{ContentPart, Item, Message, Role};
 use crate::compact::replayed_summary;
 
@@ -21,7 +23,7 @@ use crate::compact::replayed_summary;
 /// rendered to with this number; bump it whenever what items render to
 /// changes, and turns kept by an older version are rendered again from
 /// their items.
-pub const RENDERING: u32 = 1;
+pub const RENDERING: u32 = 2;
 
 /// The chat messages for `instructions` followed by `history`.
 pub fn to_messages(
@@ -139,9 +141,23 @@ impl Transcript {
                     self.out.push(text_message("user", text));
                 }
             }
-            // References are resolved before translation; other kinds are
-            // hosted-tool items the backend knows nothing about.
-            Item::ItemReference(_) | Item::Other(_) => {}
+            // An MCP call the server ran is the model's tool call and its
+            // result; listings and approvals are the server's business.
+            Item::Other(_) => {
+                if let Some(McpItem::Call {
+                    call_id,
+                    server_label,
+                    name,
+                    arguments,
+                    result,
+                }) = McpItem::read(item)
+                {
+                    self.push_tool_call(call_id, flat_name(server_label, name), arguments.into());
+                    self.out.push(tool_message(call_id, result));
+                }
+            }
+            // References are resolved before translation.
+            Item::ItemReference(_) => {}
         }
     }
 

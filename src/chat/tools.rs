@@ -6,8 +6,11 @@
 //! - `namespace` tools (a named group of functions; Codex CLI sends every MCP
 //!   server this way) are expanded into their members under flattened names;
 //!   calls come back with the member's own `name` and a separate `namespace`.
-//! - Hosted tools (`web_search`, `file_search`, `mcp`, ...) are not offered to
-//!   the model; they are only echoed in the response.
+//! - `mcp` tools: the tools their servers list are added once listed
+//!   ([`ToolMap::add_mcp`]), named `{server_label}__{tool}`; the server calls
+//!   them itself.
+//! - Other hosted tools (`web_search`, `file_search`, ...) are not offered
+//!   to the model; they are only echoed in the response.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,6 +28,25 @@ pub enum ToolKind {
     Custom {
         name: String,
     },
+    /// A tool of the remote MCP server `server` (its `server_label`),
+    /// which the server calls itself.
+    Mcp {
+        server: String,
+        name: String,
+        /// Whether a call waits for the client's approval.
+        approval: bool,
+    },
+}
+
+/// A tool an MCP server listed, as offered to the model.
+#[derive(Debug, Clone, Copy)]
+pub struct McpOffer<'t> {
+    pub name: &'t str,
+    pub description: Option<&'t str>,
+    /// Its input schema.
+    pub schema: &'t Value,
+    /// Whether its calls wait for the client's approval.
+    pub approval: bool,
 }
 
 /// The tools of one request, indexed by the name the backend sees.
@@ -37,6 +59,10 @@ pub struct ToolMap {
     allowed: Option<BTreeSet<String>>,
     /// `tool_choice` as chat completions expects it.
     choice: Option<Value>,
+    /// A `tool_choice` or `allowed_tools` entry naming MCP servers' tools,
+    /// which are only known once the servers list them: server label and
+    /// tool name (any when `None`), and whether it is the forced choice.
+    mcp_picks: Vec<(String, Option<String>, bool)>,
 }
 
 /// The backend name of a namespace member.
@@ -201,6 +227,19 @@ impl ToolMap {
                 ))
             }
             "allowed_tools" => self.restrict(choice),
+            "mcp" => {
+                let label = choice.get("server_label").and_then(Value::as_str);
+                let label = label.ok_or_else(|| {
+                    ApiError::invalid_param(
+                        "tool_choice.server_label",
+                        "tool_choice of type 'mcp' needs a 'server_label'.",
+                    )
+                })?;
+                let name = choice.get("name").and_then(Value::as_str);
+                self.mcp_picks
+                    .push((label.to_owned(), name.map(str::to_owned), true));
+                Ok(Some(json!("required")))
+            }
             _ if hosted.contains(kind) || !kind.is_empty() => Err(ApiError::invalid_param(
                 "tool_choice",
                 format!("tool_choice '{kind}' names a hosted tool this server cannot run."),
@@ -217,7 +256,15 @@ impl ToolMap {
         let mut allowed = BTreeSet::new();
         let listed = choice.get("tools").and_then(Value::as_array);
         for tool in listed.into_iter().flatten() {
-            let Some(name) = tool.get("name").and_then(Value::as_str) else {
+            let name = tool.get("name").and_then(Value::as_str);
+            if tool.get("type").and_then(Value::as_str) == Some("mcp") {
+                if let Some(label) = tool.get("server_label").and_then(Value::as_str) {
+                    let pick = (label.to_owned(), name.map(str::to_owned), false);
+                    self.mcp_picks.push(pick);
+                }
+                continue;
+            }
+            let Some(name) = name else {
                 continue;
             };
             let flat = match tool.get("namespace").and_then(Value::as_str) {
@@ -232,9 +279,59 @@ impl ToolMap {
             Some("required") => "required",
             _ => "auto",
         };
-        let none_left = allowed.is_empty();
+        let none_left = allowed.is_empty() && self.mcp_picks.is_empty();
         self.allowed = Some(allowed);
         Ok(Some(json!(if none_left { "none" } else { mode })))
+    }
+
+    /// Offers the tools MCP server `server` listed, as `{server}__{name}`;
+    /// returns their definitions for the backend.
+    pub fn add_mcp(&mut self, server: &str, tools: &[McpOffer<'_>]) -> Vec<Value> {
+        let mut added = Vec::new();
+        for &McpOffer {
+            name,
+            description,
+            schema,
+            approval,
+        } in tools
+        {
+            let flat = flat_name(server, name);
+            let mut function = json!({"name": flat, "parameters": schema});
+            if schema.is_null() {
+                function["parameters"] = json!({"type": "object", "properties": {}});
+            }
+            if let Some(description) = description {
+                function["description"] = json!(description);
+            }
+            let kind = ToolKind::Mcp {
+                server: server.to_owned(),
+                name: name.to_owned(),
+                approval,
+            };
+            if self.kinds.contains_key(&flat) {
+                continue;
+            }
+            self.insert(flat.clone(), function, kind);
+            let picked = |only_forced: bool| {
+                self.mcp_picks.iter().any(|(label, pick, forced)| {
+                    label == server
+                        && pick.as_deref().is_none_or(|p| p == name)
+                        && (*forced || !only_forced)
+                })
+            };
+            if picked(true) && self.mcp_picks.iter().any(|p| p.1.is_some() && p.2) {
+                self.choice = Some(json!({"type": "function", "function": {"name": flat}}));
+            }
+            if let (Some(allowed), true) = (self.allowed.as_mut(), picked(false)) {
+                allowed.insert(flat.clone());
+            }
+            if self.allowed.as_ref().is_none_or(|a| a.contains(&flat)) {
+                if let Some((_, tool)) = self.functions.last() {
+                    added.push(tool.clone());
+                }
+            }
+        }
+        added
     }
 
     /// Tool definitions for the backend.

@@ -20,6 +20,7 @@
 //! carries keep-alive comments while the backend is silent.
 
 pub mod emit;
+mod hosted;
 pub(crate) mod model;
 mod render;
 pub(crate) mod resolve;
@@ -39,6 +40,7 @@ use crate::service::Service;
 use crate::store::{Conversation, Kv};
 use crate::stream::EventStream;
 use emit::{Emitter, KeepAlive};
+use hosted::Hosted;
 use model::{Call, Ended, ModelLoop};
 use save::Finished;
 
@@ -109,15 +111,27 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
             learned: &service.learned,
             client_key: service.client_key(api_key),
         };
-        let mut model = ModelLoop::new(call, plan.chat, request.max_tool_calls);
-        if !request.stream() {
-            model.open().await?;
-        }
+        let hosted = Hosted::new(
+            request.tools.as_deref().unwrap_or_default(),
+            &resolved.input,
+            resolved.mcp_history,
+            settings,
+            &service.backend,
+            service.env.timer(),
+        )?;
+        let mut model = ModelLoop::new(call, plan.chat, request.max_tool_calls)
+            .with_hosted(hosted, settings.backend_reasoning);
         let env = service.env.clone();
         let response = Response::start(env.new_id("resp"), env.now(), &request);
         let mut stream = EventStream::new(response, plan.tools, env);
         if plan.route.think_tags {
             stream = stream.with_think_tags();
+        }
+        if !request.stream() {
+            model
+                .prepare(&mut stream, &mut Emitter::new(&mut Discard, false))
+                .await;
+            model.open().await?;
         }
         Ok(Create {
             service,

@@ -11,6 +11,7 @@
 //! conversation's items as its history, rendered with its input.
 
 use super::truncate::{self, Budget};
+use crate::api::hosted::McpItem;
 use crate::api::items::{Item, Status};
 use crate::api::request::{CreateRequest, Input};
 use crate::chat::{ChatMessage, KeptMessages, Rendered};
@@ -33,6 +34,9 @@ pub struct Resolved {
     /// is sent, when it passed the threshold. `rendered` is then the input
     /// alone, to follow the compaction.
     pub to_compact: Option<Vec<Item>>,
+    /// The MCP items of the history (listings, approval requests, calls),
+    /// when the request names an MCP server or answers an approval.
+    pub mcp_history: Vec<Item>,
 }
 
 /// How a replay is rendered.
@@ -91,6 +95,13 @@ fn continuing<K: Kv>(
         Some(_) if replay.compact_at.is_some() => None,
         Some(conversation) => conversation.kept_chat(send_reasoning)?,
     };
+    let mcp_history = match &parent {
+        Some(conversation) if uses_mcp(request, &input) => match history.is_empty() {
+            true => mcp_items(conversation.items()?),
+            false => mcp_items(history.clone()),
+        },
+        _ => Vec::new(),
+    };
     let mut to_compact = None;
     let (kept, rendered) = match kept {
         Some(kept) => (kept, rendered.messages),
@@ -114,7 +125,25 @@ fn continuing<K: Kv>(
         kept,
         rendered,
         to_compact,
+        mcp_history,
     })
+}
+
+/// Whether `request` names an MCP server or answers an approval request.
+fn uses_mcp(request: &CreateRequest, input: &[Item]) -> bool {
+    let tools = request.tools.as_deref().unwrap_or_default();
+    tools
+        .iter()
+        .any(|t| t.get("type").and_then(serde_json::Value::as_str) == Some("mcp"))
+        || input.iter().any(|item| McpItem::read(item).is_some())
+}
+
+/// The MCP items of `items`.
+fn mcp_items(items: Vec<Item>) -> Vec<Item> {
+    items
+        .into_iter()
+        .filter(|item| McpItem::read(item).is_some())
+        .collect()
 }
 
 /// The items a replay sends, from its turns: each turn's input and output,
@@ -179,6 +208,10 @@ fn in_conversation<K: Kv>(
             .with_param("conversation")
     })?;
     let input = prepare_input(request.input.clone(), &read.items, store, env)?;
+    let mcp_history = match uses_mcp(request, &input) {
+        true => mcp_items(read.items.clone()),
+        false => Vec::new(),
+    };
     // A compaction made here stands for everything before it.
     let start = read
         .record
@@ -194,6 +227,7 @@ fn in_conversation<K: Kv>(
             parent: None,
             kept: KeptMessages::default(),
             to_compact: Some(context),
+            mcp_history,
         });
     }
     let mut history = fit(request, context, &input, replay);
@@ -204,6 +238,7 @@ fn in_conversation<K: Kv>(
         kept: KeptMessages::default(),
         rendered: Rendered::new(&history, replay.send_reasoning).messages,
         to_compact: None,
+        mcp_history,
     })
 }
 

@@ -55,7 +55,7 @@ pub struct Tool {
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
-    #[serde(rename(deserialize = "inputSchema"), default)]
+    #[serde(rename(deserialize = "inputSchema"), alias = "input_schema", default)]
     pub input_schema: Value,
     #[serde(default)]
     pub annotations: Option<Value>,
@@ -63,10 +63,12 @@ pub struct Tool {
 
 /// What a `tools/call` returned: its text, and whether the tool reported
 /// an error (`isError`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CallResult {
     pub output: String,
     pub is_error: bool,
+    /// The result's `content` blocks, as the server sent them.
+    pub content: Value,
 }
 
 /// One MCP server, for the length of one response.
@@ -154,6 +156,7 @@ impl<'a, B: Backend> Server<'a, B> {
         Ok(CallResult {
             output,
             is_error: result["isError"].as_bool().unwrap_or(false),
+            content: result.get("content").cloned().unwrap_or(Value::Null),
         })
     }
 
@@ -366,13 +369,8 @@ mod tests {
         );
         assert_eq!(tools[0].input_schema, json!({"type": "object"}));
         let result = block(server.call_tool("add", json!({"a": 2, "b": 3}))).unwrap();
-        assert_eq!(
-            result,
-            CallResult {
-                output: "5".into(),
-                is_error: false
-            }
-        );
+        assert_eq!((result.output.as_str(), result.is_error), ("5", false));
+        assert_eq!(result.content, json!([{"type": "text", "text": "5"}]));
 
         let sent = sent(&backend);
         assert_eq!(sent[0].0["method"], "initialize");

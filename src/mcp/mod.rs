@@ -7,3 +7,4 @@
 
 pub mod allow;
 pub mod client;
+pub mod tool;

@@ -95,6 +95,18 @@ pub enum EventKind {
         output_index: usize,
         input: String,
     },
+    #[serde(rename = "response.mcp_call_arguments.delta")]
+    McpCallArgumentsDelta {
+        item_id: String,
+        output_index: usize,
+        delta: String,
+    },
+    #[serde(rename = "response.mcp_call_arguments.done")]
+    McpCallArgumentsDone {
+        item_id: String,
+        output_index: usize,
+        arguments: String,
+    },
     #[serde(rename = "response.completed")]
     Completed { response: Box<Response> },
     #[serde(rename = "response.incomplete")]
@@ -107,6 +119,48 @@ pub enum EventKind {
         message: String,
         param: Option<String>,
     },
+    /// The progress of an item the server works on itself (an MCP listing
+    /// or call): the event is named by its [`Progress`]. Untagged
+    /// variants come last.
+    #[serde(untagged)]
+    Progress {
+        #[serde(rename = "type")]
+        progress: Progress,
+        item_id: String,
+        output_index: usize,
+    },
+}
+
+/// The steps of an item the server works on itself, each an event type
+/// that carries only the item's id and position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Progress {
+    #[serde(rename = "response.mcp_list_tools.in_progress")]
+    ListToolsInProgress,
+    #[serde(rename = "response.mcp_list_tools.completed")]
+    ListToolsCompleted,
+    #[serde(rename = "response.mcp_list_tools.failed")]
+    ListToolsFailed,
+    #[serde(rename = "response.mcp_call.in_progress")]
+    CallInProgress,
+    #[serde(rename = "response.mcp_call.completed")]
+    CallCompleted,
+    #[serde(rename = "response.mcp_call.failed")]
+    CallFailed,
+}
+
+impl Progress {
+    /// The event type.
+    pub fn name(self) -> &'static str {
+        match self {
+            Progress::ListToolsInProgress => "response.mcp_list_tools.in_progress",
+            Progress::ListToolsCompleted => "response.mcp_list_tools.completed",
+            Progress::ListToolsFailed => "response.mcp_list_tools.failed",
+            Progress::CallInProgress => "response.mcp_call.in_progress",
+            Progress::CallCompleted => "response.mcp_call.completed",
+            Progress::CallFailed => "response.mcp_call.failed",
+        }
+    }
 }
 
 /// A content part as the part events carry it.
@@ -150,6 +204,9 @@ impl EventKind {
             EventKind::FunctionCallArgumentsDone { .. } => "response.function_call_arguments.done",
             EventKind::CustomToolCallInputDelta { .. } => "response.custom_tool_call_input.delta",
             EventKind::CustomToolCallInputDone { .. } => "response.custom_tool_call_input.done",
+            EventKind::McpCallArgumentsDelta { .. } => "response.mcp_call_arguments.delta",
+            EventKind::McpCallArgumentsDone { .. } => "response.mcp_call_arguments.done",
+            EventKind::Progress { progress, .. } => progress.name(),
             EventKind::Completed { .. } => "response.completed",
             EventKind::Incomplete { .. } => "response.incomplete",
             EventKind::Failed { .. } => "response.failed",

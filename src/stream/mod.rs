@@ -11,6 +11,7 @@
 //! share its open items; the finished items it writes are in `output`.
 
 pub mod events;
+mod hosted;
 mod output;
 pub mod sse;
 
@@ -23,7 +24,8 @@ use crate::api::response::{IncompleteDetails, Response, ResponseError, ResponseS
 use crate::chat::{ChatChunk, ChatUsage, ThinkTags, ToolCallDelta, ToolKind, ToolMap};
 use crate::error::ApiError;
 use crate::ids::Env;
-use events::{Event, EventKind, Part};
+use events::{Event, EventKind, Part, Progress};
+pub use hosted::{ListingSlot, Round, ServerCall};
 use output::{call_item, custom_input, message_item, reasoning_item, response_error_code, usage};
 
 /// The open reasoning item.
@@ -68,6 +70,8 @@ pub struct EventStream {
     think_tags: Option<ThinkTags>,
     /// Where item ids and the completion time come from.
     env: Env,
+    /// Calls the server runs itself, announced and not yet done.
+    running: Vec<ServerCall>,
 }
 
 impl EventStream {
@@ -85,6 +89,7 @@ impl EventStream {
             pending: Vec::new(),
             think_tags: None,
             env,
+            running: Vec::new(),
         }
     }
 
@@ -178,6 +183,7 @@ impl EventStream {
             Status::Completed
         };
         self.close_all(item_status);
+        self.close_running();
         self.take_usage();
         self.response.completed_at = Some(self.env.now());
         if truncated || filtered {
@@ -204,6 +210,7 @@ impl EventStream {
     pub fn fail(&mut self, error: &ApiError) -> Vec<Event> {
         self.flush_think_tags();
         self.close_all(Status::Incomplete);
+        self.close_running();
         self.take_usage();
         self.response.status = ResponseStatus::Failed;
         self.response.incomplete_details = None;
@@ -243,6 +250,7 @@ impl EventStream {
     pub fn interrupt(&mut self) {
         self.flush_think_tags();
         self.close_all(Status::Incomplete);
+        self.close_running();
         self.pending.clear();
         self.take_usage();
         self.response.status = ResponseStatus::Incomplete;
@@ -264,11 +272,15 @@ impl EventStream {
         }
     }
 
-    /// Moves the backend's usage into the response, keeping what an
-    /// earlier ending recorded when there is nothing new.
+    /// Adds the backend's usage of the last call to the response's; what
+    /// earlier calls recorded stays when there is nothing new.
     fn take_usage(&mut self) {
         if let Some(chat) = self.usage.take() {
-            self.response.usage = Some(usage(chat));
+            let last = usage(chat);
+            self.response.usage = Some(match self.response.usage.take() {
+                Some(before) => before.plus(&last),
+                None => last,
+            });
         }
     }
 
@@ -409,14 +421,22 @@ impl EventStream {
             return;
         };
         call.arguments.push_str(&fragment);
-        if let (Some(index), false) = (call.index, fragment.is_empty()) {
+        if let (Some(output_index), false) = (call.index, fragment.is_empty()) {
             let item_id = call.item_id.clone();
-            if matches!(self.tools.lookup(&call.name), ToolKind::Function { .. }) {
-                self.emit(EventKind::FunctionCallArgumentsDelta {
+            match self.tools.lookup(&call.name) {
+                ToolKind::Function { .. } => self.emit(EventKind::FunctionCallArgumentsDelta {
                     item_id,
-                    output_index: index,
+                    output_index,
                     delta: fragment,
-                });
+                }),
+                ToolKind::Mcp {
+                    approval: false, ..
+                } => self.emit(EventKind::McpCallArgumentsDelta {
+                    item_id,
+                    output_index,
+                    delta: fragment,
+                }),
+                ToolKind::Custom { .. } | ToolKind::Mcp { .. } => {}
             }
         }
     }
@@ -439,11 +459,20 @@ impl EventStream {
         call.item_id = self.env.new_id(match kind {
             ToolKind::Function { .. } => "fc",
             ToolKind::Custom { .. } => "ctc",
+            ToolKind::Mcp { approval: true, .. } => "mcpr",
+            ToolKind::Mcp { .. } => "mcp",
         });
+        let item_id = call.item_id.clone();
         let item = call_item(call, &kind, String::new(), Status::InProgress);
         let index = self.add_item(item);
         if let Some(call) = self.calls.get_mut(&key) {
             call.index = Some(index);
+        }
+        if let ToolKind::Mcp {
+            approval: false, ..
+        } = kind
+        {
+            self.progress(Progress::CallInProgress, item_id, index);
         }
     }
 
@@ -513,6 +542,28 @@ impl EventStream {
                         arguments: call.arguments.clone(),
                     });
                 }
+                ToolKind::Mcp {
+                    server,
+                    name,
+                    approval: false,
+                } => {
+                    self.emit(EventKind::McpCallArgumentsDone {
+                        item_id: call.item_id.clone(),
+                        output_index: index,
+                        arguments: call.arguments.clone(),
+                    });
+                    // Run by the model loop, which then closes it.
+                    self.running.push(ServerCall {
+                        index,
+                        item_id: call.item_id,
+                        server: server.clone(),
+                        name: name.clone(),
+                        arguments: call.arguments,
+                        approval_request_id: None,
+                    });
+                    continue;
+                }
+                ToolKind::Mcp { .. } => {}
                 ToolKind::Custom { .. } => {
                     let input = custom_input(&call.arguments);
                     self.emit(EventKind::CustomToolCallInputDelta {

@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use super::OpenCall;
+use crate::api::hosted;
 use crate::api::items::{
     ContentPart, CustomToolCall, FunctionCall, Item, Message, Reasoning, Role, Status, TextPart,
 };
@@ -60,6 +61,14 @@ pub(super) fn call_item(
             namespace: namespace.clone(),
             status: Some(status),
         }),
+        ToolKind::Mcp {
+            server,
+            name,
+            approval: true,
+        } => hosted::approval_request(&call.item_id, server, name, &arguments),
+        ToolKind::Mcp { server, name, .. } => {
+            hosted::call(&call.item_id, server, name, &arguments, None, None)
+        }
         ToolKind::Custom { name } => Item::CustomToolCall(CustomToolCall {
             id: Some(call.item_id.clone()),
             call_id: call.call_id.clone(),

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod mcp;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
