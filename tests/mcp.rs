@@ -12,7 +12,7 @@
 mod common;
 
 use common::mcp::McpServer;
-use common::{parse_sse, Harness};
+use common::Harness;
 use scripted_backend::Reply;
 use serde_json::{json, Value};
 
@@ -622,5 +622,23 @@ async fn servers_outside_the_allow_list_are_never_called() {
         .await;
     assert_eq!(status, 400, "{error}");
     assert!(server.requests().is_empty());
-    let _ = parse_sse;
+}
+
+/// The official `openai` SDK and the Agents SDK's `HostedMCPTool`
+/// (tests/python/test_mcp.py) against the component and a real MCP server.
+#[tokio::test(flavor = "multi_thread")]
+async fn openai_sdk_and_agents_sdk() {
+    let Some(server) = McpServer::start(false).await else {
+        return;
+    };
+    let h = harness(&server, &[]).await;
+    let report = common::pytest(
+        &h.server.url(),
+        &h.backend.origin(),
+        "test_mcp.py",
+        &[],
+        &[("EDGE_RESPONSES_MCP_URL", &server.url)],
+    )
+    .await;
+    assert!(report.contains("6 passed"), "{report}");
 }

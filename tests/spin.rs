@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::mcp::McpServer;
 use common::{component, output_text, parse_sse};
 use scripted_backend::redis::RedisServer as Redis;
 use scripted_backend::{Backend, Reply};
@@ -236,9 +237,20 @@ async fn strict_backend_scenario(spin: &Path, redis: Option<&Redis>) {
 async fn sdk_scenario(spin: &Path, redis: Option<&Redis>) {
     let backend = Backend::start().expect("backend starts");
     let origin = backend.origin();
-    let spin = Spin::up(spin, &[("backend_origin", origin.as_str())], redis).await;
+    // A real MCP server, reached through the `mcp_servers` variable that
+    // feeds both the allow-list and Spin's `allowed_outbound_hosts`.
+    let mcp = McpServer::start(false).await;
+    let mcp_origin = mcp.as_ref().map(|m| format!("http://127.0.0.1:{}", m.port));
+    let mut variables = vec![("backend_origin", origin.as_str())];
+    variables.extend(mcp_origin.as_deref().map(|o| ("mcp_servers", o)));
+    let spin = Spin::up(spin, &variables, redis).await;
     for suite in ["test_openai_sdk.py", "test_conversations.py"] {
         common::pytest(&spin.url, &origin, suite, &[], &[]).await;
+    }
+    if let Some(mcp) = &mcp {
+        let env = [("EDGE_RESPONSES_MCP_URL", mcp.url.as_str())];
+        let report = common::pytest(&spin.url, &origin, "test_mcp.py", &[], &env).await;
+        assert!(report.contains("6 passed"), "{report}");
     }
 }
 
