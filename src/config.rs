@@ -22,6 +22,10 @@
 //! | `backends` | more backends, chosen by model name: a JSON array of routes |
 //! | `mcp_allowed_servers` | origins of the MCP servers requests may name (`https://mcp.example.com`, `https://*.example.com`, `http://127.0.0.1:*`), separated by commas or spaces; unset = none |
 //! | `mcp_timeout_seconds` | longest wait for an MCP server's listing or tool call (default 60) |
+//! | `web_search_provider` | `searxng`, `brave` or `tavily`: runs `web_search` tools; unset = they are echoed, not run |
+//! | `web_search_url` | the provider's base URL (required for `searxng`; Brave's and Tavily's public APIs by default) |
+//! | `web_search_api_key` | the provider's key (required for `brave` and `tavily`) |
+//! | `web_search_timeout_seconds` | longest wait for one search (default 30) |
 //!
 //! `backend_url` and its companions make the default backend, which serves
 //! every model no entry of `backends` claims; either may be left out, not
@@ -49,6 +53,8 @@ pub const DEFAULT_STREAM_KEEPALIVE_SECONDS: u64 = 15;
 pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 32 << 20;
 /// Default for `mcp_timeout_seconds`.
 pub const DEFAULT_MCP_TIMEOUT_SECONDS: u64 = 60;
+/// Default for `web_search_timeout_seconds`.
+pub const DEFAULT_WEB_SEARCH_TIMEOUT_SECONDS: u64 = 30;
 
 /// A configuration key the component reads. Values are parsed by an
 /// exhaustive `match` on this, and [`KEYS`] lists its names, so the two
@@ -75,10 +81,14 @@ enum Setting {
     ModelContextWindows,
     McpAllowedServers,
     McpTimeoutSeconds,
+    WebSearchProvider,
+    WebSearchUrl,
+    WebSearchApiKey,
+    WebSearchTimeoutSeconds,
 }
 
 impl Setting {
-    const ALL: [Setting; 20] = [
+    const ALL: [Setting; 24] = [
         Setting::BackendUrl,
         Setting::BackendApiKey,
         Setting::BackendHeaders,
@@ -99,6 +109,10 @@ impl Setting {
         Setting::ModelContextWindows,
         Setting::McpAllowedServers,
         Setting::McpTimeoutSeconds,
+        Setting::WebSearchProvider,
+        Setting::WebSearchUrl,
+        Setting::WebSearchApiKey,
+        Setting::WebSearchTimeoutSeconds,
     ];
 
     const fn name(self) -> &'static str {
@@ -123,6 +137,10 @@ impl Setting {
             Setting::ModelContextWindows => "model_context_windows",
             Setting::McpAllowedServers => "mcp_allowed_servers",
             Setting::McpTimeoutSeconds => "mcp_timeout_seconds",
+            Setting::WebSearchProvider => "web_search_provider",
+            Setting::WebSearchUrl => "web_search_url",
+            Setting::WebSearchApiKey => "web_search_api_key",
+            Setting::WebSearchTimeoutSeconds => "web_search_timeout_seconds",
         }
     }
 
@@ -173,6 +191,10 @@ pub struct Settings {
     pub mcp_allowed_servers: crate::mcp::allow::AllowList,
     /// Longest wait for an MCP server's listing or call.
     pub mcp_timeout_seconds: u64,
+    /// The provider `web_search` tools run on; `None`: they are echoed.
+    pub web_search: Option<crate::search::SearchConfig>,
+    /// Longest wait for one search.
+    pub web_search_timeout_seconds: u64,
 }
 
 impl Settings {
@@ -202,9 +224,11 @@ impl Settings {
             retention_grace_seconds: crate::store::retention::DEFAULT_GRACE_SECONDS,
             retention_sweep_every: DEFAULT_RETENTION_SWEEP_EVERY,
             mcp_timeout_seconds: DEFAULT_MCP_TIMEOUT_SECONDS,
+            web_search_timeout_seconds: DEFAULT_WEB_SEARCH_TIMEOUT_SECONDS,
             ..Settings::default()
         };
         let mut default = DefaultBackend::default();
+        let mut search: [Option<String>; 3] = Default::default();
         let mut routes = Vec::new();
         for (name, value) in pairs {
             let Some(key) = Setting::parse(&name) else {
@@ -267,9 +291,26 @@ impl Settings {
                         return Err(ApiError::server("mcp_timeout_seconds must be at least 1"));
                     }
                 }
+                Setting::WebSearchProvider => search[0] = Some(value),
+                Setting::WebSearchUrl => search[1] = Some(value),
+                Setting::WebSearchApiKey => search[2] = Some(value),
+                Setting::WebSearchTimeoutSeconds => {
+                    settings.web_search_timeout_seconds = number(key, &value)?;
+                    if settings.web_search_timeout_seconds == 0 {
+                        return Err(ApiError::server(
+                            "web_search_timeout_seconds must be at least 1",
+                        ));
+                    }
+                }
                 Setting::ForwardClientKey => settings.forward_client_key = truthy(&value),
                 Setting::BackendReasoning => settings.backend_reasoning = truthy(&value),
             }
+        }
+        if let [Some(provider), url, key] = &search {
+            let config =
+                crate::search::SearchConfig::parse(provider, url.as_deref(), key.as_deref())
+                    .map_err(ApiError::server)?;
+            settings.web_search = Some(config);
         }
         routes.extend(default.into_route()?);
         if routes.is_empty() {

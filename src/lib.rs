@@ -13,6 +13,7 @@
 //! | [`create`] | `POST /v1/responses` as a pipeline of steps |
 //! | [`compact`] | `POST /v1/responses/compact`, and the `compaction` items it makes |
 //! | [`mcp`] | remote MCP servers: the Streamable HTTP client |
+//! | [`search`] | the `web_search` tool: search providers' APIs (SearXNG, Brave, Tavily), results for the model, `url_citation`s |
 //! | [`service`] | the API operations, shared by HTTP and the typed export |
 //! | [`config`], [`auth`], [`backend`], [`error`], [`ids`] | settings, keys, backend errors, errors, ids |
 //! | `wasi`, `http`, `export` | the thin WASI glue (wasm only) |
@@ -27,6 +28,7 @@ pub mod create;
 pub mod error;
 pub mod ids;
 pub mod mcp;
+pub mod search;
 pub mod service;
 pub mod store;
 pub mod stream;

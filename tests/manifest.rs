@@ -42,6 +42,7 @@ fn component_variables_cover_every_configuration_key() {
         "admin_key",
         "backend_headers",
         "backends",
+        "web_search_api_key",
     ] {
         assert_eq!(
             app_variables[secret]["secret"].as_bool(),
@@ -60,7 +61,8 @@ fn outbound_hosts_are_origins_and_the_store_is_declared() {
         hosts,
         &[
             Value::from("{{ backend_origin }}"),
-            Value::from("{{ mcp_servers }}")
+            Value::from("{{ mcp_servers }}"),
+            Value::from("{{ web_search_origin }}")
         ]
     );
     // The MCP servers Spin lets the component reach are the ones it allows.
@@ -68,7 +70,7 @@ fn outbound_hosts_are_origins_and_the_store_is_declared() {
         component["variables"]["mcp_allowed_servers"].as_str(),
         Some("{{ mcp_servers }}")
     );
-    for variable in ["backend_origin", "mcp_servers"] {
+    for variable in ["backend_origin", "mcp_servers", "web_search_origin"] {
         let origin = manifest["variables"][variable]["default"].as_str().unwrap();
         let (_, rest) = origin.split_once("://").expect("a scheme");
         assert!(

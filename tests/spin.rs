@@ -17,6 +17,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::mcp::McpServer;
+use common::search::SearchProvider;
 use common::{component, output_text, parse_sse};
 use scripted_backend::redis::RedisServer as Redis;
 use scripted_backend::{Backend, Reply};
@@ -241,7 +242,12 @@ async fn sdk_scenario(spin: &Path, redis: Option<&Redis>) {
     // feeds both the allow-list and Spin's `allowed_outbound_hosts`.
     let mcp = McpServer::start(false).await;
     let mcp_origin = mcp.as_ref().map(|m| format!("http://127.0.0.1:{}", m.port));
-    let mut variables = vec![("backend_origin", origin.as_str())];
+    let search = SearchProvider::start(None);
+    let mut variables = vec![
+        ("backend_origin", origin.as_str()),
+        ("web_search_provider", "searxng"),
+        ("web_search_origin", search.url.as_str()),
+    ];
     variables.extend(mcp_origin.as_deref().map(|o| ("mcp_servers", o)));
     let spin = Spin::up(spin, &variables, redis).await;
     for suite in ["test_openai_sdk.py", "test_conversations.py"] {
@@ -252,6 +258,28 @@ async fn sdk_scenario(spin: &Path, redis: Option<&Redis>) {
         let report = common::pytest(&spin.url, &origin, "test_mcp.py", &[], &env).await;
         assert!(report.contains("6 passed"), "{report}");
     }
+
+    // Web search through Spin's outbound HTTP, to the `web_search_origin`
+    // it allows.
+    backend.push_all([
+        Reply::new().tool_call("call_1", "web_search", r#"{"query": "spin"}"#),
+        Reply::text("See https://docs.example.org/spin/1."),
+    ]);
+    let client = reqwest::Client::new();
+    let (status, body) = post(
+        &client,
+        &spin.url,
+        &json!({"model": "m", "input": "spin?", "tools": [{"type": "web_search"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let response: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(response["output"][0]["status"], "completed", "{body}");
+    let annotations = &response["output"][1]["content"][0]["annotations"];
+    assert_eq!(
+        annotations[0]["url"], "https://docs.example.org/spin/1",
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

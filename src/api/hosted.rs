@@ -1,9 +1,9 @@
-//! Items of the tools the server runs itself (remote MCP servers):
+//! Items of the tools the server runs itself: for remote MCP servers
 //! `mcp_list_tools`, `mcp_call`, `mcp_approval_request` in the output and
-//! `mcp_approval_response` in the input.
+//! `mcp_approval_response` in the input; for web search `web_search_call`.
 //!
 //! They travel as [`Item::Other`], stored and listed exactly as made or
-//! sent; [`McpItem::read`] is the typed view of one. Accepted leniently,
+//! sent; [`HostedItem::read`] is the typed view of one. Accepted leniently,
 //! produced with the fields of the official `openai` package's models.
 
 use serde_json::{json, Map, Value};
@@ -15,10 +15,14 @@ pub const LIST_TOOLS: &str = "mcp_list_tools";
 pub const CALL: &str = "mcp_call";
 pub const APPROVAL_REQUEST: &str = "mcp_approval_request";
 pub const APPROVAL_RESPONSE: &str = "mcp_approval_response";
+pub const WEB_SEARCH_CALL: &str = "web_search_call";
 
-/// A typed view of an MCP item.
+/// The function name web search is offered to the model under.
+pub const WEB_SEARCH_FUNCTION: &str = "web_search";
+
+/// A typed view of an item of a server-side tool.
 #[derive(Debug, Clone, PartialEq)]
-pub enum McpItem<'a> {
+pub enum HostedItem<'a> {
     /// A server's tools, as listed once per conversation.
     ListTools {
         server_label: &'a str,
@@ -46,17 +50,25 @@ pub enum McpItem<'a> {
         approve: bool,
         reason: Option<&'a str>,
     },
+    /// A search the server ran, and the sources it found when they were
+    /// asked for (`include: ["web_search_call.action.sources"]`).
+    WebSearch {
+        id: &'a str,
+        query: &'a str,
+        sources: Vec<&'a str>,
+    },
 }
 
-impl<'a> McpItem<'a> {
-    /// The view of `item`, when it is a well-formed MCP item.
-    pub fn read(item: &'a Item) -> Option<McpItem<'a>> {
+impl<'a> HostedItem<'a> {
+    /// The view of `item`, when it is a well-formed item of a server-side
+    /// tool.
+    pub fn read(item: &'a Item) -> Option<HostedItem<'a>> {
         let Item::Other(Value::Object(fields)) = item else {
             return None;
         };
         let text = |key: &str| fields.get(key).and_then(Value::as_str);
         match text("type")? {
-            LIST_TOOLS => Some(McpItem::ListTools {
+            LIST_TOOLS => Some(HostedItem::ListTools {
                 server_label: text("server_label")?,
                 tools: fields
                     .get("tools")
@@ -64,7 +76,7 @@ impl<'a> McpItem<'a> {
                     .map_or(&[], Vec::as_slice),
                 failed: fields.get("error").is_some_and(|e| !e.is_null()),
             }),
-            CALL => Some(McpItem::Call {
+            CALL => Some(HostedItem::Call {
                 call_id: text("approval_request_id").or_else(|| text("id"))?,
                 server_label: text("server_label")?,
                 name: text("name")?,
@@ -75,17 +87,31 @@ impl<'a> McpItem<'a> {
                     _ => String::new(),
                 },
             }),
-            APPROVAL_REQUEST => Some(McpItem::ApprovalRequest {
+            APPROVAL_REQUEST => Some(HostedItem::ApprovalRequest {
                 id: text("id")?,
                 server_label: text("server_label")?,
                 name: text("name")?,
                 arguments: text("arguments").unwrap_or("{}"),
             }),
-            APPROVAL_RESPONSE => Some(McpItem::ApprovalResponse {
+            APPROVAL_RESPONSE => Some(HostedItem::ApprovalResponse {
                 request_id: text("approval_request_id")?,
                 approve: fields.get("approve").and_then(Value::as_bool)?,
                 reason: text("reason"),
             }),
+            WEB_SEARCH_CALL => {
+                let action = fields.get("action");
+                let field = |key: &str| action.and_then(|a| a.get(key));
+                Some(HostedItem::WebSearch {
+                    id: text("id")?,
+                    query: field("query").and_then(Value::as_str).unwrap_or_default(),
+                    sources: field("sources")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|s| s.get("url").and_then(Value::as_str))
+                        .collect(),
+                })
+            }
             _ => None,
         }
     }
@@ -152,6 +178,20 @@ pub fn approval_request(id: &str, server_label: &str, name: &str, arguments: &st
     }))
 }
 
+/// A `web_search_call` item: `in_progress` while it runs, then
+/// `completed` or `failed`; its action's `sources` only when asked for.
+pub fn web_search_call(id: &str, status: &str, query: &str, sources: Option<&[String]>) -> Item {
+    let mut action = json!({"type": "search", "query": query});
+    if let Some(sources) = sources {
+        let sources: Vec<Value> = sources
+            .iter()
+            .map(|url| json!({"type": "url", "url": url}))
+            .collect();
+        action["sources"] = Value::Array(sources);
+    }
+    object(json!({"type": WEB_SEARCH_CALL, "id": id, "status": status, "action": action}))
+}
+
 fn object(value: Value) -> Item {
     match value {
         Value::Object(fields) => Item::Other(Value::Object(fields)),
@@ -167,8 +207,8 @@ mod tests {
     fn items_read_back_as_made() {
         let listed = list_tools("mcpl_1", "calc", vec![json!({"name": "add"})], None);
         assert!(matches!(
-            McpItem::read(&listed),
-            Some(McpItem::ListTools { server_label: "calc", failed: false, tools }) if tools.len() == 1
+            HostedItem::read(&listed),
+            Some(HostedItem::ListTools { server_label: "calc", failed: false, tools }) if tools.len() == 1
         ));
         let done = call(
             "mcp_1",
@@ -179,8 +219,8 @@ mod tests {
             Some(Ok("3".into())),
         );
         assert_eq!(
-            McpItem::read(&done),
-            Some(McpItem::Call {
+            HostedItem::read(&done),
+            Some(HostedItem::Call {
                 call_id: "mcpr_1",
                 server_label: "calc",
                 name: "add",
@@ -199,21 +239,21 @@ mod tests {
             )),
         );
         assert!(matches!(
-            McpItem::read(&failed),
-            Some(McpItem::Call { call_id: "mcp_2", result, .. }) if result == "Error: bad"
+            HostedItem::read(&failed),
+            Some(HostedItem::Call { call_id: "mcp_2", result, .. }) if result == "Error: bad"
         ));
         let answer: Item = serde_json::from_value(json!({
             "type": "mcp_approval_response", "approval_request_id": "mcpr_1", "approve": false
         }))
         .unwrap();
         assert_eq!(
-            McpItem::read(&answer),
-            Some(McpItem::ApprovalResponse {
+            HostedItem::read(&answer),
+            Some(HostedItem::ApprovalResponse {
                 request_id: "mcpr_1",
                 approve: false,
                 reason: None
             })
         );
-        assert_eq!(McpItem::read(&Item::user_text("hi")), None);
+        assert_eq!(HostedItem::read(&Item::user_text("hi")), None);
     }
 }

@@ -5,8 +5,8 @@
 //! templates expect; tool outputs become `tool` messages; reasoning belongs
 //! to the next assistant message, as its `reasoning_content` when the
 //! backend takes it, and is dropped otherwise. A `compaction` item becomes
-//! a `user` message with the summary it carries; an `mcp_call` the server
-//! ran, a tool call and its `tool` message.
+//! a `user` message with the summary it carries; an `mcp_call` or a
+//! `web_search_call` the server ran, a tool call and its `tool` message.
 //!
 //! [`Rendered`] also says whether a run of items renders the same on its own
 //! as among other items, which lets a stored turn keep its messages ready.
@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::tools::flat_name;
 use super::{ChatContent, ChatFunction, ChatMessage, ChatToolCall};
-use crate::api::hosted::McpItem;
+use crate::api::hosted::{HostedItem, WEB_SEARCH_FUNCTION};
 use crate::api::items::{ContentPart, Item, Message, Role};
 use crate::compact::replayed_summary;
 
@@ -141,21 +141,34 @@ impl Transcript {
                     self.out.push(text_message("user", text));
                 }
             }
-            // An MCP call the server ran is the model's tool call and its
-            // result; listings and approvals are the server's business.
-            Item::Other(_) => {
-                if let Some(McpItem::Call {
+            // A call the server ran (MCP, web search) is the model's tool
+            // call and its result; listings and approvals are the server's
+            // business.
+            Item::Other(_) => match HostedItem::read(item) {
+                Some(HostedItem::Call {
                     call_id,
                     server_label,
                     name,
                     arguments,
                     result,
-                }) = McpItem::read(item)
-                {
+                }) => {
                     self.push_tool_call(call_id, flat_name(server_label, name), arguments.into());
                     self.out.push(tool_message(call_id, result));
                 }
-            }
+                // Without its query (another server's item may lack it) there
+                // is nothing to tell the model.
+                Some(HostedItem::WebSearch { id, query, sources }) if !query.is_empty() => {
+                    let arguments = json!({ "query": query }).to_string();
+                    self.push_tool_call(id, WEB_SEARCH_FUNCTION.to_owned(), arguments);
+                    let mut result = format!("Searched the web for \"{query}\".");
+                    for url in sources {
+                        result.push_str("\n- ");
+                        result.push_str(url);
+                    }
+                    self.out.push(tool_message(id, result));
+                }
+                _ => {}
+            },
             // References are resolved before translation.
             Item::ItemReference(_) => {}
         }

@@ -9,13 +9,17 @@
 //! - `mcp` tools: the tools their servers list are added once listed
 //!   ([`ToolMap::add_mcp`]), named `{server_label}__{tool}`; the server calls
 //!   them itself.
-//! - Other hosted tools (`web_search`, `file_search`, ...) are not offered
-//!   to the model; they are only echoed in the response.
+//! - `web_search` tools: a `web_search` function with a `query`, added when
+//!   a search provider is configured ([`ToolMap::add_web_search`]); the
+//!   server runs the searches.
+//! - Other hosted tools (`file_search`, ...) are not offered to the model;
+//!   they are only echoed in the response.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 
+use crate::api::hosted::WEB_SEARCH_FUNCTION;
 use crate::error::ApiError;
 
 /// What a chat-completions function name stands for.
@@ -36,6 +40,9 @@ pub enum ToolKind {
         /// Whether a call waits for the client's approval.
         approval: bool,
     },
+    /// The search function the server offers for a `web_search` tool and
+    /// runs itself.
+    WebSearch,
 }
 
 /// A tool an MCP server listed, as offered to the model.
@@ -63,6 +70,9 @@ pub struct ToolMap {
     /// which are only known once the servers list them: server label and
     /// tool name (any when `None`), and whether it is the forced choice.
     mcp_picks: Vec<(String, Option<String>, bool)>,
+    /// `tool_choice` or `allowed_tools` names web search: whether it is
+    /// the forced choice.
+    search_pick: Option<bool>,
 }
 
 /// The backend name of a namespace member.
@@ -227,6 +237,10 @@ impl ToolMap {
                 ))
             }
             "allowed_tools" => self.restrict(choice),
+            _ if crate::search::tool::TOOL_TYPES.contains(&kind) => {
+                self.search_pick = Some(true);
+                Ok(Some(json!("required")))
+            }
             "mcp" => {
                 let label = choice.get("server_label").and_then(Value::as_str);
                 let label = label.ok_or_else(|| {
@@ -257,7 +271,12 @@ impl ToolMap {
         let listed = choice.get("tools").and_then(Value::as_array);
         for tool in listed.into_iter().flatten() {
             let name = tool.get("name").and_then(Value::as_str);
-            if tool.get("type").and_then(Value::as_str) == Some("mcp") {
+            let kind = tool.get("type").and_then(Value::as_str).unwrap_or_default();
+            if crate::search::tool::TOOL_TYPES.contains(&kind) {
+                self.search_pick.get_or_insert(false);
+                continue;
+            }
+            if kind == "mcp" {
                 if let Some(label) = tool.get("server_label").and_then(Value::as_str) {
                     let pick = (label.to_owned(), name.map(str::to_owned), false);
                     self.mcp_picks.push(pick);
@@ -279,7 +298,8 @@ impl ToolMap {
             Some("required") => "required",
             _ => "auto",
         };
-        let none_left = allowed.is_empty() && self.mcp_picks.is_empty();
+        let none_left =
+            allowed.is_empty() && self.mcp_picks.is_empty() && self.search_pick.is_none();
         self.allowed = Some(allowed);
         Ok(Some(json!(if none_left { "none" } else { mode })))
     }
@@ -332,6 +352,41 @@ impl ToolMap {
             }
         }
         added
+    }
+
+    /// Offers web search as the `web_search` function; returns its
+    /// definition for the backend, unless a tool of the client's has that
+    /// name or `allowed_tools` leaves it out.
+    pub fn add_web_search(&mut self) -> Option<Value> {
+        let name = WEB_SEARCH_FUNCTION;
+        if self.kinds.contains_key(name) {
+            return None;
+        }
+        let function = json!({
+            "name": name,
+            "description": "Search the web. Returns numbered results with titles, URLs and snippets.",
+            "parameters": {
+                "type": "object",
+                "properties": {"query": {"type": "string", "description": "What to search for."}},
+                "required": ["query"],
+            },
+        });
+        self.insert(name.to_owned(), function, ToolKind::WebSearch);
+        if self.search_pick == Some(true) {
+            self.choice = Some(json!({"type": "function", "function": {"name": name}}));
+        }
+        if let (Some(allowed), Some(_)) = (self.allowed.as_mut(), self.search_pick) {
+            allowed.insert(name.to_owned());
+        }
+        let offered = self.allowed.as_ref().is_none_or(|a| a.contains(name));
+        offered
+            .then(|| self.functions.last().map(|(_, tool)| tool.clone()))
+            .flatten()
+    }
+
+    /// Whether `tool_choice` names web search.
+    pub fn forces_web_search(&self) -> bool {
+        self.search_pick == Some(true)
     }
 
     /// Tool definitions for the backend.
@@ -424,11 +479,61 @@ mod tests {
     }
 
     #[test]
-    fn hosted_tool_choice_is_rejected_but_hosted_tools_are_not() {
+    fn hosted_tool_choice_is_rejected_unless_the_server_runs_it() {
         assert!(ToolMap::new(&tools(), Some(&json!("auto"))).is_ok());
-        let err = ToolMap::new(&tools(), Some(&json!({"type": "web_search"}))).unwrap_err();
+        let err = ToolMap::new(&tools(), Some(&json!({"type": "file_search"}))).unwrap_err();
         assert_eq!(err.status, 400);
         assert_eq!(err.param.as_deref(), Some("tool_choice"));
+
+        // Web search, once offered, is the forced function.
+        let mut map = ToolMap::new(&tools(), Some(&json!({"type": "web_search"}))).unwrap();
+        assert!(map.forces_web_search());
+        let offered = map.add_web_search().unwrap();
+        assert_eq!(offered["function"]["name"], "web_search");
+        assert_eq!(
+            map.chat_tool_choice(),
+            Some(json!({"type": "function", "function": {"name": "web_search"}}))
+        );
+        assert_eq!(map.lookup("web_search"), ToolKind::WebSearch);
+    }
+
+    #[test]
+    fn mcp_tools_are_added_once_listed() {
+        let schema = json!({"type": "object"});
+        let offer = |name| McpOffer {
+            name,
+            description: Some("d"),
+            schema: &schema,
+            approval: name == "rm",
+        };
+        let choice = json!({"type": "mcp", "server_label": "fs", "name": "ls"});
+        let mut map = ToolMap::new(&tools(), Some(&choice)).unwrap();
+        let added = map.add_mcp("fs", &[offer("ls"), offer("rm")]);
+        assert_eq!(added.len(), 2);
+        assert_eq!(added[0]["function"]["name"], "fs__ls");
+        assert_eq!(
+            map.lookup("fs__rm"),
+            ToolKind::Mcp {
+                server: "fs".into(),
+                name: "rm".into(),
+                approval: true
+            }
+        );
+        assert_eq!(
+            map.chat_tool_choice(),
+            Some(json!({"type": "function", "function": {"name": "fs__ls"}}))
+        );
+        // allowed_tools naming a server lets only its tools through.
+        let only = json!({"type": "allowed_tools", "mode": "auto",
+                          "tools": [{"type": "mcp", "server_label": "fs"}]});
+        let mut map = ToolMap::new(&tools(), Some(&only)).unwrap();
+        map.add_mcp("fs", &[offer("ls")]);
+        let names: Vec<Value> = map
+            .chat_tools()
+            .iter()
+            .map(|t| t["function"]["name"].clone())
+            .collect();
+        assert_eq!(names, [json!("fs__ls")]);
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! The tools a response runs on the server: the remote MCP servers its
-//! request names.
+//! request names, and web search when a provider is configured.
 //!
 //! Before the model is called, [`Hosted::prepare`] lists each server's
 //! tools (or reuses the listing an earlier turn of the conversation made),
-//! offers them to the model, and runs or declines the calls the client
-//! answered approval requests for. During the model loop, [`Hosted::call`]
-//! runs a call the model made. A server's failures (unreachable, HTTP
-//! errors, JSON-RPC errors, tool errors, timeouts) become the item's
-//! `error`, which the model sees; they never fail the response.
+//! offers them and web search to the model, and runs or declines the calls
+//! the client answered approval requests for. During the model loop,
+//! [`Hosted::run`] runs a call the model made. A server's or provider's
+//! failures (unreachable, HTTP errors, JSON-RPC errors, tool errors,
+//! timeouts) become the item's `error` or `failed` status, which the model
+//! sees; they never fail the response.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -16,23 +17,39 @@ use futures::future::{select, Either};
 use serde_json::{json, Value};
 
 use super::emit::{Emitter, EventSink};
-use crate::api::hosted::{self, McpItem};
+use crate::api::hosted::{self, HostedItem};
 use crate::api::items::Item;
+use crate::api::request::CreateRequest;
 use crate::backend::Backend;
-use crate::chat::{ChatMessage, McpOffer, Rendered};
+use crate::chat::{ChatContent, ChatMessage, McpOffer, Rendered};
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::ids::Timer;
 use crate::mcp::client::{McpError, Server, Tool};
 use crate::mcp::tool::{McpTool, MAX_SERVERS};
-use crate::stream::{EventStream, ServerCall};
+use crate::search::tool::TOOL_TYPES;
+use crate::search::{results_for_model, SearchConfig, SearchError, Source, WebSearchTool};
+use crate::stream::{EventStream, ServerCall, ServerTool};
 
 /// The server-side tools of one response.
 pub struct Hosted<'a, B: Backend> {
+    backend: &'a B,
     servers: Vec<McpServer<'a, B>>,
     /// The MCP items of the conversation so far, input included.
     history: Vec<Item>,
     timer: Rc<dyn Timer>,
+    timeout: Duration,
+    search: Option<WebSearch>,
+    /// What the model is shown of each search, by call item id.
+    search_results: Vec<(String, String)>,
+}
+
+/// The `web_search` tool of a request, on the configured provider.
+struct WebSearch {
+    config: SearchConfig,
+    tool: WebSearchTool,
+    /// `include: ["web_search_call.action.sources"]`.
+    show_sources: bool,
     timeout: Duration,
 }
 
@@ -58,13 +75,14 @@ impl<'a, B: Backend> Hosted<'a, B> {
     /// approval answers of `input` checked against the requests they answer
     /// (in `input` or `history`). Nothing is sent yet.
     pub fn new(
-        tools: &[Value],
+        request: &CreateRequest,
         input: &[Item],
         history: Vec<Item>,
         settings: &Settings,
         backend: &'a B,
         timer: Rc<dyn Timer>,
     ) -> Result<Self, ApiError> {
+        let tools = request.tools.as_deref().unwrap_or_default();
         let mut servers: Vec<McpServer<'a, B>> = Vec::new();
         for (i, tool) in tools.iter().enumerate() {
             if tool.get("type").and_then(Value::as_str) != Some("mcp") {
@@ -93,20 +111,29 @@ impl<'a, B: Backend> Hosted<'a, B> {
             });
         }
         let mut all = history;
-        all.extend(input.iter().filter(|i| McpItem::read(i).is_some()).cloned());
+        all.extend(
+            input
+                .iter()
+                .filter(|i| HostedItem::read(i).is_some())
+                .cloned(),
+        );
         let hosted = Hosted {
+            backend,
             servers,
             history: all,
             timer,
             timeout: Duration::from_secs(settings.mcp_timeout_seconds),
+            search: web_search(request, settings)?,
+            search_results: Vec::new(),
         };
         hosted.check_answers(input)?;
         Ok(hosted)
     }
 
-    /// Whether the request names no server and answers no approval.
+    /// Whether the request names no server, answers no approval and
+    /// searches nothing.
     pub fn is_empty(&self) -> bool {
-        self.servers.is_empty() && self.answers().next().is_none()
+        self.servers.is_empty() && self.search.is_none() && self.answers().next().is_none()
     }
 
     /// Lists or reuses each server's tools and offers them to the model,
@@ -150,22 +177,85 @@ impl<'a, B: Backend> Hosted<'a, B> {
                 .collect();
             prepared.tools.extend(stream.add_mcp_tools(&label, &offers));
         }
+        if self.search.is_some() {
+            prepared.tools.extend(stream.add_web_search());
+        }
         let results = self.run_answers(stream, out).await?;
         prepared.messages = Rendered::new(&results, false).messages;
         Some(prepared)
     }
 
-    /// Runs a call the model made.
-    pub async fn call(&mut self, call: &ServerCall) -> Result<String, Value> {
-        let Some(i) = self
-            .servers
-            .iter()
-            .position(|s| s.tool.label == call.server)
-        else {
-            return Err(json!({"type": "mcp_protocol_error", "code": -32601,
-                "message": format!("No MCP server is labelled '{}'.", call.server)}));
+    /// Runs a call the model made and closes its item; `None` once the
+    /// client has gone away.
+    pub async fn run<S: EventSink>(
+        &mut self,
+        call: &ServerCall,
+        stream: &mut EventStream,
+        out: &mut Emitter<'_, S>,
+    ) -> Option<()> {
+        let events = match &call.tool {
+            ServerTool::Mcp { server, name } => {
+                let result = out.wait(self.call(server, name, &call.arguments)).await?;
+                stream.call_done(call, result)
+            }
+            ServerTool::WebSearch => {
+                let query = search_query(&call.arguments);
+                if !out.events(stream.searching(call)).await {
+                    return None;
+                }
+                let found = out.wait(self.web_search(&query)).await?;
+                let text = match &found {
+                    Ok(sources) => results_for_model(&query, sources),
+                    Err(error) => format!("Web search failed: {error}"),
+                };
+                self.search_results.push((call.item_id.clone(), text));
+                let show = self.search.as_ref().is_some_and(|s| s.show_sources);
+                stream.search_done(call, &query, found.ok(), show)
+            }
         };
-        let arguments = match call.arguments.trim() {
+        out.events(events).await.then_some(())
+    }
+
+    /// Shows the model the whole results of the searches among `messages`
+    /// (a `web_search_call` item alone renders as the query and sources).
+    pub fn show_results(&self, messages: &mut [ChatMessage]) {
+        for message in messages.iter_mut().filter(|m| m.role == "tool") {
+            let id = message.tool_call_id.as_deref();
+            if let Some((_, text)) = self
+                .search_results
+                .iter()
+                .find(|(i, _)| Some(i.as_str()) == id)
+            {
+                message.content = Some(ChatContent::Text(text.clone()));
+            }
+        }
+    }
+
+    /// One search on the configured provider.
+    async fn web_search(&self, query: &str) -> Result<Vec<Source>, SearchError> {
+        let Some(search) = &self.search else {
+            return Err(SearchError::Unreachable(
+                "no search provider is configured".into(),
+            ));
+        };
+        let run = crate::search::search(self.backend, &search.config, &search.tool, query);
+        deadline(&*self.timer, search.timeout, run)
+            .await
+            .unwrap_or_else(|| {
+                Err(SearchError::Unreachable(format!(
+                    "no answer within {} s",
+                    search.timeout.as_secs()
+                )))
+            })
+    }
+
+    /// Calls tool `name` of the server labelled `label`.
+    async fn call(&mut self, label: &str, name: &str, arguments: &str) -> Result<String, Value> {
+        let Some(i) = self.servers.iter().position(|s| s.tool.label == label) else {
+            return Err(json!({"type": "mcp_protocol_error", "code": -32601,
+                "message": format!("No MCP server is labelled '{label}'.")}));
+        };
+        let arguments = match arguments.trim() {
             "" => json!({}),
             text => serde_json::from_str::<Value>(text).map_err(|e| {
                 json!({"type": "mcp_protocol_error", "code": -32602,
@@ -179,9 +269,12 @@ impl<'a, B: Backend> Hosted<'a, B> {
                 server.client.initialize().await?;
                 server.initialized = true;
             }
-            server.client.call_tool(&call.name, arguments).await
+            server.client.call_tool(name, arguments).await
         };
-        match deadline(&*timer, self.timeout, run).await {
+        match deadline(&*timer, self.timeout, run)
+            .await
+            .unwrap_or_else(|| timed_out(self.timeout))
+        {
             Ok(result) if result.is_error => Err(json!({
                 "type": "mcp_tool_execution_error",
                 "content": result.content,
@@ -200,7 +293,9 @@ impl<'a, B: Backend> Hosted<'a, B> {
             server.initialized = true;
             server.client.list_tools().await
         };
-        deadline(&*timer, self.timeout, run).await
+        deadline(&*timer, self.timeout, run)
+            .await
+            .unwrap_or_else(|| timed_out(self.timeout))
     }
 
     /// The tools an earlier turn listed for `label`, if one did.
@@ -208,8 +303,8 @@ impl<'a, B: Backend> Hosted<'a, B> {
         self.history
             .iter()
             .rev()
-            .find_map(|item| match McpItem::read(item) {
-                Some(McpItem::ListTools {
+            .find_map(|item| match HostedItem::read(item) {
+                Some(HostedItem::ListTools {
                     server_label,
                     tools,
                     failed: false,
@@ -228,8 +323,8 @@ impl<'a, B: Backend> Hosted<'a, B> {
     fn answers(&self) -> impl Iterator<Item = (&str, bool, Option<&str>)> {
         self.history
             .iter()
-            .filter_map(|item| match McpItem::read(item) {
-                Some(McpItem::ApprovalResponse {
+            .filter_map(|item| match HostedItem::read(item) {
+                Some(HostedItem::ApprovalResponse {
                     request_id,
                     approve,
                     reason,
@@ -241,7 +336,7 @@ impl<'a, B: Backend> Hosted<'a, B> {
     /// Whether a call already ran for approval request `id`.
     fn ran(&self, id: &str) -> bool {
         self.history.iter().any(|item| {
-            matches!(McpItem::read(item), Some(McpItem::Call { call_id, .. }) if call_id == id)
+            matches!(HostedItem::read(item), Some(HostedItem::Call { call_id, .. }) if call_id == id)
         })
     }
 
@@ -249,8 +344,8 @@ impl<'a, B: Backend> Hosted<'a, B> {
     fn request(&self, id: &str) -> Option<(&str, &str, &str)> {
         self.history
             .iter()
-            .find_map(|item| match McpItem::read(item) {
-                Some(McpItem::ApprovalRequest {
+            .find_map(|item| match HostedItem::read(item) {
+                Some(HostedItem::ApprovalRequest {
                     id: request_id,
                     server_label,
                     name,
@@ -264,7 +359,8 @@ impl<'a, B: Backend> Hosted<'a, B> {
     /// request still names.
     fn check_answers(&self, input: &[Item]) -> Result<(), ApiError> {
         for (i, item) in input.iter().enumerate() {
-            let Some(McpItem::ApprovalResponse { request_id, .. }) = McpItem::read(item) else {
+            let Some(HostedItem::ApprovalResponse { request_id, .. }) = HostedItem::read(item)
+            else {
                 continue;
             };
             let param = format!("input[{i}].approval_request_id");
@@ -317,30 +413,74 @@ impl<'a, B: Backend> Hosted<'a, B> {
             if !out.events(events).await {
                 return None;
             }
-            let result = out.wait(self.call(&call)).await?;
-            let events = stream.call_done(&call, result);
-            if !out.events(events).await {
-                return None;
-            }
+            self.run(&call, stream, out).await?;
             results.extend(stream.output_since(call.index).first().cloned());
         }
         Some(results)
     }
 }
 
-/// `future`, or [`McpError::Unreachable`] once `timeout` has passed.
-async fn deadline<T>(
+/// What `future` gives, or `None` once `timeout` has passed.
+async fn deadline<F: std::future::Future>(
     timer: &dyn Timer,
     timeout: Duration,
-    future: impl std::future::Future<Output = Result<T, McpError>>,
-) -> Result<T, McpError> {
+    future: F,
+) -> Option<F::Output> {
     let future = std::pin::pin!(future);
     match select(future, timer.sleep(timeout)).await {
-        Either::Left((result, _)) => result,
-        Either::Right(_) => Err(McpError::Unreachable(format!(
-            "no answer within {} s",
-            timeout.as_secs()
-        ))),
+        Either::Left((result, _)) => Some(result),
+        Either::Right(_) => None,
+    }
+}
+
+fn timed_out<T>(timeout: Duration) -> Result<T, McpError> {
+    Err(McpError::Unreachable(format!(
+        "no answer within {} s",
+        timeout.as_secs()
+    )))
+}
+
+/// The `web_search` tool of `request`, when a provider is configured to
+/// run it; without one a `tool_choice` that forces it is a 400.
+fn web_search(request: &CreateRequest, settings: &Settings) -> Result<Option<WebSearch>, ApiError> {
+    let tools = request.tools.as_deref().unwrap_or_default();
+    let is_search = |v: &Value| {
+        v.get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| TOOL_TYPES.contains(&t))
+    };
+    let Some(config) = &settings.web_search else {
+        if request.tool_choice.as_ref().is_some_and(is_search) {
+            return Err(ApiError::invalid_param(
+                "tool_choice",
+                "tool_choice names a hosted tool this server cannot run: no web search provider is configured.",
+            ));
+        }
+        return Ok(None);
+    };
+    let Some((i, tool)) = tools.iter().enumerate().find(|(_, t)| is_search(t)) else {
+        return Ok(None);
+    };
+    let include = request.include.as_deref().unwrap_or_default();
+    Ok(Some(WebSearch {
+        config: config.clone(),
+        tool: WebSearchTool::parse(tool, &format!("tools[{i}]"))?,
+        show_sources: include
+            .iter()
+            .any(|i| i == "web_search_call.action.sources"),
+        timeout: Duration::from_secs(settings.web_search_timeout_seconds),
+    }))
+}
+
+/// The query of a search call: its `query` argument, or the arguments as
+/// they are when they are not the JSON object asked for.
+fn search_query(arguments: &str) -> String {
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(Value::Object(map)) => match map.get("query") {
+            Some(Value::String(query)) => query.clone(),
+            _ => arguments.to_owned(),
+        },
+        _ => arguments.to_owned(),
     }
 }
 

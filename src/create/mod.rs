@@ -112,7 +112,7 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
             client_key: service.client_key(api_key),
         };
         let hosted = Hosted::new(
-            request.tools.as_deref().unwrap_or_default(),
+            &request,
             &resolved.input,
             resolved.mcp_history,
             settings,

@@ -183,10 +183,7 @@ impl<'a, Bk: Backend> ModelLoop<'a, Bk> {
             return None;
         }
         for call in &round.calls {
-            let result = out.wait(hosted.call(call)).await?;
-            if !out.events(stream.call_done(call, result)).await {
-                return None;
-            }
+            hosted.run(call, stream, out).await?;
         }
         let Some(mut next) = self.sent.take() else {
             return Some(false);
@@ -194,7 +191,8 @@ impl<'a, Bk: Backend> ModelLoop<'a, Bk> {
         if round.calls.is_empty() || round.client_calls || round.approvals {
             return Some(false);
         }
-        let round_items = Rendered::new(stream.output_since(start), self.send_reasoning);
+        let mut round_items = Rendered::new(stream.output_since(start), self.send_reasoning);
+        hosted.show_results(&mut round_items.messages);
         next.messages.rendered.extend(round_items.messages);
         let spent = self
             .max_tool_calls

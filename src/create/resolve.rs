@@ -11,7 +11,7 @@
 //! conversation's items as its history, rendered with its input.
 
 use super::truncate::{self, Budget};
-use crate::api::hosted::McpItem;
+use crate::api::hosted::HostedItem;
 use crate::api::items::{Item, Status};
 use crate::api::request::{CreateRequest, Input};
 use crate::chat::{ChatMessage, KeptMessages, Rendered};
@@ -135,14 +135,14 @@ fn uses_mcp(request: &CreateRequest, input: &[Item]) -> bool {
     tools
         .iter()
         .any(|t| t.get("type").and_then(serde_json::Value::as_str) == Some("mcp"))
-        || input.iter().any(|item| McpItem::read(item).is_some())
+        || input.iter().any(|item| HostedItem::read(item).is_some())
 }
 
 /// The MCP items of `items`.
 fn mcp_items(items: Vec<Item>) -> Vec<Item> {
     items
         .into_iter()
-        .filter(|item| McpItem::read(item).is_some())
+        .filter(|item| HostedItem::read(item).is_some())
         .collect()
 }
 

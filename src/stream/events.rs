@@ -95,6 +95,14 @@ pub enum EventKind {
         output_index: usize,
         input: String,
     },
+    #[serde(rename = "response.output_text.annotation.added")]
+    OutputTextAnnotationAdded {
+        item_id: String,
+        output_index: usize,
+        content_index: usize,
+        annotation_index: usize,
+        annotation: Value,
+    },
     #[serde(rename = "response.mcp_call_arguments.delta")]
     McpCallArgumentsDelta {
         item_id: String,
@@ -147,6 +155,12 @@ pub enum Progress {
     CallCompleted,
     #[serde(rename = "response.mcp_call.failed")]
     CallFailed,
+    #[serde(rename = "response.web_search_call.in_progress")]
+    SearchInProgress,
+    #[serde(rename = "response.web_search_call.searching")]
+    SearchSearching,
+    #[serde(rename = "response.web_search_call.completed")]
+    SearchCompleted,
 }
 
 impl Progress {
@@ -159,6 +173,9 @@ impl Progress {
             Progress::CallInProgress => "response.mcp_call.in_progress",
             Progress::CallCompleted => "response.mcp_call.completed",
             Progress::CallFailed => "response.mcp_call.failed",
+            Progress::SearchInProgress => "response.web_search_call.in_progress",
+            Progress::SearchSearching => "response.web_search_call.searching",
+            Progress::SearchCompleted => "response.web_search_call.completed",
         }
     }
 }
@@ -204,6 +221,7 @@ impl EventKind {
             EventKind::FunctionCallArgumentsDone { .. } => "response.function_call_arguments.done",
             EventKind::CustomToolCallInputDelta { .. } => "response.custom_tool_call_input.delta",
             EventKind::CustomToolCallInputDone { .. } => "response.custom_tool_call_input.done",
+            EventKind::OutputTextAnnotationAdded { .. } => "response.output_text.annotation.added",
             EventKind::McpCallArgumentsDelta { .. } => "response.mcp_call_arguments.delta",
             EventKind::McpCallArgumentsDone { .. } => "response.mcp_call_arguments.done",
             EventKind::Progress { progress, .. } => progress.name(),

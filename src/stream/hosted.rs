@@ -10,19 +10,29 @@ use super::EventStream;
 use crate::api::hosted;
 use crate::api::items::{Item, Status};
 use crate::chat::{McpOffer, ToolKind};
+use crate::search::Source;
 
-/// A call of an MCP tool the server makes, announced in the output.
+/// A call of a tool the server runs itself, announced in the output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerCall {
     /// Its position in the output.
     pub index: usize,
     pub item_id: String,
-    /// The server's label.
-    pub server: String,
-    pub name: String,
+    pub tool: ServerTool,
     pub arguments: String,
     /// The approval request it runs for, if it waited for one.
     pub approval_request_id: Option<String>,
+}
+
+/// Which tool a [`ServerCall`] calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerTool {
+    /// Tool `name` of the MCP server labelled `server`.
+    Mcp {
+        server: String,
+        name: String,
+    },
+    WebSearch,
 }
 
 /// What a backend call asked for, once its answer is read.
@@ -82,6 +92,11 @@ impl EventStream {
     /// The output items from position `from` on.
     pub fn output_since(&self, from: usize) -> &[Item] {
         self.response.output.get(from..).unwrap_or_default()
+    }
+
+    /// Offers web search to the model; its definition for the backend.
+    pub fn add_web_search(&mut self) -> Option<Value> {
+        self.tools.add_web_search()
     }
 
     /// Offers the tools an MCP server listed to the model; returns their
@@ -144,29 +159,55 @@ impl EventStream {
         let call = ServerCall {
             index,
             item_id,
-            server: server.to_owned(),
-            name: name.to_owned(),
+            tool: ServerTool::Mcp {
+                server: server.to_owned(),
+                name: name.to_owned(),
+            },
             arguments: arguments.to_owned(),
             approval_request_id: Some(request_id.to_owned()),
         };
         (call, self.take())
     }
 
-    /// Closes a call with its output, or its error (an `McpToolCallError`).
+    /// Closes an MCP call with its output, or its error (an
+    /// `McpToolCallError`).
     pub fn call_done(&mut self, call: &ServerCall, result: Result<String, Value>) -> Vec<Event> {
         let progress = match result {
             Ok(_) => Progress::CallCompleted,
             Err(_) => Progress::CallFailed,
         };
-        let item = hosted::call(
-            &call.item_id,
-            &call.server,
-            &call.name,
-            &call.arguments,
-            call.approval_request_id.as_deref(),
-            Some(result),
-        );
+        let item = call_item(call, Some(result));
         self.progress(progress, call.item_id.clone(), call.index);
+        self.done_item(call.index, item);
+        self.take()
+    }
+
+    /// `response.web_search_call.searching`.
+    pub fn searching(&mut self, call: &ServerCall) -> Vec<Event> {
+        self.progress(Progress::SearchSearching, call.item_id.clone(), call.index);
+        self.take()
+    }
+
+    /// Closes a search: `completed` with the sources it `found` (kept for
+    /// the citations of the text that follows), or `failed`; the item's
+    /// action lists their URLs when `show_sources`.
+    pub fn search_done(
+        &mut self,
+        call: &ServerCall,
+        query: &str,
+        found: Option<Vec<Source>>,
+        show_sources: bool,
+    ) -> Vec<Event> {
+        let status = if found.is_some() {
+            "completed"
+        } else {
+            "failed"
+        };
+        let urls: Vec<String> = found.iter().flatten().map(|s| s.url.clone()).collect();
+        let sources = show_sources.then_some(urls.as_slice());
+        let item = hosted::web_search_call(&call.item_id, status, query, sources);
+        self.sources.extend(found.into_iter().flatten());
+        self.progress(Progress::SearchCompleted, call.item_id.clone(), call.index);
         self.done_item(call.index, item);
         self.take()
     }
@@ -174,14 +215,7 @@ impl EventStream {
     /// Calls still running when the response ends are closed unfinished.
     pub(super) fn close_running(&mut self) {
         for call in std::mem::take(&mut self.running) {
-            let mut item = hosted::call(
-                &call.item_id,
-                &call.server,
-                &call.name,
-                &call.arguments,
-                call.approval_request_id.as_deref(),
-                None,
-            );
+            let mut item = call_item(&call, None);
             if let Item::Other(Value::Object(fields)) = &mut item {
                 fields.insert("status".into(), Value::from("incomplete"));
             }
@@ -195,5 +229,20 @@ impl EventStream {
             item_id,
             output_index,
         });
+    }
+}
+
+/// The item of a server call: in progress (`None`), or done.
+fn call_item(call: &ServerCall, result: Option<Result<String, Value>>) -> Item {
+    match &call.tool {
+        ServerTool::Mcp { server, name } => hosted::call(
+            &call.item_id,
+            server,
+            name,
+            &call.arguments,
+            call.approval_request_id.as_deref(),
+            result,
+        ),
+        ServerTool::WebSearch => hosted::web_search_call(&call.item_id, "in_progress", "", None),
     }
 }

@@ -25,7 +25,7 @@ use crate::chat::{ChatChunk, ChatUsage, ThinkTags, ToolCallDelta, ToolKind, Tool
 use crate::error::ApiError;
 use crate::ids::Env;
 use events::{Event, EventKind, Part, Progress};
-pub use hosted::{ListingSlot, Round, ServerCall};
+pub use hosted::{ListingSlot, Round, ServerCall, ServerTool};
 use output::{call_item, custom_input, message_item, reasoning_item, response_error_code, usage};
 
 /// The open reasoning item.
@@ -72,6 +72,8 @@ pub struct EventStream {
     env: Env,
     /// Calls the server runs itself, announced and not yet done.
     running: Vec<ServerCall>,
+    /// What the response's searches found: the sources its text may cite.
+    sources: Vec<crate::search::Source>,
 }
 
 impl EventStream {
@@ -90,6 +92,7 @@ impl EventStream {
             think_tags: None,
             env,
             running: Vec::new(),
+            sources: Vec::new(),
         }
     }
 
@@ -436,7 +439,7 @@ impl EventStream {
                     output_index,
                     delta: fragment,
                 }),
-                ToolKind::Custom { .. } | ToolKind::Mcp { .. } => {}
+                ToolKind::Custom { .. } | ToolKind::Mcp { .. } | ToolKind::WebSearch => {}
             }
         }
     }
@@ -461,6 +464,7 @@ impl EventStream {
             ToolKind::Custom { .. } => "ctc",
             ToolKind::Mcp { approval: true, .. } => "mcpr",
             ToolKind::Mcp { .. } => "mcp",
+            ToolKind::WebSearch => "ws",
         });
         let item_id = call.item_id.clone();
         let item = call_item(call, &kind, String::new(), Status::InProgress);
@@ -468,11 +472,12 @@ impl EventStream {
         if let Some(call) = self.calls.get_mut(&key) {
             call.index = Some(index);
         }
-        if let ToolKind::Mcp {
-            approval: false, ..
-        } = kind
-        {
-            self.progress(Progress::CallInProgress, item_id, index);
+        match kind {
+            ToolKind::Mcp {
+                approval: false, ..
+            } => self.progress(Progress::CallInProgress, item_id, index),
+            ToolKind::WebSearch => self.progress(Progress::SearchInProgress, item_id, index),
+            _ => {}
         }
     }
 
@@ -500,9 +505,10 @@ impl EventStream {
         let Some(open) = self.message.take() else {
             return;
         };
+        let annotations = self.citations(&open.id, open.index, &open.text);
         let part = ContentPart::OutputText {
             text: open.text.clone(),
-            annotations: Vec::new(),
+            annotations,
             logprobs: open.logprobs.clone(),
         };
         self.emit(EventKind::OutputTextDone {
@@ -519,6 +525,28 @@ impl EventStream {
             part: Part::Content(part.clone()),
         });
         self.done_item(open.index, message_item(&open.id, part, status));
+    }
+
+    /// The `url_citation`s of a message's text, each announced with
+    /// `response.output_text.annotation.added`.
+    fn citations(&mut self, item_id: &str, output_index: usize, text: &str) -> Vec<Value> {
+        if self.sources.is_empty() {
+            return Vec::new();
+        }
+        let citations = crate::search::url_citations(text, &self.sources);
+        let mut annotations = Vec::with_capacity(citations.len());
+        for (annotation_index, citation) in citations.iter().enumerate() {
+            let annotation = serde_json::to_value(citation).unwrap_or_default();
+            self.emit(EventKind::OutputTextAnnotationAdded {
+                item_id: item_id.to_owned(),
+                output_index,
+                content_index: 0,
+                annotation_index,
+                annotation: annotation.clone(),
+            });
+            annotations.push(annotation);
+        }
+        annotations
     }
 
     fn close_calls(&mut self, status: Status) {
@@ -556,8 +584,20 @@ impl EventStream {
                     self.running.push(ServerCall {
                         index,
                         item_id: call.item_id,
-                        server: server.clone(),
-                        name: name.clone(),
+                        tool: ServerTool::Mcp {
+                            server: server.clone(),
+                            name: name.clone(),
+                        },
+                        arguments: call.arguments,
+                        approval_request_id: None,
+                    });
+                    continue;
+                }
+                ToolKind::WebSearch => {
+                    self.running.push(ServerCall {
+                        index,
+                        item_id: call.item_id,
+                        tool: ServerTool::WebSearch,
                         arguments: call.arguments,
                         approval_request_id: None,
                     });

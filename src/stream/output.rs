@@ -69,6 +69,7 @@ pub(super) fn call_item(
         ToolKind::Mcp { server, name, .. } => {
             hosted::call(&call.item_id, server, name, &arguments, None, None)
         }
+        ToolKind::WebSearch => hosted::web_search_call(&call.item_id, "in_progress", "", None),
         ToolKind::Custom { name } => Item::CustomToolCall(CustomToolCall {
             id: Some(call.item_id.clone()),
             call_id: call.call_id.clone(),

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod mcp;
+pub mod search;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -247,8 +247,9 @@ def test_invalid_requests_are_bad_request(client):
     with pytest.raises(openai.BadRequestError):
         client.responses.create(model="test-model", input="hi", metadata={f"k{i}": "v" for i in range(17)})
     with pytest.raises(openai.BadRequestError):
-        client.responses.create(model="test-model", input="hi", tools=[{"type": "web_search"}],
-                                tool_choice={"type": "web_search"})
+        client.responses.create(model="test-model", input="hi",
+                                tools=[{"type": "file_search", "vector_store_ids": ["vs_1"]}],
+                                tool_choice={"type": "file_search"})
     with pytest.raises(openai.BadRequestError) as raised:
         client.responses.create(model="test-model", input=[{"role": "user", "content": 5}])
     assert raised.value.body["param"].startswith("input[0]")
