@@ -12,12 +12,13 @@
 //! 7. **emit** the events to the client ([`emit`]).
 //!
 //! [`Create::start`] runs steps 1 to 4: its errors are answered as plain
-//! HTTP errors. A plain request also opens its first backend call there, so
-//! a backend's refusal is an HTTP error too. [`Create::run`] does the rest,
-//! streaming to an [`EventSink`]: a stream sends `response.created` and
-//! `response.in_progress` before the backend is called, so from then on a
-//! failure ends the stream in `error` and `response.failed`, and the stream
-//! carries keep-alive comments while the backend is silent.
+//! HTTP errors. [`Create::run`] does the rest, streaming to an
+//! [`EventSink`]: a plain request's failure there (a backend's refusal
+//! included) is still answered as the HTTP error it is, with nothing
+//! stored; a stream sends `response.created` and `response.in_progress`
+//! before the backend is called, so from then on a failure ends the stream
+//! in `error` and `response.failed`, and the stream carries keep-alive
+//! comments while the backend is silent.
 
 pub mod emit;
 mod hosted;
@@ -44,7 +45,7 @@ use hosted::Hosted;
 use model::{Call, Ended, ModelLoop};
 use save::Finished;
 
-/// A create whose backend call is open.
+/// A create, resolved and ready to call the backend.
 pub struct Create<'s, K: Kv, B: Backend> {
     service: &'s Service<K, B>,
     tenant: String,
@@ -64,9 +65,8 @@ pub struct Create<'s, K: Kv, B: Backend> {
 }
 
 impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
-    /// Steps 1 to 4, and for a plain request the first backend call. Client
-    /// errors, and any failure of a plain request, are errors here; a
-    /// stream's backend failures come later, as events.
+    /// Steps 1 to 4: client errors are errors here; backend failures come
+    /// later, from [`run`](Self::run).
     pub async fn start(
         service: &'s Service<K, B>,
         api_key: Option<&'s str>,
@@ -119,19 +119,13 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
             &service.backend,
             service.env.timer(),
         )?;
-        let mut model = ModelLoop::new(call, plan.chat, request.max_tool_calls)
+        let model = ModelLoop::new(call, plan.chat, request.max_tool_calls)
             .with_hosted(hosted, settings.backend_reasoning);
         let env = service.env.clone();
         let response = Response::start(env.new_id("resp"), env.now(), &request);
         let mut stream = EventStream::new(response, plan.tools, env);
         if plan.route.think_tags {
             stream = stream.with_think_tags();
-        }
-        if !request.stream() {
-            model
-                .prepare(&mut stream, &mut Emitter::new(&mut Discard, false))
-                .await;
-            model.open().await?;
         }
         Ok(Create {
             service,

@@ -116,10 +116,7 @@ impl<'a, Bk: Backend> ModelLoop<'a, Bk> {
         true
     }
 
-    /// Makes the pending call and keeps its answer. A plain request opens
-    /// its first call before answering, so that a backend's refusal is
-    /// answered as the HTTP error it is; a stream opens it inside
-    /// [`run`](Self::run), after its first events.
+    /// Makes the pending call and keeps its answer.
     pub async fn open(&mut self) -> Result<(), ApiError> {
         let Some(chat) = self.pending.take() else {
             return Ok(());
