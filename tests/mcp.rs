@@ -561,6 +561,79 @@ async fn function_tools_mix_in_and_max_tool_calls_counts_both() {
     assert_eq!(types(&limited), ["mcp_list_tools", "mcp_call", "message"]);
     let last = h.backend.chat_requests().pop().unwrap();
     assert_eq!(last.body["tool_choice"], "none");
+
+    // parallel_tool_calls false: one call per answer.
+    h.backend.push_all([
+        Reply::new()
+            .tool_call("call_1", "calc__add", r#"{"a": 1, "b": 2}"#)
+            .tool_call("call_2", "calc__add", r#"{"a": 3, "b": 4}"#),
+        Reply::text("3."),
+    ]);
+    let (status, one) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "go", "tools": tools, "parallel_tool_calls": false}),
+        )
+        .await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(types(&one), ["mcp_list_tools", "mcp_call", "message"]);
+    assert_eq!(one["output"][1]["output"], "3");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_conversation_object_lists_once() {
+    let Some(server) = McpServer::start(false).await else {
+        return;
+    };
+    let h = harness(&server, &[]).await;
+    let (_, conversation) = h.post("/v1/conversations", &json!({})).await;
+    let id = conversation["id"].as_str().unwrap();
+    let tools = json!([mcp_tool(&server, json!("never"))]);
+    for turn in 0..2 {
+        h.backend.push_all([
+            Reply::new().tool_call("call_1", "calc__add", r#"{"a": 2, "b": 2}"#),
+            Reply::text("4."),
+        ]);
+        let (status, response) = h
+            .post(
+                "/v1/responses",
+                &json!({"model": "m", "input": "2+2", "conversation": id, "tools": tools}),
+            )
+            .await;
+        assert_eq!(status, 200, "{response}");
+        let expected: &[&str] = match turn {
+            0 => &["mcp_list_tools", "mcp_call", "message"],
+            _ => &["mcp_call", "message"],
+        };
+        assert_eq!(types(&response), expected);
+    }
+    let listings = server
+        .methods()
+        .iter()
+        .filter(|m| *m == "tools/list")
+        .count();
+    assert_eq!(listings, 1);
+    let (_, items) = h
+        .get(&format!("/v1/conversations/{id}/items?order=asc"))
+        .await;
+    let kinds: Vec<&str> = items["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "message",
+            "mcp_list_tools",
+            "mcp_call",
+            "message",
+            "message",
+            "mcp_call",
+            "message"
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
