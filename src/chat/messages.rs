@@ -13,7 +13,7 @@
 
 use serde_json::{json, Value};
 
-use super::tools::flat_name;
+use super::tools::{flat_name, mcp_function_name};
 use super::{ChatContent, ChatFunction, ChatMessage, ChatToolCall};
 use crate::api::hosted::{HostedItem, WEB_SEARCH_FUNCTION};
 use crate::api::items::{ContentPart, Item, Message, Role};
@@ -152,7 +152,11 @@ impl Transcript {
                     arguments,
                     result,
                 }) => {
-                    self.push_tool_call(call_id, flat_name(server_label, name), arguments.into());
+                    self.push_tool_call(
+                        call_id,
+                        mcp_function_name(server_label, name),
+                        arguments.into(),
+                    );
                     self.out.push(tool_message(call_id, result));
                 }
                 // Without its query (another server's item may lack it) there

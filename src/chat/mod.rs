@@ -16,7 +16,7 @@ pub use answer::{
 };
 pub use messages::{to_messages, Rendered, RENDERING};
 pub use think::ThinkTags;
-pub use tools::{flat_name, McpOffer, ToolKind, ToolMap};
+pub use tools::{flat_name, mcp_function_name, McpOffer, ToolKind, ToolMap};
 
 use serde::Serialize;
 use serde_json::value::RawValue;

@@ -84,6 +84,22 @@ pub fn flat_name(namespace: &str, name: &str) -> String {
     }
 }
 
+/// The backend name of tool `tool` of the MCP server labelled `server`:
+/// `{server}__{tool}`, with what chat-completions function names may not
+/// hold (anything but ASCII letters, digits, `_` and `-`) made `_`, cut at
+/// their 64 characters.
+pub fn mcp_function_name(server: &str, tool: &str) -> String {
+    let mut name: String = flat_name(server, tool)
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '-' => c,
+            _ => '_',
+        })
+        .collect();
+    name.truncate(64);
+    name
+}
+
 /// The parameters of the function a custom (freeform) tool becomes.
 fn freeform_parameters() -> Value {
     json!({
@@ -315,7 +331,7 @@ impl ToolMap {
             approval,
         } in tools
         {
-            let flat = flat_name(server, name);
+            let flat = mcp_function_name(server, name);
             let mut function = json!({"name": flat, "parameters": schema});
             if schema.is_null() {
                 function["parameters"] = json!({"type": "object", "properties": {}});
@@ -495,6 +511,15 @@ mod tests {
             Some(json!({"type": "function", "function": {"name": "web_search"}}))
         );
         assert_eq!(map.lookup("web_search"), ToolKind::WebSearch);
+    }
+
+    #[test]
+    fn mcp_names_fit_chat_completions() {
+        assert_eq!(
+            mcp_function_name("gh", "repos.get/file"),
+            "gh__repos_get_file"
+        );
+        assert_eq!(mcp_function_name("s", &"é".repeat(80)).len(), 64);
     }
 
     #[test]
