@@ -9,6 +9,10 @@
 //! `/v1/chat/completions` body the component sent for that request, captured
 //! from the backend's log, so the difference is what edge-responses adds.
 //!
+//! After them, the cost of one remote MCP tool round trip (see [`mcp`]):
+//! a create that lists and calls a tool of a real MCP server, against its
+//! parts measured alone.
+//!
 //! The last phase, many slow streams at once (see [`concurrency`]), runs the
 //! host in a child process instead (this binary, re-run with a hidden
 //! flag), so its memory and file descriptors are measured alone. With
@@ -25,6 +29,7 @@
 mod client;
 mod compare;
 mod concurrency;
+mod mcp;
 mod report;
 mod stats;
 mod storage;
@@ -68,7 +73,7 @@ const BACKEND_THREAD: &str = "scripted-backen";
 /// component cache in a separate process.
 const COMPILE_ONLY_FLAG: &str = "--compile-only";
 
-const USAGE: &str = "usage: bench [--quick] [--json PATH] [--component PATH] [--only concurrency]
+const USAGE: &str = "usage: bench [--quick] [--json PATH] [--component PATH] [--only concurrency|mcp]
              [--streams N,...] [--backend-listen ADDR] [--compare NAME=URL]...
 
   --quick                short smoke run (about a minute); results go to
@@ -79,6 +84,10 @@ const USAGE: &str = "usage: bench [--quick] [--json PATH] [--component PATH] [--
   --only concurrency     run only the concurrency phase: many slow streams
                          (20 chunks, 250 ms apart) at once through a host
                          process; results go to target/bench-partial/
+  --only mcp             run only the MCP phase: a create that lists and calls
+                         one tool of tests/python/mcp_server.py against its
+                         parts (skipped when the `mcp` Python package is
+                         missing); results go to target/bench-partial/
   --streams N,...        stream counts of the concurrency phase (default
                          1000,5000; quick 100,300); results go to
                          target/bench-partial/
@@ -109,8 +118,8 @@ struct Options {
     /// A component to measure as it is, instead of building one.
     component: Option<PathBuf>,
     compile_only: bool,
-    /// Run the concurrency phase alone.
-    only_concurrency: bool,
+    /// Run one phase alone.
+    only: Option<Only>,
     /// Stream counts of the concurrency phase, instead of the defaults.
     streams: Option<Vec<usize>>,
     backend_listen: Option<SocketAddr>,
@@ -135,8 +144,9 @@ impl Options {
                     options.component = Some(PathBuf::from(path));
                 }
                 "--only" => match args.next().as_deref() {
-                    Some("concurrency") => options.only_concurrency = true,
-                    other => bail!("--only takes `concurrency`, got {other:?}"),
+                    Some("concurrency") => options.only = Some(Only::Concurrency),
+                    Some("mcp") => options.only = Some(Only::Mcp),
+                    other => bail!("--only takes `concurrency` or `mcp`, got {other:?}"),
                 },
                 "--streams" => {
                     let list = args
@@ -174,6 +184,14 @@ impl Options {
                 other => bail!("unknown argument {other:?}\n\n{USAGE}"),
             }
         }
+        if options.only == Some(Only::Mcp)
+            && (options.streams.is_some() || !options.compare.is_empty())
+        {
+            bail!(
+                "--only mcp runs neither the concurrency phase (--streams) nor the \
+                 side-by-side probes (--compare)"
+            );
+        }
         if !options.compare.is_empty() && options.backend_listen.is_none() {
             bail!(
                 "--compare needs --backend-listen ADDR (e.g. 127.0.0.1:8099): the compared \
@@ -186,8 +204,28 @@ impl Options {
     /// Whether some phase is left out or changed, so the results are not
     /// the recorded ones.
     fn partial(&self) -> bool {
-        self.only_concurrency || self.streams.is_some()
+        self.only.is_some() || self.streams.is_some()
     }
+
+    /// Whether the phases of [`measure`] run.
+    fn runs_main_phases(&self) -> bool {
+        self.only.is_none()
+    }
+
+    fn runs_mcp(&self) -> bool {
+        matches!(self.only, None | Some(Only::Mcp))
+    }
+
+    fn runs_concurrency(&self) -> bool {
+        matches!(self.only, None | Some(Only::Concurrency))
+    }
+}
+
+/// The phase `--only` runs alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Only {
+    Concurrency,
+    Mcp,
 }
 
 /// `1000,5000` as stream counts.
@@ -212,6 +250,8 @@ struct Plan {
     throughput: Duration,
     chain: usize,
     continuation: usize,
+    /// Rounds of the MCP phase (four requests each).
+    mcp_rounds: usize,
 }
 
 impl Plan {
@@ -227,6 +267,7 @@ impl Plan {
                 throughput: Duration::from_secs(1),
                 chain: *DEPTHS.last().unwrap_or(&1),
                 continuation: 20,
+                mcp_rounds: 100,
             }
         } else {
             Plan {
@@ -239,6 +280,7 @@ impl Plan {
                 throughput: Duration::from_secs(10),
                 chain: *DEPTHS.last().unwrap_or(&1),
                 continuation: 600,
+                mcp_rounds: 2000,
             }
         }
     }
@@ -329,7 +371,7 @@ fn run() -> anyhow::Result<()> {
     backend.set_recording(false);
     backend.set_default(Reply::text(REPLY_TEXT));
 
-    let measured = if options.only_concurrency {
+    let measured = if !options.runs_main_phases() {
         None
     } else {
         Some(measure_in_process(
@@ -341,13 +383,28 @@ fn run() -> anyhow::Result<()> {
             component_bytes,
         )?)
     };
-    let phase = concurrency::run(
-        &settings,
-        &component,
-        &state_dir,
-        &backend,
-        &options.compare,
-    )?;
+    let mcp = if options.runs_mcp() {
+        Some(mcp::run(
+            plan.mcp_rounds,
+            plan.warmup / 4,
+            &component,
+            &state_dir,
+            &backend,
+        ))
+    } else {
+        None
+    };
+    let phase = if options.runs_concurrency() {
+        Some(concurrency::run(
+            &settings,
+            &component,
+            &state_dir,
+            &backend,
+            &options.compare,
+        )?)
+    } else {
+        None
+    };
 
     let mode = match (options.quick, options.partial()) {
         (false, false) => plan.mode,
@@ -359,7 +416,8 @@ fn run() -> anyhow::Result<()> {
         &plan,
         mode,
         measured.as_ref(),
-        &phase,
+        mcp.as_ref(),
+        phase.as_ref(),
         &options.compare,
         load_average,
     );
@@ -628,16 +686,31 @@ async fn capture_chat_request(
     conn: &mut Conn,
     probe: &Probe,
 ) -> anyhow::Result<Vec<u8>> {
-    backend.clear_requests();
-    backend.set_recording(true);
-    let sent = conn.exchange(probe).await;
-    backend.set_recording(false);
-    let request = backend.chat_requests().pop();
-    backend.clear_requests();
+    let (sent, mut chats) = recorded(backend, conn, probe).await;
+    let request = chats.pop();
     sent?;
     Ok(request
         .context("the component sent no chat-completions request")?
         .raw_body)
+}
+
+/// Sends `probe` once with the backend's request log on: its answer, and
+/// the chat-completions requests the component sent for it.
+pub(crate) async fn recorded(
+    backend: &Backend,
+    conn: &mut Conn,
+    probe: &Probe,
+) -> (
+    anyhow::Result<Sample>,
+    Vec<scripted_backend::RecordedRequest>,
+) {
+    backend.clear_requests();
+    backend.set_recording(true);
+    let sent = conn.exchange(probe).await;
+    backend.set_recording(false);
+    let chats = backend.chat_requests();
+    backend.clear_requests();
+    (sent, chats)
 }
 
 /// Alternates `edge` and `direct` on one connection each, `count` times.
@@ -900,7 +973,8 @@ fn build_report(
     plan: &Plan,
     mode: &'static str,
     measured: Option<&(Measured, Memory)>,
-    phase: &Phase,
+    mcp: Option<&mcp::Outcome>,
+    phase: Option<&Phase>,
     compare: &[compare::Target],
     load_average: String,
 ) -> Report {
@@ -908,12 +982,18 @@ fn build_report(
         Some((m, memory)) => in_process_sections(plan, m, memory),
         None => (Vec::new(), json!({})),
     };
-    sections.push(phase.section());
-    details["concurrent_streams"] = phase.to_json();
+    if let Some(mcp) = mcp {
+        sections.push(mcp.section());
+        details["mcp_round_trip"] = mcp.to_json();
+    }
+    if let Some(phase) = phase {
+        sections.push(phase.section());
+        details["concurrent_streams"] = phase.to_json();
+    }
     let mut compared = Vec::new();
     for (index, target) in compare.iter().enumerate() {
         let single = measured.and_then(|(m, _)| m.compared.get(index));
-        sections.push(compare::section(target, index, single, Some(phase)));
+        sections.push(compare::section(target, index, single, phase));
         compared.push(json!({
             "name": target.name,
             "url": target.url,
@@ -1089,7 +1169,9 @@ fn in_process_sections(plan: &Plan, m: &Measured, memory: &Memory) -> (Vec<Secti
         columns: None,
         rows: vec![
             Row::value("component .wasm", Unit::KiB, component_kib)
-                .target(Target::new("< 1 MiB", memory.component_bytes < 1 << 20))
+                // 1 MiB until the server-side tools (an MCP client, three
+                // search providers, citations) added about 130 KiB.
+                .target(Target::new("< 1.25 MiB", memory.component_bytes < 5 << 18))
                 .note(format!("{} bytes", memory.component_bytes)),
             Row::value(
                 "resident, backend and load generator only",
@@ -1178,7 +1260,13 @@ mod tests {
             "b=http://127.0.0.1:4001/v1",
         ])
         .expect("parses");
-        assert!(options.only_concurrency && options.partial());
+        assert!(options.only == Some(Only::Concurrency) && options.partial());
+        assert!(!options.runs_mcp() && !options.runs_main_phases());
+        let mcp = parse(&["--only", "mcp", "--quick"]).expect("parses");
+        assert!(mcp.partial() && mcp.runs_mcp() && !mcp.runs_concurrency());
+        assert!(!mcp.runs_main_phases());
+        let full = parse(&[]).expect("parses");
+        assert!(full.runs_main_phases() && full.runs_mcp() && full.runs_concurrency());
         assert_eq!(options.streams, Some(vec![10, 20]));
         assert_eq!(
             options.backend_listen,
@@ -1194,6 +1282,15 @@ mod tests {
         for args in [
             &["--only", "latency"][..],
             &["--streams", "0"],
+            &["--only", "mcp", "--streams", "10"],
+            &[
+                "--only",
+                "mcp",
+                "--backend-listen",
+                "127.0.0.1:8099",
+                "--compare",
+                "a=http://127.0.0.1:4000",
+            ],
             &["--streams", "10,x"],
             &["--backend-listen", "0.0.0.0:8099"],
             &["--compare", "a=http://127.0.0.1:4000"],

@@ -102,7 +102,8 @@ impl<'a, B: Backend> Hosted<'a, B> {
                     format!("At most {MAX_SERVERS} mcp tools are allowed."),
                 ));
             }
-            let client = Server::new(backend, tool.url.clone(), tool.headers.clone());
+            let client = Server::new(backend, tool.url.clone(), tool.headers.clone())
+                .with_drain(Rc::clone(&timer));
             servers.push(McpServer {
                 tool,
                 client,

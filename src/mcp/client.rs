@@ -8,11 +8,16 @@
 //! answer that is not JSON-RPC, no answer) is an [`McpError`] for the
 //! caller to show the model; none is an [`ApiError`] of the response.
 
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::future::{select, Either};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::backend::{Backend, BodyStream, Method, Outbound};
 use crate::error::ApiError;
+use crate::ids::Timer;
 use crate::stream::sse::{SseData, SseReader};
 
 /// The protocol version this client asks for; servers may answer with an
@@ -24,6 +29,11 @@ const MAX_ANSWER_BYTES: usize = 8 << 20;
 
 /// Pages of `tools/list` followed, at most.
 const MAX_TOOL_PAGES: usize = 20;
+
+/// How long the rest of an event stream is waited for once it has
+/// answered: a server closes it right after the answer, and a body read to
+/// its end leaves the connection reusable; one that stays open is let go.
+const DRAIN_GRACE: Duration = Duration::from_millis(200);
 
 /// Why a call to an MCP server failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +89,8 @@ pub struct Server<'a, B: Backend> {
     session: Option<String>,
     protocol: Option<String>,
     next_id: u64,
+    /// Reads answer streams to their end (within [`DRAIN_GRACE`]).
+    drain: Option<Rc<dyn Timer>>,
 }
 
 impl<'a, B: Backend> Server<'a, B> {
@@ -92,7 +104,15 @@ impl<'a, B: Backend> Server<'a, B> {
             session: None,
             protocol: None,
             next_id: 1,
+            drain: None,
         }
+    }
+
+    /// Reads each event stream to its end after its answer, waiting at most
+    /// [`DRAIN_GRACE`] on `timer` for it, so the connection can be reused.
+    pub fn with_drain(mut self, timer: Rc<dyn Timer>) -> Self {
+        self.drain = Some(timer);
+        self
     }
 
     /// `initialize`, then the `notifications/initialized` notification.
@@ -217,7 +237,13 @@ impl<'a, B: Backend> Server<'a, B> {
             .is_some_and(|t| t.starts_with("text/event-stream"));
         let mut body = answer.body;
         let message = match events {
-            true => answer_event(&mut body, id).await?,
+            true => {
+                let message = answer_event(&mut body, id).await?;
+                if let Some(timer) = &self.drain {
+                    drain(&mut body, &**timer).await;
+                }
+                message
+            }
             false => serde_json::from_slice(&read_all(&mut body).await?)
                 .map_err(|e| McpError::Malformed(e.to_string()))?,
         };
@@ -263,6 +289,19 @@ async fn answer_event(body: &mut impl BodyStream, id: u64) -> Result<Value, McpE
                     return Ok(message);
                 }
             }
+        }
+    }
+}
+
+/// Reads what is left of `body` while it keeps coming within
+/// [`DRAIN_GRACE`], up to [`MAX_ANSWER_BYTES`].
+async fn drain(body: &mut impl BodyStream, timer: &dyn Timer) {
+    let mut read = 0usize;
+    while read <= MAX_ANSWER_BYTES {
+        let next = std::pin::pin!(body.next());
+        match select(next, timer.sleep(DRAIN_GRACE)).await {
+            Either::Left((Some(Ok(piece)), _)) => read = read.saturating_add(piece.len()),
+            _ => return,
         }
     }
 }
