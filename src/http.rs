@@ -20,9 +20,11 @@ use spin_sdk::http::{Fields, IncomingRequest, Method, OutgoingResponse, Response
 
 use crate::api::{limits, to_json};
 use crate::auth::bearer;
+use crate::create::background::BackgroundSink;
 use crate::create::{Discard, EventSink};
 use crate::error::ApiError;
 use crate::service::{ListQuery, Order};
+use crate::store::background::Jobs;
 use crate::wasi;
 
 /// Entry point of every HTTP request.
@@ -40,6 +42,14 @@ async fn handle(request: IncomingRequest, out: ResponseOutparam) {
         (Method::Post, ["v1", "responses", "compact"]) => {
             return compact(request, api_key.as_deref(), out).await;
         }
+        (Method::Get, ["v1", "responses", id])
+            if query_value(query, "stream").is_some_and(|v| v == "true") =>
+        {
+            return resume(api_key.as_deref(), id, query, out).await;
+        }
+        (Method::Post, ["v1", "responses", id, "cancel"]) => with_service(|s| {
+            json_body(&s.cancel(api_key.as_deref(), stored_id(s, api_key.as_deref(), id)?)?)
+        }),
         (Method::Get, ["v1", "responses", id]) => with_service(|s| {
             json_body(&s.get(api_key.as_deref(), stored_id(s, api_key.as_deref(), id)?)?)
         }),
@@ -110,6 +120,7 @@ async fn handle(request: IncomingRequest, out: ResponseOutparam) {
         | (_, ["v1", "admin", "retention", "sweep"])
         | (_, ["v1", "responses", _])
         | (_, ["v1", "responses", _, "input_items"])
+        | (_, ["v1", "responses", _, "cancel"])
         | (_, ["v1", "models"]) => Err(ApiError::method_not_allowed(&method.to_string(), path)),
         _ => Err(ApiError::unknown_route(&method.to_string(), path)),
     };
@@ -176,6 +187,11 @@ async fn create(request: IncomingRequest, api_key: Option<&str>, out: ResponseOu
     // The request is parsed: its bytes are not needed for the rest of the
     // exchange, which can take minutes.
     drop(body);
+    if exchange.background {
+        background(exchange, &service, out).await;
+        service.after_create();
+        return;
+    }
     if !exchange.streaming {
         let (response, failure) = exchange.run(&mut Discard).await;
         match failure {
@@ -199,6 +215,90 @@ async fn create(request: IncomingRequest, api_key: Option<&str>, out: ResponseOu
     // Ends the body: the client has it all before the upkeep runs.
     drop(sink);
     service.after_create();
+}
+
+/// A background create: answered at once (`queued` as JSON, or the live
+/// event stream), then run to its end whether or not its client stays;
+/// see [`BackgroundSink`]. The handler returns when the work is done: the
+/// host keeps the instance until then.
+async fn background(
+    exchange: crate::create::Create<'_, wasi::WasiKv, wasi::WasiBackend>,
+    service: &WasiService,
+    out: ResponseOutparam,
+) {
+    let tenant = exchange.tenant().to_owned();
+    let jobs = Jobs::new(&service.kv, &tenant);
+    let queued = exchange.queued();
+    if !exchange.streaming {
+        let started = BackgroundSink::<_, Discard>::start(jobs, queued.clone(), &service.env, None);
+        let (mut sink, body) = match (started, json_body(&queued)) {
+            (Ok(sink), Ok(body)) => (sink, body),
+            (Err(error), _) | (_, Err(error)) => return respond_error(out, &error).await,
+        };
+        respond(out, 200, "application/json", body).await;
+        let (response, _) = exchange.run(&mut sink).await;
+        sink.finish(response);
+        return;
+    }
+    let Some(response) = start_response(200, "text/event-stream") else {
+        return;
+    };
+    let mut live = SseSink {
+        body: Box::pin(response.take_body()),
+    };
+    let started = BackgroundSink::start(jobs, queued, &service.env, Some(&mut live));
+    let mut sink = match started {
+        Ok(sink) => sink,
+        Err(error) => return respond_error(out, &error).await,
+    };
+    out.set(response);
+    let (response, _) = exchange.run(&mut sink).await;
+    sink.finish(response);
+}
+
+/// `GET /v1/responses/{id}?stream=true`: a background response's events,
+/// after `starting_after` if given.
+async fn resume(api_key: Option<&str>, id: &str, query: &str, out: ResponseOutparam) {
+    let started = async {
+        let service = wasi::service()?;
+        let id = stored_id(&service, api_key, id)?;
+        let after = match query_value(query, "starting_after") {
+            Some(n) => Some(n.parse::<u64>().map_err(|_| {
+                ApiError::invalid_param(
+                    "starting_after",
+                    "starting_after must be a sequence number.",
+                )
+            })?),
+            None => None,
+        };
+        // An unknown id is a 404 before the stream starts.
+        service.job(api_key, id)?.ok_or_else(|| {
+            ApiError::not_found(format!("No background response with id '{id}' to stream."))
+        })?;
+        Ok::<_, ApiError>((service, after))
+    }
+    .await;
+    let (service, after) = match started {
+        Ok(started) => started,
+        Err(error) => return respond_error(out, &error).await,
+    };
+    let Some(response) = start_response(200, "text/event-stream") else {
+        return;
+    };
+    let mut sink = SseSink {
+        body: Box::pin(response.take_body()),
+    };
+    out.set(response);
+    if let Err(error) = service.resume(api_key, id, after, &mut sink).await {
+        eprintln!("edge-responses: resuming {id}: {}", error.message);
+    }
+}
+
+/// The value of `name` in a query string, decoded.
+fn query_value(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
 }
 
 /// `POST /v1/responses/compact`, authenticated and read as a create is.

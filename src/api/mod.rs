@@ -12,7 +12,7 @@ use crate::error::ApiError;
 /// `T` from JSON bytes, through the same deserializer requests are parsed
 /// with ([`request::parse_object`]), so that every type read both from
 /// requests and from the store (items above all) is compiled once, not once
-/// per deserializer: it keeps the component under 1 MiB.
+/// per deserializer: it keeps the component small.
 pub fn from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Error> {
     let mut json = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut json).map_err(|e| e.into_inner())?;

@@ -14,6 +14,8 @@ use super::request::CreateRequest;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResponseStatus {
+    /// A background response not yet started.
+    Queued,
     InProgress,
     Completed,
     Incomplete,
@@ -203,7 +205,7 @@ impl Response {
                 .unwrap_or_else(|| "disabled".to_owned()),
             usage: None,
             store: request.store(),
-            background: false,
+            background: request.background.unwrap_or(false),
             service_tier: request
                 .service_tier
                 .clone()

@@ -17,9 +17,15 @@ pub const KEEP_ALIVE_FRAME: &[u8] = b": keep-alive\n\n";
 
 /// Where streamed events go.
 pub trait EventSink {
-    /// Writes bytes to the client; `false` once the client has gone away.
+    /// Writes bytes to the client; `false` once the client has gone away
+    /// (or, for a background response, asked to cancel it).
     #[allow(async_fn_in_trait)]
     async fn send(&mut self, bytes: Vec<u8>) -> bool;
+
+    /// Whether the work stopped because its client cancelled it.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// The sink of a non-streaming request: events are dropped.
@@ -90,6 +96,11 @@ impl<'a, S: EventSink> Emitter<'a, S> {
                 }
             }
         }
+    }
+
+    /// Whether the client cancelled the work (see [`EventSink::cancelled`]).
+    pub fn cancelled(&self) -> bool {
+        self.sink.cancelled()
     }
 
     /// Ends the stream with `data: [DONE]`.

@@ -20,6 +20,7 @@
 //! in `error` and `response.failed`, and the stream carries keep-alive
 //! comments while the backend is silent.
 
+pub mod background;
 pub mod emit;
 mod hosted;
 pub(crate) mod model;
@@ -40,6 +41,9 @@ use crate::error::ApiError;
 use crate::service::Service;
 use crate::store::{Conversation, Kv};
 use crate::stream::EventStream;
+use std::time::Duration;
+
+use crate::store::background::RENEW_SECONDS;
 use emit::{Emitter, KeepAlive};
 use hosted::Hosted;
 use model::{Call, Ended, ModelLoop};
@@ -62,6 +66,9 @@ pub struct Create<'s, K: Kv, B: Backend> {
     store: bool,
     /// Whether the client asked for an event stream.
     pub streaming: bool,
+    /// Whether it runs in the background (`background: true`): its events
+    /// are kept, and it goes on without its client.
+    pub background: bool,
 }
 
 impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
@@ -74,6 +81,13 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
     ) -> Result<Self, ApiError> {
         let tenant = service.tenant(api_key)?;
         let request = CreateRequest::parse(body)?;
+        let background = request.background == Some(true);
+        if background && !request.store() {
+            return Err(ApiError::invalid_param(
+                "background",
+                "A background response must be stored: leave 'store' true.",
+            ));
+        }
         let settings = &service.settings;
         crate::compact::check_input(settings, &tenant, request.input.as_ref())?;
         let store = service.store(&tenant);
@@ -138,22 +152,41 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
             conversation: request.conversation.clone(),
             store: request.store(),
             streaming: request.stream(),
+            background,
         })
+    }
+
+    /// The tenant it runs for.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The response as a background create answers it: `queued`.
+    pub fn queued(&self) -> Response {
+        let mut response = self.stream.response().clone();
+        response.status = crate::api::response::ResponseStatus::Queued;
+        response
     }
 
     /// Steps 5 to 7: streams the model's answer into `sink`, stores the
     /// response before its terminal event, and returns it with the error
     /// that ended it, if any.
     pub async fn run(mut self, sink: &mut impl EventSink) -> (Response, Option<ApiError>) {
-        let keep_alive = self
-            .service
-            .settings
-            .stream_keepalive()
-            .map(|every| KeepAlive {
-                timer: self.service.env.timer(),
-                every,
-            });
-        let mut out = Emitter::new(sink, self.streaming).with_keep_alive(keep_alive);
+        // A background response's keep-alives renew its lease, so it has
+        // them even when streams do not.
+        let every = self.service.settings.stream_keepalive();
+        let every = match self.background {
+            true => every.or(Some(Duration::from_secs(RENEW_SECONDS as u64))),
+            false => every,
+        };
+        let keep_alive = every.map(|every| KeepAlive {
+            timer: self.service.env.timer(),
+            every,
+        });
+        // A background response keeps its events (and its stream resumable)
+        // even when its client did not ask for them.
+        let evented = self.streaming || self.background;
+        let mut out = Emitter::new(sink, evented).with_keep_alive(keep_alive);
         let mut first = self.stream.start();
         if let Some(item) = self.compaction.take() {
             first.extend(self.stream.complete_item(item));
@@ -164,6 +197,7 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
         let failure = match self.model.run(&mut self.stream, &mut out).await {
             Ended::Finished => None,
             Ended::Failed(error) => Some(error),
+            Ended::ClientGone if out.cancelled() => return self.cancelled(out).await,
             Ended::ClientGone => return self.interrupted(),
         };
         let mut events = match &failure {
@@ -175,7 +209,7 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
         // stream has already shown the id, so its failure is kept.
         // A response that completes adds its items to its conversation
         // object, before its client hears it is done.
-        let stored = match (&failure, self.streaming) {
+        let stored = match (&failure, evented) {
             (Some(_), false) => Ok(()),
             (Some(_), true) => self.save(),
             (None, _) => self.save().and_then(|()| self.add_to_conversation()),
@@ -190,6 +224,22 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
         out.events(events).await;
         out.done().await;
         (self.stream.into_response(), failure)
+    }
+
+    /// The client cancelled a background response: keep what was
+    /// produced, marked `cancelled`, and end its events.
+    async fn cancelled<S: EventSink>(
+        mut self,
+        mut out: Emitter<'_, S>,
+    ) -> (Response, Option<ApiError>) {
+        let mut events = self.stream.cancel();
+        let error = self.save().err();
+        if let Some(error) = &error {
+            events = self.stream.fail_instead(events, error);
+        }
+        out.events(events).await;
+        out.done().await;
+        (self.stream.into_response(), error)
     }
 
     /// The client went away: keep what was produced, marked incomplete.

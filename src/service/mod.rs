@@ -8,6 +8,7 @@
 //! Creating is the pipeline in [`crate::create`]; reading, deleting and
 //! listing are here.
 
+mod background;
 mod conversations;
 mod list;
 mod models;
@@ -152,14 +153,21 @@ impl<K: Kv, B: Backend> Service<K, B> {
     }
 
     /// `GET /v1/responses/{id}`.
+    /// A background response that is still running is read from its job.
     pub fn get(&self, api_key: Option<&str>, id: &str) -> Result<Response, ApiError> {
-        Ok(self.stored_turn(api_key, id)?.response)
+        match self.stored_turn(api_key, id) {
+            Ok(turn) => Ok(turn.response),
+            Err(error) if error.status == 404 => self.running(api_key, id),
+            Err(error) => Err(error),
+        }
     }
 
     /// `DELETE /v1/responses/{id}`.
     pub fn delete(&self, api_key: Option<&str>, id: &str) -> Result<Value, ApiError> {
         let tenant = self.tenant(api_key)?;
-        if !self.store(&tenant).delete(id, self.env.now())? {
+        let deleted = self.store(&tenant).delete(id, self.env.now())?;
+        let job = crate::store::background::Jobs::new(&self.kv, &tenant).delete(id)?;
+        if !deleted && !job {
             return Err(missing(id));
         }
         Ok(json!({"id": id, "object": "response.deleted", "deleted": true}))

@@ -53,6 +53,7 @@
 //! method of [`ResponseStore`], next to the keys it builds; how one turn is
 //! encoded is in `record`.
 
+pub mod background;
 pub mod conversations;
 mod kv;
 mod record;

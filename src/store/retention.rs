@@ -12,7 +12,8 @@
 //! ([`DEFAULT_GRACE_SECONDS`], room for a request that read it just before):
 //! its
 //! slots, packs, counters, the pointers of the responses whose turns it
-//! holds, and the item index entries those responses own.
+//! holds (with the jobs and stored events of those that ran in the
+//! background), and the item index entries those responses own.
 //!
 //! # The index
 //!
@@ -455,6 +456,9 @@ impl<K: Kv> ResponseStore<'_, K> {
     /// again later belongs to the later response).
     fn owned_keys(&self, thread: &str, turns: &[TurnItems]) -> Result<Vec<String>, ApiError> {
         let mut keys: Vec<String> = turns.iter().map(|t| self.pointer_key(&t.id)).collect();
+        // Background responses' jobs and events go with them.
+        let ids: Vec<&str> = turns.iter().map(|t| t.id.as_str()).collect();
+        keys.extend(super::background::Jobs::new(self.kv, &self.tenant).keys(&ids)?);
         let mut shared: Vec<&str> = turns
             .iter()
             .flat_map(|t| &t.shared)

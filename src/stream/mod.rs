@@ -262,6 +262,22 @@ impl EventStream {
         });
     }
 
+    /// Ends a background response its client cancelled: what was produced
+    /// so far, unfinished items closed, status `cancelled`, announced by
+    /// `response.incomplete` (the stream events have no type of their own
+    /// for a cancel).
+    pub fn cancel(&mut self) -> Vec<Event> {
+        self.flush_think_tags();
+        self.close_all(Status::Incomplete);
+        self.close_running();
+        self.take_usage();
+        self.response.status = ResponseStatus::Cancelled;
+        self.response.completed_at = Some(self.env.now());
+        let response = Box::new(self.response.clone());
+        self.emit(EventKind::Incomplete { response });
+        self.take()
+    }
+
     /// Emits what the think-tag splitter held back at the end of the content.
     fn flush_think_tags(&mut self) {
         let Some(split) = self.think_tags.as_mut().map(ThinkTags::finish) else {

@@ -1,0 +1,164 @@
+//! The operations on background responses: reading one that is still
+//! running, cancelling it, and the stored events a resumed stream reads.
+
+use super::{missing, Service};
+use crate::api::response::{Response, ResponseStatus};
+use crate::backend::Backend;
+use crate::error::ApiError;
+use crate::store::background::{Job, Jobs};
+use crate::store::Kv;
+
+impl<K: Kv, B: Backend> Service<K, B> {
+    /// The job of a background response of the caller, as of now.
+    pub fn job(&self, api_key: Option<&str>, id: &str) -> Result<Option<Job>, ApiError> {
+        let tenant = self.tenant(api_key)?;
+        Jobs::new(&self.kv, &tenant).read_at(id, self.env.now())
+    }
+
+    /// A response that is not stored (yet): the state of its job, if it
+    /// runs in the background.
+    pub(super) fn running(&self, api_key: Option<&str>, id: &str) -> Result<Response, ApiError> {
+        match self.job(api_key, id)? {
+            Some(job) => Ok(job.response),
+            None => Err(missing(id)),
+        }
+    }
+
+    /// `POST /v1/responses/{id}/cancel`: a running background response is
+    /// asked to stop (its worker stops at its next event and saves it as
+    /// `cancelled`) and answered as `cancelled`; a finished one is answered
+    /// as it is; a response that did not run in the background is a 400.
+    pub fn cancel(&self, api_key: Option<&str>, id: &str) -> Result<Response, ApiError> {
+        let tenant = self.tenant(api_key)?;
+        let jobs = Jobs::new(&self.kv, &tenant);
+        let Some(job) = jobs.read_at(id, self.env.now())? else {
+            self.stored_turn(api_key, id)?;
+            return Err(ApiError::invalid_request(
+                "Only a response created with background set to true can be cancelled.",
+            ));
+        };
+        if !job.running() {
+            return Ok(match self.store(&tenant).turn(id, self.env.now())? {
+                Some(turn) => turn.response,
+                None => job.response,
+            });
+        }
+        jobs.cancel(id)?;
+        let mut response = job.response;
+        response.status = ResponseStatus::Cancelled;
+        Ok(response)
+    }
+
+    /// Event batches of background response `id` from batch `from` on,
+    /// with its job: what a resumed stream sends next.
+    pub fn job_events(
+        &self,
+        api_key: Option<&str>,
+        id: &str,
+        from: u64,
+    ) -> Result<(Job, Vec<Vec<u8>>), ApiError> {
+        let tenant = self.tenant(api_key)?;
+        let jobs = Jobs::new(&self.kv, &tenant);
+        let job = jobs
+            .read_at(id, self.env.now())?
+            .ok_or_else(|| missing(id))?;
+        let batches = jobs.batches(id, from, job.batches)?;
+        Ok((job, batches))
+    }
+}
+
+/// How often a resumed stream looks for new events while the response
+/// runs.
+const POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl<K: Kv, B: Backend> Service<K, B> {
+    /// `GET /v1/responses/{id}?stream=true&starting_after=N`: the stored
+    /// events of background response `id` after sequence number `after`,
+    /// then the new ones as its worker (on any instance) stores them, to
+    /// its terminal event. The job is read before anything is sent, so an
+    /// unknown id is an error, not an empty stream.
+    pub async fn resume<S: crate::create::EventSink>(
+        &self,
+        api_key: Option<&str>,
+        id: &str,
+        after: Option<u64>,
+        sink: &mut S,
+    ) -> Result<(), ApiError> {
+        let (mut job, mut batches) = self.job_events(api_key, id, 0)?;
+        let mut replay = Replay {
+            after,
+            last: None,
+            ended: false,
+        };
+        let timer = self.env.timer();
+        loop {
+            for batch in &batches {
+                if !sink.send(replay.frames(batch)).await {
+                    return Ok(());
+                }
+            }
+            if !job.running() {
+                break;
+            }
+            timer.sleep(POLL).await;
+            let from = job.batches;
+            (job, batches) = self.job_events(api_key, id, from)?;
+        }
+        if !replay.ended {
+            // Its worker died (the lease ran out) or its events were lost:
+            // the stream still ends, as the response did.
+            let sequence = replay.last.map_or(0, |n| n.saturating_add(1));
+            let event = crate::stream::events::Event {
+                kind: crate::stream::events::EventKind::Failed {
+                    response: Box::new(job.response),
+                },
+                sequence_number: sequence,
+            };
+            sink.send(event.to_sse()).await;
+        }
+        sink.send(crate::stream::events::DONE_FRAME.to_vec()).await;
+        Ok(())
+    }
+}
+
+/// The events of stored batches a resumed stream passes on.
+struct Replay {
+    /// `starting_after`: events up to this sequence number are skipped.
+    after: Option<u64>,
+    /// The last sequence number seen.
+    last: Option<u64>,
+    /// Whether a terminal event went by.
+    ended: bool,
+}
+
+impl Replay {
+    /// The frames of `batch` after `starting_after`, as SSE.
+    fn frames(&mut self, batch: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut reader = crate::stream::sse::SseReader::default();
+        let mut payloads = reader.push(batch);
+        payloads.extend(reader.finish());
+        for payload in payloads {
+            let crate::stream::sse::SseData::Data(data) = payload else {
+                continue;
+            };
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&data) else {
+                continue;
+            };
+            let kind = event["type"].as_str().unwrap_or_default();
+            let sequence = event["sequence_number"].as_u64();
+            self.last = sequence.or(self.last);
+            if matches!(
+                kind,
+                "response.completed" | "response.incomplete" | "response.failed"
+            ) {
+                self.ended = true;
+            }
+            if sequence.is_some_and(|n| self.after.is_some_and(|after| n <= after)) {
+                continue;
+            }
+            out.extend_from_slice(format!("event: {kind}\ndata: {data}\n\n").as_bytes());
+        }
+        out
+    }
+}

@@ -1,0 +1,242 @@
+//! Background responses while they run: what `GET` shows before the
+//! response is saved, the events a stream can be resumed from, the cancel
+//! mark, and the lease that tells a live worker from a dead one.
+//!
+//! # Layout
+//!
+//! - `{tenant}/bg/{id}`: the [`Job`]: the response as it stands, the end of
+//!   its worker's lease, how many event batches are stored. Written only by
+//!   the worker (and, once the lease has run out, by a reader that marks it
+//!   failed).
+//! - `{tenant}/bg/{id}/ev/{n}`: batch `n` of the response's events, as the
+//!   server-sent-event frames a stream sends, written with the job in one
+//!   batch.
+//! - `{tenant}/bg/{id}/cancel`: present once a client asked to cancel;
+//!   written only by cancels, so no write of the worker can lose it.
+//!
+//! The final response is saved as every response is (see the parent
+//! module); the job stays so a stream can still be resumed, and goes with
+//! the response's thread ([`crate::store::retention`]) or its `DELETE`.
+
+use serde::{Deserialize, Serialize};
+
+use super::{storage, Kv};
+use crate::api::response::{Response, ResponseError, ResponseStatus};
+use crate::error::ApiError;
+
+/// How long a worker's lease lasts; the worker renews it at least every
+/// [`RENEW_SECONDS`] while it runs.
+pub const LEASE_SECONDS: i64 = 60;
+
+/// How often a running worker renews its lease, at most this far apart.
+pub const RENEW_SECONDS: i64 = 10;
+
+/// A background response while it runs, and after.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub response: Response,
+    /// Seconds since the epoch until which the worker is taken to be alive.
+    pub lease_until: i64,
+    /// Event batches stored: `0..batches`.
+    pub batches: u64,
+}
+
+impl Job {
+    /// Whether the response is still queued or running.
+    pub fn running(&self) -> bool {
+        matches!(
+            self.response.status,
+            ResponseStatus::Queued | ResponseStatus::InProgress
+        )
+    }
+
+    /// A running job whose worker has not renewed its lease by `now` is
+    /// taken for dead: its response fails.
+    pub fn expire(&mut self, now: i64) -> bool {
+        if !self.running() || now <= self.lease_until {
+            return false;
+        }
+        self.response.status = ResponseStatus::Failed;
+        self.response.error = Some(ResponseError {
+            code: "server_error".to_owned(),
+            message: "The server running this background response stopped before it finished."
+                .to_owned(),
+        });
+        true
+    }
+}
+
+/// The background jobs of one tenant.
+pub struct Jobs<'a, K: Kv> {
+    kv: &'a K,
+    tenant: &'a str,
+}
+
+impl<'a, K: Kv> Jobs<'a, K> {
+    pub fn new(kv: &'a K, tenant: &'a str) -> Self {
+        Jobs { kv, tenant }
+    }
+
+    fn job_key(&self, id: &str) -> String {
+        format!("{}/bg/{id}", self.tenant)
+    }
+
+    fn cancel_key(&self, id: &str) -> String {
+        format!("{}/bg/{id}/cancel", self.tenant)
+    }
+
+    fn batch_key(&self, id: &str, n: u64) -> String {
+        format!("{}/bg/{id}/ev/{n}", self.tenant)
+    }
+
+    /// Writes `job`, and `events` as its next batch (counted in
+    /// `job.batches`), in one round trip.
+    pub fn write(&self, job: &mut Job, events: Option<Vec<u8>>) -> Result<(), ApiError> {
+        let id = job.response.id.clone();
+        let mut entries = Vec::with_capacity(2);
+        if let Some(events) = events.filter(|e| !e.is_empty()) {
+            entries.push((self.batch_key(&id, job.batches), events));
+            job.batches = job.batches.saturating_add(1);
+        }
+        let value = serde_json::to_vec(&*job)
+            .map_err(|e| ApiError::server(format!("A background job could not be encoded: {e}")))?;
+        entries.push((self.job_key(&id), value));
+        self.kv.set_many(entries).map_err(storage)
+    }
+
+    /// The job of response `id`, if it ran in the background.
+    pub fn read(&self, id: &str) -> Result<Option<Job>, ApiError> {
+        let Some(bytes) = self.kv.get(&self.job_key(id)).map_err(storage)? else {
+            return Ok(None);
+        };
+        crate::api::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ApiError::server(format!("A stored background job is damaged: {e}")))
+    }
+
+    /// The job of `id` as a reader sees it at `now`: a running job whose
+    /// lease ran out is marked failed, for every later reader too.
+    pub fn read_at(&self, id: &str, now: i64) -> Result<Option<Job>, ApiError> {
+        let Some(mut job) = self.read(id)? else {
+            return Ok(None);
+        };
+        if job.expire(now) {
+            self.write(&mut job, None)?;
+        }
+        Ok(Some(job))
+    }
+
+    /// Event batches `from..to` of `id`, in order; a batch that is missing
+    /// (removed meanwhile) is empty.
+    pub fn batches(&self, id: &str, from: u64, to: u64) -> Result<Vec<Vec<u8>>, ApiError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let keys = (from..to).map(|n| self.batch_key(id, n)).collect();
+        let values = self.kv.get_many(keys).map_err(storage)?;
+        Ok(values.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// Asks the worker of `id` to stop.
+    pub fn cancel(&self, id: &str) -> Result<(), ApiError> {
+        self.kv
+            .set_many(vec![(self.cancel_key(id), b"1".to_vec())])
+            .map_err(storage)
+    }
+
+    /// Whether a client asked to cancel `id`.
+    pub fn cancelling(&self, id: &str) -> Result<bool, ApiError> {
+        Ok(self
+            .kv
+            .get(&self.cancel_key(id))
+            .map_err(storage)?
+            .is_some())
+    }
+
+    /// Every key of the jobs of `ids`, for removal: one read of the jobs
+    /// for their batch counts.
+    pub fn keys(&self, ids: &[&str]) -> Result<Vec<String>, ApiError> {
+        let jobs = self
+            .kv
+            .get_many(ids.iter().map(|id| self.job_key(id)).collect())
+            .map_err(storage)?;
+        let mut keys = Vec::new();
+        for (id, job) in ids.iter().zip(jobs) {
+            let Some(job) = job else { continue };
+            let batches = crate::api::from_slice::<Job>(&job).map_or(0, |j| j.batches);
+            keys.push(self.job_key(id));
+            keys.push(self.cancel_key(id));
+            keys.extend((0..batches).map(|n| self.batch_key(id, n)));
+        }
+        Ok(keys)
+    }
+
+    /// Removes the job of `id`, if there is one.
+    pub fn delete(&self, id: &str) -> Result<bool, ApiError> {
+        let keys = self.keys(&[id])?;
+        if keys.is_empty() {
+            return Ok(false);
+        }
+        self.kv.delete_many(keys).map_err(storage)?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::request::CreateRequest;
+    use crate::store::MemoryKv;
+
+    fn job(id: &str) -> Job {
+        let request =
+            CreateRequest::parse(br#"{"model":"m","input":"hi","background":true}"#).unwrap();
+        let mut response = Response::start(id.into(), 100, &request);
+        response.status = ResponseStatus::Queued;
+        Job {
+            response,
+            lease_until: 160,
+            batches: 0,
+        }
+    }
+
+    #[test]
+    fn jobs_batches_cancel_and_removal() {
+        let kv = MemoryKv::default();
+        let jobs = Jobs::new(&kv, "t");
+        let mut job = job("resp_1");
+        jobs.write(&mut job, None).unwrap();
+        jobs.write(&mut job, Some(b"event: a\n\n".to_vec()))
+            .unwrap();
+        jobs.write(&mut job, Some(b"event: b\n\n".to_vec()))
+            .unwrap();
+        assert_eq!(job.batches, 2);
+        assert_eq!(jobs.read("resp_1").unwrap(), Some(job.clone()));
+        assert_eq!(
+            jobs.batches("resp_1", 1, 2).unwrap(),
+            [b"event: b\n\n".to_vec()]
+        );
+        assert!(!jobs.cancelling("resp_1").unwrap());
+        jobs.cancel("resp_1").unwrap();
+        assert!(jobs.cancelling("resp_1").unwrap());
+        assert!(jobs.delete("resp_1").unwrap());
+        assert!(kv.values.borrow().is_empty());
+        assert!(!jobs.delete("resp_1").unwrap());
+    }
+
+    #[test]
+    fn a_lapsed_lease_fails_the_response_once() {
+        let kv = MemoryKv::default();
+        let jobs = Jobs::new(&kv, "t");
+        let mut job = job("resp_2");
+        jobs.write(&mut job, None).unwrap();
+        assert!(jobs.read_at("resp_2", 160).unwrap().unwrap().running());
+        let failed = jobs.read_at("resp_2", 161).unwrap().unwrap();
+        assert_eq!(failed.response.status, ResponseStatus::Failed);
+        assert!(failed.response.error.unwrap().message.contains("stopped"));
+        assert_eq!(
+            jobs.read("resp_2").unwrap().unwrap().response.status,
+            ResponseStatus::Failed
+        );
+    }
+}

@@ -1,0 +1,248 @@
+//! Background responses through the built component: a create answered at
+//! once while the backend is still held, `GET` following it from `queued`
+//! or `in_progress` to `completed`, a stream resumed after a cut with
+//! `starting_after`, cancellation mid-stream. A worker whose host is killed
+//! is in `host/tests/background.rs`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{output_text, parse_sse, Harness};
+use scripted_backend::Reply;
+use serde_json::{json, Value};
+
+/// Polls `GET` until the response is no longer running (at most 30 s).
+async fn settled(h: &Harness, id: &str) -> Value {
+    for _ in 0..300 {
+        let (status, response) = h.get(&format!("/v1/responses/{id}")).await;
+        assert_eq!(status, 200, "{response}");
+        if !matches!(response["status"].as_str(), Some("queued" | "in_progress")) {
+            return response;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{id} did not finish");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_background_create_answers_at_once_and_finishes_later() {
+    let h = Harness::start().await;
+    let (reply, gate) = Reply::text("Done at last.").pause_before(0);
+    h.backend.push(reply);
+    let (status, queued) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "take your time", "background": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{queued}");
+    assert_eq!(queued["status"], "queued");
+    assert_eq!(queued["background"], true);
+    assert!(queued["output"].as_array().unwrap().is_empty());
+    let id = queued["id"].as_str().unwrap().to_owned();
+
+    // The backend is still held: the response runs.
+    gate.reached().await;
+    let (_, running) = h.get(&format!("/v1/responses/{id}")).await;
+    assert_eq!(running["status"], "in_progress", "{running}");
+    gate.release();
+    let done = settled(&h, &id).await;
+    assert_eq!(done["status"], "completed");
+    assert_eq!(output_text(&done), "Done at last.");
+    assert_eq!(done["background"], true);
+
+    // Cancelling a finished response answers it as it is.
+    let (status, cancelled) = h
+        .post(&format!("/v1/responses/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(cancelled["status"], "completed");
+
+    // It continues like any stored response.
+    h.backend.push(Reply::text("Next."));
+    let (status, next) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "and?", "previous_response_id": id}),
+        )
+        .await;
+    assert_eq!(status, 200, "{next}");
+    let sent = h.backend.chat_requests().pop().unwrap();
+    assert_eq!(sent.messages()[1]["content"], "Done at last.");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals() {
+    let h = Harness::start().await;
+    let (status, error) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "x", "background": true, "store": false}),
+        )
+        .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["param"], "background");
+
+    let (_, plain) = h
+        .post("/v1/responses", &json!({"model": "m", "input": "x"}))
+        .await;
+    let id = plain["id"].as_str().unwrap();
+    let (status, error) = h
+        .post(&format!("/v1/responses/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 400, "{error}");
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("background"));
+    let (status, _) = h.post("/v1/responses/resp_nope/cancel", &json!({})).await;
+    assert_eq!(status, 404);
+    let (status, _) = h.get(&format!("/v1/responses/{id}?stream=true")).await;
+    assert_eq!(status, 404, "a foreground response has no stored events");
+}
+
+/// The events of a whole stream: (type, data).
+fn events(text: &str) -> Vec<(String, Value)> {
+    parse_sse(text)
+        .into_iter()
+        .filter(|(_, data)| data != "[DONE]")
+        .map(|(name, data)| (name, serde_json::from_str(&data).unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_stream_resumes_where_it_left_off() {
+    let h = Harness::start().await;
+    h.backend.push(
+        Reply::chunks(["one ", "two ", "three ", "four ", "five"])
+            .delay_between_chunks(Duration::from_millis(100)),
+    );
+    let body = json!({"model": "m", "input": "count", "background": true, "stream": true});
+    let whole = h
+        .client
+        .post(h.url("/v1/responses"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let whole = events(&whole);
+    assert_eq!(whole.last().unwrap().0, "response.completed");
+    let id = whole[0].1["response"]["id"].as_str().unwrap().to_owned();
+
+    // Every cut point gives the same rest.
+    for cut in [0usize, 3, 7, whole.len() - 2] {
+        let n = whole[cut].1["sequence_number"].as_u64().unwrap();
+        let text = h
+            .client
+            .get(h.url(&format!(
+                "/v1/responses/{id}?stream=true&starting_after={n}"
+            )))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(events(&text), whole[cut + 1..].to_vec(), "after {n}");
+        assert!(text.ends_with("data: [DONE]\n\n"));
+    }
+    // Without starting_after: all of it.
+    let text = h
+        .client
+        .get(h.url(&format!("/v1/responses/{id}?stream=true")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(events(&text), whole);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_resumed_while_running_follows_it_live() {
+    let h = Harness::start().await;
+    let (reply, gate) = Reply::chunks(["early ", "late"]).pause_before(2);
+    h.backend.push(reply);
+    // The client reads the first events, then goes away.
+    let mut first = h
+        .client
+        .post(h.url("/v1/responses"))
+        .json(&json!({"model": "m", "input": "go", "background": true, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    while !seen.contains("response.output_text.delta") {
+        let chunk = first.chunk().await.unwrap().expect("more events");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(first);
+    gate.reached().await;
+    let before = events(&seen);
+    let id = before[0].1["response"]["id"].as_str().unwrap().to_owned();
+    let last = before.last().unwrap().1["sequence_number"]
+        .as_u64()
+        .unwrap();
+
+    // Resumed while the backend is still held; released while it follows.
+    let resumed = h
+        .client
+        .get(h.url(&format!(
+            "/v1/responses/{id}?stream=true&starting_after={last}"
+        )))
+        .send();
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        gate.release();
+    };
+    let (resumed, ()) = tokio::join!(resumed, release);
+    let rest = events(&resumed.unwrap().text().await.unwrap());
+    assert_eq!(rest[0].1["sequence_number"].as_u64().unwrap(), last + 1);
+    assert_eq!(rest.last().unwrap().0, "response.completed");
+    let done = &rest.last().unwrap().1["response"];
+    assert_eq!(output_text(done), "early late");
+    assert_eq!(settled(&h, &id).await["status"], "completed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_stops_it_at_its_next_event() {
+    let h = Harness::start().await;
+    let pieces: Vec<String> = (0..40).map(|i| format!("w{i} ")).collect();
+    h.backend
+        .push(Reply::chunks(pieces).delay_between_chunks(Duration::from_millis(100)));
+    let (_, queued) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "talk", "background": true}),
+        )
+        .await;
+    let id = queued["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (status, cancelled) = h
+        .post(&format!("/v1/responses/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["status"], "cancelled");
+    let done = settled(&h, &id).await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+    let text = output_text(&done);
+    assert!(text.starts_with("w0 w1 "), "{text}");
+    assert!(!text.contains("w39"), "it stopped early: {text}");
+    // Its stored stream ends too.
+    let resumed = h
+        .client
+        .get(h.url(&format!("/v1/responses/{id}?stream=true")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let resumed = events(&resumed);
+    assert_eq!(resumed.last().unwrap().1["response"]["status"], "cancelled");
+}
