@@ -250,7 +250,11 @@ async fn sdk_scenario(spin: &Path, redis: Option<&Redis>) {
     ];
     variables.extend(mcp_origin.as_deref().map(|o| ("mcp_servers", o)));
     let spin = Spin::up(spin, &variables, redis).await;
-    for suite in ["test_openai_sdk.py", "test_conversations.py"] {
+    for suite in [
+        "test_openai_sdk.py",
+        "test_conversations.py",
+        "test_background.py",
+    ] {
         common::pytest(&spin.url, &origin, suite, &[], &[]).await;
     }
     if let Some(mcp) = &mcp {
