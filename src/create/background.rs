@@ -17,6 +17,9 @@ const BATCH_WRITES: usize = 16;
 /// Bytes past which a batch is written at once.
 const BATCH_BYTES: usize = 64 << 10;
 
+/// Writes of events between two reads of the cancel mark, at most.
+const CANCEL_CHECK_WRITES: usize = 4;
+
 /// Where a background response's events go.
 pub struct BackgroundSink<'a, K: Kv, S: EventSink> {
     jobs: Jobs<'a, K>,
@@ -80,6 +83,11 @@ impl<'a, K: Kv, S: EventSink> BackgroundSink<'a, K, S> {
         }
         self.writes = 0;
         self.renewed_at = now;
+        self.check_cancel();
+    }
+
+    /// Reads the cancel mark, until it is found.
+    fn check_cancel(&mut self) {
         if !self.cancelled {
             self.cancelled = self.jobs.cancelling(&self.job.response.id).unwrap_or(false);
         }
@@ -103,6 +111,8 @@ impl<K: Kv, S: EventSink> EventSink for BackgroundSink<'_, K, S> {
         let due = self.env.now() >= self.renewed_at.saturating_add(RENEW_SECONDS);
         if first || due || self.writes >= BATCH_WRITES || self.batch.len() >= BATCH_BYTES {
             self.flush();
+        } else if self.writes % CANCEL_CHECK_WRITES == 0 {
+            self.check_cancel();
         }
         !self.cancelled
     }
