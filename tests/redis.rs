@@ -16,7 +16,7 @@ use std::path::Path;
 use common::{component, output_text, send, start_backend};
 use edge_responses_host::{Config, KvStats, Server, StoreLocation};
 use scripted_backend::redis::RedisServer as Redis;
-use scripted_backend::Backend;
+use scripted_backend::{Backend, Reply};
 use serde_json::{json, Value};
 
 /// Two hosts on one Redis database, in front of one backend.
@@ -211,6 +211,67 @@ async fn concurrent_continuations_on_two_hosts_each_replay_their_own_history() {
     if let Ok(pair) = std::sync::Arc::try_unwrap(pair) {
         pair.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_response_is_followed_and_cancelled_from_the_other_host() {
+    let Some(pair) =
+        Pair::start("a_background_response_is_followed_and_cancelled_from_the_other_host").await
+    else {
+        return;
+    };
+    let (reply, gate) = Reply::chunks(["first ", "second"]).pause_before(2);
+    pair.backend.push(reply);
+    let queued = pair
+        .create(0, &json!({"model": "m", "input": "bg", "background": true}))
+        .await;
+    assert_eq!(queued["status"], "queued");
+    let path = format!("/v1/responses/{}", id(&queued));
+    gate.reached().await;
+    // Host 1 sees it running, and streams its events so far and the rest.
+    let (_, running) = pair.get(1, &path).await;
+    assert_eq!(running["status"], "in_progress", "{running}");
+    let url = format!("{}{path}?stream=true", pair.hosts[1].url());
+    let follow = pair.client.get(url).send();
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        gate.release();
+    };
+    let (followed, ()) = tokio::join!(follow, release);
+    let text = followed.unwrap().text().await.unwrap();
+    let events: Vec<(String, String)> = common::parse_sse(&text);
+    assert_eq!(events[0].0, "response.created");
+    let (last, data) = &events[events.len() - 2];
+    assert_eq!(last, "response.completed", "{text}");
+    let done: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(common::output_text(&done["response"]), "first second");
+
+    // A second one, cancelled from host 1 while host 0 runs it.
+    let pieces: Vec<String> = (0..40).map(|i| format!("w{i} ")).collect();
+    pair.backend
+        .push(Reply::chunks(pieces).delay_between_chunks(std::time::Duration::from_millis(100)));
+    let queued = pair
+        .create(
+            0,
+            &json!({"model": "m", "input": "long", "background": true}),
+        )
+        .await;
+    let path = format!("/v1/responses/{}", id(&queued));
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let url = format!("{}{path}/cancel", pair.hosts[1].url());
+    let (status, cancelled) = send(pair.client.post(url).json(&json!({}))).await;
+    assert_eq!((status, &cancelled["status"]), (200, &json!("cancelled")));
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        last = pair.get(1, &path).await.1;
+        if last["status"] != "in_progress" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["status"], "cancelled", "{last}");
+    assert!(!common::output_text(&last).contains("w39"));
+    pair.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
