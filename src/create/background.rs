@@ -111,7 +111,7 @@ impl<K: Kv, S: EventSink> EventSink for BackgroundSink<'_, K, S> {
         let due = self.env.now() >= self.renewed_at.saturating_add(RENEW_SECONDS);
         if first || due || self.writes >= BATCH_WRITES || self.batch.len() >= BATCH_BYTES {
             self.flush();
-        } else if self.writes % CANCEL_CHECK_WRITES == 0 {
+        } else if self.writes.is_multiple_of(CANCEL_CHECK_WRITES) {
             self.check_cancel();
         }
         !self.cancelled
