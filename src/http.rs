@@ -18,6 +18,7 @@
 use futures::{SinkExt, StreamExt};
 use spin_sdk::http::{Fields, IncomingRequest, Method, OutgoingResponse, ResponseOutparam};
 
+use crate::api::response::Response;
 use crate::api::{limits, to_json};
 use crate::auth::bearer;
 use crate::create::background::BackgroundSink;
@@ -34,6 +35,7 @@ async fn handle(request: IncomingRequest, out: ResponseOutparam) {
     let path_query = request.path_with_query().unwrap_or_default();
     let (path, query) = path_query.split_once('?').unwrap_or((&path_query, ""));
     let api_key = header(&request, "authorization").and_then(|h| bearer(&h).map(str::to_owned));
+    wasi::begin_request(header(&request, "x-request-id"));
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let result = match (&method, segments.as_slice()) {
         (Method::Post, ["v1", "responses"]) => {
@@ -187,13 +189,17 @@ async fn create(request: IncomingRequest, api_key: Option<&str>, out: ResponseOu
     // The request is parsed: its bytes are not needed for the rest of the
     // exchange, which can take minutes.
     drop(body);
+    let tenant = exchange.tenant().to_owned();
     if exchange.background {
-        background(exchange, &service, out).await;
+        if let Some(response) = background(exchange, &service, out).await {
+            report(&tenant, &response);
+        }
         service.after_create();
         return;
     }
     if !exchange.streaming {
         let (response, failure) = exchange.run(&mut Discard).await;
+        report(&tenant, &response);
         match failure {
             Some(error) => respond_error(out, &error).await,
             None => match json_body(&response) {
@@ -211,9 +217,10 @@ async fn create(request: IncomingRequest, api_key: Option<&str>, out: ResponseOu
         body: Box::pin(response.take_body()),
     };
     out.set(response);
-    exchange.run(&mut sink).await;
+    let (response, _) = exchange.run(&mut sink).await;
     // Ends the body: the client has it all before the upkeep runs.
     drop(sink);
+    report(&tenant, &response);
     service.after_create();
 }
 
@@ -225,7 +232,7 @@ async fn background(
     exchange: crate::create::Create<'_, wasi::WasiKv, wasi::WasiBackend>,
     service: &WasiService,
     out: ResponseOutparam,
-) {
+) -> Option<Response> {
     let tenant = exchange.tenant().to_owned();
     let jobs = Jobs::new(&service.kv, &tenant);
     let queued = exchange.queued();
@@ -233,27 +240,50 @@ async fn background(
         let started = BackgroundSink::<_, Discard>::start(jobs, queued.clone(), &service.env, None);
         let (mut sink, body) = match (started, json_body(&queued)) {
             (Ok(sink), Ok(body)) => (sink, body),
-            (Err(error), _) | (_, Err(error)) => return respond_error(out, &error).await,
+            (Err(error), _) | (_, Err(error)) => {
+                respond_error(out, &error).await;
+                return None;
+            }
         };
         respond(out, 200, "application/json", body).await;
         let (response, _) = exchange.run(&mut sink).await;
-        sink.finish(response);
-        return;
+        sink.finish(response.clone());
+        return Some(response);
     }
-    let Some(response) = start_response(200, "text/event-stream") else {
-        return;
-    };
+    let response = start_response(200, "text/event-stream")?;
     let mut live = SseSink {
         body: Box::pin(response.take_body()),
     };
     let started = BackgroundSink::start(jobs, queued, &service.env, Some(&mut live));
     let mut sink = match started {
         Ok(sink) => sink,
-        Err(error) => return respond_error(out, &error).await,
+        Err(error) => {
+            respond_error(out, &error).await;
+            return None;
+        }
     };
     out.set(response);
     let (response, _) = exchange.run(&mut sink).await;
-    sink.finish(response);
+    sink.finish(response.clone());
+    Some(response)
+}
+
+/// What only the component knows of a create, for the host's request log:
+/// one line on stderr, `edge-responses-request` and a JSON object. Under
+/// Spin it lands in the component's log.
+fn report(tenant: &str, response: &Response) {
+    let usage = response.usage.as_ref();
+    let line = serde_json::json!({
+        "request_id": wasi::request_id(),
+        "response_id": response.id,
+        "model": response.model,
+        "tenant": tenant,
+        "status": response.status,
+        "input_tokens": usage.map(|u| u.input_tokens),
+        "output_tokens": usage.map(|u| u.output_tokens),
+        "stored": response.store,
+    });
+    eprintln!("edge-responses-request {line}");
 }
 
 /// `GET /v1/responses/{id}?stream=true`: a background response's events,
@@ -362,7 +392,10 @@ impl<S: futures::Sink<Vec<u8>>> EventSink for SseSink<S> {
 }
 
 fn start_response(status: u16, content_type: &str) -> Option<OutgoingResponse> {
-    let mut headers = vec![("content-type".to_owned(), content_type.as_bytes().to_vec())];
+    let mut headers = vec![
+        ("content-type".to_owned(), content_type.as_bytes().to_vec()),
+        ("x-request-id".to_owned(), wasi::request_id().into_bytes()),
+    ];
     if content_type == "text/event-stream" {
         headers.push(("cache-control".to_owned(), b"no-cache".to_vec()));
     }

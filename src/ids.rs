@@ -150,9 +150,29 @@ pub mod fixed {
     }
 }
 
+/// Whether `id` may be used as a request id (`x-request-id`) as it is:
+/// 1 to 128 characters of letters, digits, `.`, `_`, `:` and `-`, so that
+/// it can go into headers and log lines unescaped.
+pub fn valid_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids() {
+        assert!(valid_request_id("req_0123abcd"));
+        assert!(valid_request_id("a.b:c-d_e"));
+        let long = "x".repeat(129);
+        for bad in ["", "a b", "a\r\nb", "é", long.as_str()] {
+            assert!(!valid_request_id(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn ids_have_prefix_and_are_unique() {

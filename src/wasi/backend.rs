@@ -48,6 +48,11 @@ impl Backend for WasiBackend {
         } = request;
         // Ask for the body as it is: nothing here decodes compressed ones.
         headers.push(("accept-encoding".to_owned(), "identity".to_owned()));
+        // The backend's logs can be matched with ours.
+        let request_id = super::request_id();
+        if !request_id.is_empty() {
+            headers.push(("x-request-id".to_owned(), request_id));
+        }
         if let Some(body) = &body {
             headers.push(("content-length".to_owned(), body.len().to_string()));
         }

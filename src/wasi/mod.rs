@@ -40,4 +40,24 @@ thread_local! {
     /// What backends taught this instance about their parameters; it lives
     /// as long as the instance does.
     static LEARNED: Rc<Learned> = Rc::default();
+
+    /// The id of the request the instance serves: sent with every outbound
+    /// request and returned to the client (an instance serves one request
+    /// at a time).
+    static REQUEST_ID: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Takes the client's `x-request-id` when it is a valid one, else makes
+/// one; returns it.
+pub fn begin_request(incoming: Option<String>) -> String {
+    let id = incoming
+        .filter(|id| crate::ids::valid_request_id(id))
+        .unwrap_or_else(|| env::host_env().new_id("req"));
+    REQUEST_ID.with(|current| current.replace(id.clone()));
+    id
+}
+
+/// The id of the request being served.
+pub fn request_id() -> String {
+    REQUEST_ID.with(|current| current.borrow().clone())
 }
