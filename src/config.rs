@@ -26,6 +26,8 @@
 //! | `web_search_url` | the provider's base URL (required for `searxng`; Brave's and Tavily's public APIs by default) |
 //! | `web_search_api_key` | the provider's key (required for `brave` and `tavily`) |
 //! | `web_search_timeout_seconds` | longest wait for one search (default 30) |
+//! | `tenant_requests_per_minute` | creates a tenant may make per minute; past it a 429 (unset = no limit) |
+//! | `tenant_tokens_per_day` | tokens (input and output) a tenant may use per UTC day; past it a 429 (unset = no limit) |
 //!
 //! `backend_url` and its companions make the default backend, which serves
 //! every model no entry of `backends` claims; either may be left out, not
@@ -85,10 +87,12 @@ enum Setting {
     WebSearchUrl,
     WebSearchApiKey,
     WebSearchTimeoutSeconds,
+    TenantRequestsPerMinute,
+    TenantTokensPerDay,
 }
 
 impl Setting {
-    const ALL: [Setting; 24] = [
+    const ALL: [Setting; 26] = [
         Setting::BackendUrl,
         Setting::BackendApiKey,
         Setting::BackendHeaders,
@@ -113,6 +117,8 @@ impl Setting {
         Setting::WebSearchUrl,
         Setting::WebSearchApiKey,
         Setting::WebSearchTimeoutSeconds,
+        Setting::TenantRequestsPerMinute,
+        Setting::TenantTokensPerDay,
     ];
 
     const fn name(self) -> &'static str {
@@ -141,6 +147,8 @@ impl Setting {
             Setting::WebSearchUrl => "web_search_url",
             Setting::WebSearchApiKey => "web_search_api_key",
             Setting::WebSearchTimeoutSeconds => "web_search_timeout_seconds",
+            Setting::TenantRequestsPerMinute => "tenant_requests_per_minute",
+            Setting::TenantTokensPerDay => "tenant_tokens_per_day",
         }
     }
 
@@ -195,6 +203,10 @@ pub struct Settings {
     pub web_search: Option<crate::search::SearchConfig>,
     /// Longest wait for one search.
     pub web_search_timeout_seconds: u64,
+    /// Creates per tenant per minute; `None`: no limit.
+    pub tenant_requests_per_minute: Option<u64>,
+    /// Tokens per tenant per UTC day; `None`: no limit.
+    pub tenant_tokens_per_day: Option<u64>,
 }
 
 impl Settings {
@@ -301,6 +313,14 @@ impl Settings {
                             "web_search_timeout_seconds must be at least 1",
                         ));
                     }
+                }
+                Setting::TenantRequestsPerMinute => {
+                    let limit: u64 = number(key, &value)?;
+                    settings.tenant_requests_per_minute = (limit > 0).then_some(limit);
+                }
+                Setting::TenantTokensPerDay => {
+                    let limit: u64 = number(key, &value)?;
+                    settings.tenant_tokens_per_day = (limit > 0).then_some(limit);
                 }
                 Setting::ForwardClientKey => settings.forward_client_key = truthy(&value),
                 Setting::BackendReasoning => settings.backend_reasoning = truthy(&value),

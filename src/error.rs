@@ -19,6 +19,9 @@ pub struct ApiError {
     pub kind: String,
     pub param: Option<String>,
     pub code: Option<String>,
+    /// Seconds after which a retry may succeed (`Retry-After`), for 429s.
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -29,7 +32,16 @@ impl ApiError {
             kind: kind.to_owned(),
             param: None,
             code: None,
+            retry_after: None,
         }
+    }
+
+    /// 429: a tenant's limit is reached; `kind` is OpenAI's `requests` or
+    /// `tokens`, `retry_after` the seconds until it resets.
+    pub fn rate_limited(kind: &str, message: impl Into<String>, retry_after: u64) -> Self {
+        let mut error = Self::new(429, kind, message).with_code("rate_limit_exceeded");
+        error.retry_after = Some(retry_after);
+        error
     }
 
     /// Attaches the request field the error is about.

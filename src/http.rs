@@ -107,6 +107,9 @@ async fn handle(request: IncomingRequest, out: ResponseOutparam) {
         (Method::Delete, ["v1", "conversations", id, "items", item]) => with_service(|s| {
             json_body(&s.delete_conversation_item(api_key.as_deref(), id, item)?)
         }),
+        (Method::Get, ["v1", "usage"]) => with_service(|s| {
+            json_body(&s.usage(api_key.as_deref(), query_value(query, "days").as_deref())?)
+        }),
         (Method::Get, ["v1", "admin", "retention"]) => {
             with_service(|s| json_body(&s.retention_status(api_key.as_deref())?))
         }
@@ -123,7 +126,8 @@ async fn handle(request: IncomingRequest, out: ResponseOutparam) {
         | (_, ["v1", "responses", _])
         | (_, ["v1", "responses", _, "input_items"])
         | (_, ["v1", "responses", _, "cancel"])
-        | (_, ["v1", "models"]) => Err(ApiError::method_not_allowed(&method.to_string(), path)),
+        | (_, ["v1", "models"])
+        | (_, ["v1", "usage"]) => Err(ApiError::method_not_allowed(&method.to_string(), path)),
         _ => Err(ApiError::unknown_route(&method.to_string(), path)),
     };
     match result {
@@ -193,20 +197,22 @@ async fn create(request: IncomingRequest, api_key: Option<&str>, out: ResponseOu
     if exchange.background {
         if let Some(response) = background(exchange, &service, out).await {
             report(&tenant, &response);
+            service.record_usage(&tenant, &response);
         }
         service.after_create();
         return;
     }
     if !exchange.streaming {
         let (response, failure) = exchange.run(&mut Discard).await;
-        report(&tenant, &response);
-        match failure {
-            Some(error) => respond_error(out, &error).await,
+        match &failure {
+            Some(error) => respond_error(out, error).await,
             None => match json_body(&response) {
                 Ok(body) => respond(out, 200, "application/json", body).await,
                 Err(error) => respond_error(out, &error).await,
             },
         };
+        report(&tenant, &response);
+        service.record_usage(&tenant, &response);
         service.after_create();
         return;
     }
@@ -221,6 +227,7 @@ async fn create(request: IncomingRequest, api_key: Option<&str>, out: ResponseOu
     // Ends the body: the client has it all before the upkeep runs.
     drop(sink);
     report(&tenant, &response);
+    service.record_usage(&tenant, &response);
     service.after_create();
 }
 
@@ -392,12 +399,24 @@ impl<S: futures::Sink<Vec<u8>>> EventSink for SseSink<S> {
 }
 
 fn start_response(status: u16, content_type: &str) -> Option<OutgoingResponse> {
+    start_response_with(status, content_type, None)
+}
+
+/// [`start_response`] with a `Retry-After` header, when given.
+fn start_response_with(
+    status: u16,
+    content_type: &str,
+    retry_after: Option<u64>,
+) -> Option<OutgoingResponse> {
     let mut headers = vec![
         ("content-type".to_owned(), content_type.as_bytes().to_vec()),
         ("x-request-id".to_owned(), wasi::request_id().into_bytes()),
     ];
     if content_type == "text/event-stream" {
         headers.push(("cache-control".to_owned(), b"no-cache".to_vec()));
+    }
+    if let Some(seconds) = retry_after {
+        headers.push(("retry-after".to_owned(), seconds.to_string().into_bytes()));
     }
     let fields = Fields::from_list(&headers).ok()?;
     let response = OutgoingResponse::new(fields);
@@ -415,7 +434,13 @@ async fn respond(out: ResponseOutparam, status: u16, content_type: &str, body: V
 }
 
 async fn respond_error(out: ResponseOutparam, error: &ApiError) {
-    respond(out, error.status, "application/json", error.to_body()).await
+    let Some(response) = start_response_with(error.status, "application/json", error.retry_after)
+    else {
+        return;
+    };
+    if let Err(e) = out.set_with_body(response, error.to_body()).await {
+        eprintln!("writing the response failed: {e:?}");
+    }
 }
 
 fn header(request: &IncomingRequest, name: &str) -> Option<String> {

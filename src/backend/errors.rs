@@ -45,6 +45,7 @@ pub fn status_error(status: u16, body: &[u8]) -> ApiError {
             message,
             param: Some("model".into()),
             code: Some("model_not_found".into()),
+            retry_after: None,
         };
     }
     let kind = detail
@@ -60,6 +61,7 @@ pub fn status_error(status: u16, body: &[u8]) -> ApiError {
             .and_then(Value::as_str)
             .map(str::to_owned),
         code,
+        retry_after: None,
     }
 }
 

@@ -81,6 +81,7 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
     ) -> Result<Self, ApiError> {
         let tenant = service.tenant(api_key)?;
         let request = CreateRequest::parse(body)?;
+        service.admit(&tenant)?;
         let background = request.background == Some(true);
         if background && !request.store() {
             return Err(ApiError::invalid_param(

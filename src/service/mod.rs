@@ -14,6 +14,7 @@ mod list;
 mod models;
 #[cfg(test)]
 mod tests;
+mod usage;
 
 pub use list::{ListQuery, Order};
 

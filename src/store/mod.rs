@@ -58,6 +58,7 @@ pub mod conversations;
 mod kv;
 mod record;
 pub mod retention;
+pub mod usage;
 
 #[cfg(test)]
 pub use kv::MemoryKv;
