@@ -26,6 +26,7 @@
 //! | `web_search_url` | the provider's base URL (required for `searxng`; Brave's and Tavily's public APIs by default) |
 //! | `web_search_api_key` | the provider's key (required for `brave` and `tavily`) |
 //! | `web_search_timeout_seconds` | longest wait for one search (default 30) |
+//! | `usage_tracking` | `false` to keep no usage totals (default `true`: each create adds its tokens after answering) |
 //! | `tenant_requests_per_minute` | creates a tenant may make per minute; past it a 429 (unset = no limit) |
 //! | `tenant_tokens_per_day` | tokens (input and output) a tenant may use per UTC day; past it a 429 (unset = no limit) |
 //!
@@ -89,10 +90,11 @@ enum Setting {
     WebSearchTimeoutSeconds,
     TenantRequestsPerMinute,
     TenantTokensPerDay,
+    UsageTracking,
 }
 
 impl Setting {
-    const ALL: [Setting; 26] = [
+    const ALL: [Setting; 27] = [
         Setting::BackendUrl,
         Setting::BackendApiKey,
         Setting::BackendHeaders,
@@ -119,6 +121,7 @@ impl Setting {
         Setting::WebSearchTimeoutSeconds,
         Setting::TenantRequestsPerMinute,
         Setting::TenantTokensPerDay,
+        Setting::UsageTracking,
     ];
 
     const fn name(self) -> &'static str {
@@ -149,6 +152,7 @@ impl Setting {
             Setting::WebSearchTimeoutSeconds => "web_search_timeout_seconds",
             Setting::TenantRequestsPerMinute => "tenant_requests_per_minute",
             Setting::TenantTokensPerDay => "tenant_tokens_per_day",
+            Setting::UsageTracking => "usage_tracking",
         }
     }
 
@@ -207,6 +211,9 @@ pub struct Settings {
     pub tenant_requests_per_minute: Option<u64>,
     /// Tokens per tenant per UTC day; `None`: no limit.
     pub tenant_tokens_per_day: Option<u64>,
+    /// Whether creates add to the usage totals (a tokens-per-day limit
+    /// needs them, so it keeps them on).
+    pub usage_tracking: bool,
 }
 
 impl Settings {
@@ -237,6 +244,7 @@ impl Settings {
             retention_sweep_every: DEFAULT_RETENTION_SWEEP_EVERY,
             mcp_timeout_seconds: DEFAULT_MCP_TIMEOUT_SECONDS,
             web_search_timeout_seconds: DEFAULT_WEB_SEARCH_TIMEOUT_SECONDS,
+            usage_tracking: true,
             ..Settings::default()
         };
         let mut default = DefaultBackend::default();
@@ -322,6 +330,7 @@ impl Settings {
                     let limit: u64 = number(key, &value)?;
                     settings.tenant_tokens_per_day = (limit > 0).then_some(limit);
                 }
+                Setting::UsageTracking => settings.usage_tracking = truthy(&value),
                 Setting::ForwardClientKey => settings.forward_client_key = truthy(&value),
                 Setting::BackendReasoning => settings.backend_reasoning = truthy(&value),
             }

@@ -92,10 +92,14 @@ async fn serve(redis_url: &str, state: &Path, backend: &Backend) -> Server {
     config
         .variables
         .insert("backend_url".to_owned(), backend.url());
-    // As on SQLite (tests/common): no removal steps to vary the counts.
+    // As on SQLite (tests/common): no removal steps or usage totals to vary
+    // the counts.
     config
         .variables
         .insert("retention_sweep_every".to_owned(), "0".to_owned());
+    config
+        .variables
+        .insert("usage_tracking".to_owned(), "false".to_owned());
     let server = Server::start(config).await.expect("host starts");
     assert_eq!(server.store(), &StoreLocation::Redis(redis_url.to_owned()));
     server

@@ -48,7 +48,12 @@ async fn usage(h: &Harness, rows: usize) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn usage_is_counted_per_tenant_and_model() {
-    let h = Harness::with_variables(&[("api_keys", KEYS), ("admin_key", "admin-1")]).await;
+    let h = Harness::with_variables(&[
+        ("api_keys", KEYS),
+        ("admin_key", "admin-1"),
+        ("usage_tracking", "true"),
+    ])
+    .await;
     h.backend.set_default(Reply::text("ok").usage(10, 5));
     for (key, model) in [
         ("sk-a", "m1"),

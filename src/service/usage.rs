@@ -49,6 +49,10 @@ impl<K: Kv, B: Backend> Service<K, B> {
     /// has its answer; a store that fails here costs the count, not the
     /// response.
     pub fn record_usage(&self, tenant: &str, response: &Response) {
+        let settings = &self.settings;
+        if !settings.usage_tracking && settings.tenant_tokens_per_day.is_none() {
+            return;
+        }
         let (input, output) = response
             .usage
             .as_ref()

@@ -68,6 +68,8 @@ impl Harness {
         let mut variables = BTreeMap::from([
             ("backend_url".to_owned(), backend.url()),
             ("retention_sweep_every".to_owned(), "0".to_owned()),
+            // Likewise the usage totals each create adds after answering.
+            ("usage_tracking".to_owned(), "false".to_owned()),
         ]);
         for (k, v) in extra {
             variables.insert((*k).to_owned(), (*v).to_owned());
