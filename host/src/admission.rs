@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::IntGauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Memory the host sets aside for each live instance, which is what an
@@ -81,29 +82,83 @@ impl std::error::Error for Overloaded {}
 
 /// The gate in front of one instance pool: at most as many permits as the
 /// pool has instances, each held for an instance's lifetime.
+///
+/// The pool may be shared with other servers in the process (see
+/// `engine`); the gauges count this server's instances and waiters only.
 #[derive(Clone)]
 pub(crate) struct Admission {
     slots: Arc<Semaphore>,
     queue_timeout: Duration,
+    gauges: Gauges,
+}
+
+/// How many instances are alive, and how many requests wait for one.
+#[derive(Clone)]
+pub(crate) struct Gauges {
+    pub(crate) in_use: IntGauge,
+    pub(crate) waiting: IntGauge,
+}
+
+/// The right to run one instance: a permit from the pool, counted in the
+/// `in_use` gauge until it is dropped.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    _permit: OwnedSemaphorePermit,
+    in_use: IntGauge,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, in_use: &IntGauge) -> Self {
+        in_use.inc();
+        Slot {
+            _permit: permit,
+            in_use: in_use.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.in_use.dec();
+    }
+}
+
+/// Counts one waiting request in a gauge for as long as it lives, however
+/// the wait ends (admitted, timed out, or the client gone).
+struct Waiting(IntGauge);
+
+impl Waiting {
+    fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Waiting(gauge.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Admission {
-    pub(crate) fn new(slots: Arc<Semaphore>, queue_timeout: Duration) -> Self {
+    pub(crate) fn new(slots: Arc<Semaphore>, queue_timeout: Duration, gauges: Gauges) -> Self {
         Self {
             slots,
             queue_timeout,
+            gauges,
         }
     }
 
-    /// Waits up to the queue timeout for a free instance; hold the permit
+    /// Waits up to the queue timeout for a free instance; hold the slot
     /// while the instance lives.
-    pub(crate) async fn admit(&self) -> Result<OwnedSemaphorePermit, Overloaded> {
+    pub(crate) async fn admit(&self) -> Result<Slot, Overloaded> {
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-            return Ok(permit);
+            return Ok(Slot::new(permit, &self.gauges.in_use));
         }
+        let _waiting = Waiting::new(&self.gauges.waiting);
         let waiting = self.slots.clone().acquire_owned();
         match tokio::time::timeout(self.queue_timeout, waiting).await {
-            Ok(Ok(permit)) => Ok(permit),
+            Ok(Ok(permit)) => Ok(Slot::new(permit, &self.gauges.in_use)),
             // The semaphore is never closed; a closed one admits nobody.
             Ok(Err(_)) | Err(_) => Err(Overloaded {
                 retry_after: self.retry_after(),
@@ -213,26 +268,52 @@ mod tests {
         );
     }
 
+    fn gauges() -> Gauges {
+        Gauges {
+            in_use: IntGauge::new("in_use", "in use").expect("gauge"),
+            waiting: IntGauge::new("waiting", "waiting").expect("gauge"),
+        }
+    }
+
+    fn admission(slots: usize, queue_timeout: Duration) -> (Admission, Gauges) {
+        let gauges = gauges();
+        let slots = Arc::new(Semaphore::new(slots));
+        (Admission::new(slots, queue_timeout, gauges.clone()), gauges)
+    }
+
     #[tokio::test]
     async fn a_full_pool_turns_requests_away_after_the_queue_timeout() {
-        let admission = Admission::new(Arc::new(Semaphore::new(1)), Duration::from_millis(50));
+        let (admission, gauges) = admission(1, Duration::from_millis(50));
         let held = admission.admit().await.expect("a free slot");
+        assert_eq!(gauges.in_use.get(), 1);
         let turned_away = admission.admit().await.expect_err("no free slot");
         assert_eq!(turned_away.retry_after, Duration::from_secs(1));
+        assert_eq!((gauges.in_use.get(), gauges.waiting.get()), (1, 0));
         drop(held);
+        assert_eq!(gauges.in_use.get(), 0);
         assert!(admission.admit().await.is_ok());
+        assert_eq!(gauges.in_use.get(), 0);
     }
 
     #[tokio::test]
     async fn a_waiting_request_gets_the_next_free_slot() {
-        let admission = Admission::new(Arc::new(Semaphore::new(1)), Duration::from_secs(10));
+        let (admission, gauges) = admission(1, Duration::from_secs(10));
         let held = admission.admit().await.expect("a free slot");
         let waiting = tokio::spawn({
             let admission = admission.clone();
-            async move { admission.admit().await.is_ok() }
+            async move { admission.admit().await }
         });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        for _ in 0..500 {
+            if gauges.waiting.get() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(gauges.waiting.get(), 1);
         drop(held);
-        assert!(waiting.await.expect("task"));
+        let slot = waiting.await.expect("task").expect("the freed slot");
+        assert_eq!((gauges.in_use.get(), gauges.waiting.get()), (1, 0));
+        drop(slot);
+        assert_eq!(gauges.in_use.get(), 0);
     }
 }

@@ -24,6 +24,8 @@ const HOST_SETTINGS: &[&str] = &[
     "STATE_DIR",
     "MAX_MEMORY",
     "QUEUE_TIMEOUT",
+    "METRICS_LISTEN",
+    "LOG_FORMAT",
 ];
 
 /// Config values from environment variables: `EDGE_RESPONSES_BACKEND_URL=x`
@@ -60,6 +62,11 @@ pub(crate) struct ConfigValues(Arc<BTreeMap<String, String>>);
 impl ConfigValues {
     pub(crate) fn new(values: BTreeMap<String, String>) -> Self {
         Self(Arc::new(values))
+    }
+
+    /// The value of `key`, if set.
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
     }
 }
 
@@ -100,6 +107,8 @@ mod tests {
             ("EDGE_RESPONSES_LISTEN", "127.0.0.1:1"),
             ("EDGE_RESPONSES_MAX_MEMORY", "1GiB"),
             ("EDGE_RESPONSES_QUEUE_TIMEOUT", "5s"),
+            ("EDGE_RESPONSES_METRICS_LISTEN", "127.0.0.1:9090"),
+            ("EDGE_RESPONSES_LOG_FORMAT", "json"),
             ("EDGE_RESPONSES_", "empty"),
             ("PATH", "/bin"),
         ]

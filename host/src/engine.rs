@@ -21,15 +21,17 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::admission::{Admission, Overloaded};
+use crate::admission::{self, Admission, Overloaded, Slot};
 use crate::bindings::EdgeResponsesPre;
 use crate::config::{self, ConfigValues};
+use crate::exchange::Exchange;
 use crate::keyvalue::{self, KeyValue};
+use crate::metrics::Metrics;
 use crate::state::InstanceState;
 
 /// Per-component upper bounds, checked when a component loads: the
@@ -72,13 +74,14 @@ pub(crate) struct Runtime {
     config: ConfigValues,
     admission: Admission,
     instance_limit: u32,
+    metrics: Arc<Metrics>,
 }
 
 impl Runtime {
     /// Compiles (or loads from `cache_dir`) the component at `wasm` and links
     /// it against the host's interfaces, on a pool of `instance_limit`
-    /// instances that requests wait for up to `queue_timeout`. Blocking:
-    /// compilation takes seconds.
+    /// instances that requests wait for up to `queue_timeout`, recording in
+    /// `metrics`. Blocking: compilation takes seconds.
     pub(crate) fn load(
         wasm: &Path,
         cache_dir: &Path,
@@ -86,6 +89,7 @@ impl Runtime {
         config: ConfigValues,
         instance_limit: u32,
         queue_timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let shared = Shared::get(instance_limit)?;
         let component = shared.component(wasm, cache_dir)?;
@@ -96,26 +100,43 @@ impl Runtime {
         let proxy = ProxyPre::new(pre.clone())
             .map_err(anyhow::Error::from)
             .context("the component does not export wasi:http/incoming-handler")?;
+        let gauges = admission::Gauges {
+            in_use: metrics.instances_in_use.clone(),
+            waiting: metrics.requests_waiting.clone(),
+        };
+        metrics.instance_limit.set(i64::from(instance_limit));
         Ok(Self {
             proxy,
             responses: responses_pre(pre),
             kv,
             config,
-            admission: Admission::new(shared.slots.clone(), queue_timeout),
+            admission: Admission::new(shared.slots.clone(), queue_timeout, gauges),
             instance_limit,
+            metrics,
         })
     }
 
-    /// A store for one instance, with fresh per-instance state.
-    pub(crate) fn new_store(&self) -> Store<InstanceState> {
-        let state = InstanceState::new(self.kv.clone(), self.config.clone());
+    /// A store for one instance, with fresh per-instance state, serving
+    /// `exchange` (none: a typed call).
+    pub(crate) fn new_store(&self, exchange: Option<Arc<Exchange>>) -> Store<InstanceState> {
+        let state = InstanceState::new(
+            self.kv.clone(),
+            self.config.clone(),
+            self.metrics.clone(),
+            exchange,
+        );
         Store::new(self.proxy.engine(), state)
     }
 
     /// Waits (up to the queue timeout) until an instance may be created;
-    /// hold the permit while the instance lives.
-    pub(crate) async fn instance_slot(&self) -> Result<OwnedSemaphorePermit, Overloaded> {
+    /// hold the slot while the instance lives.
+    pub(crate) async fn instance_slot(&self) -> Result<Slot, Overloaded> {
         self.admission.admit().await
+    }
+
+    /// The config values instances see.
+    pub(crate) fn config(&self) -> &ConfigValues {
+        &self.config
     }
 
     /// How many instances may live at once.

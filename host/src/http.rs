@@ -8,6 +8,13 @@
 //! `Retry-After`; failures before the guest has produced a response become
 //! a 500; both with an OpenAI-shaped error body. Failures after that can
 //! only cut the body short, and are logged.
+//!
+//! Every request gets a request id (`x-request-id`, see `request_id`),
+//! passed to the component and returned to the client, and an [`Exchange`]
+//! that records its metrics and writes its log line. `/healthz` and
+//! `/readyz` are answered here (see `health`), without an instance. The
+//! listener accepts connections while the component is still loading:
+//! health checks are answered, other requests wait for the component.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,14 +32,18 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
-use crate::admission::Overloaded;
+use crate::admission::{Overloaded, Slot};
 use crate::engine::Runtime;
+use crate::exchange::{Exchange, ObservedBody};
+use crate::metrics::Metrics;
+use crate::request_id;
+use crate::route::Route;
 
 /// How long in-flight requests may run on after shutdown begins.
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -40,13 +51,43 @@ pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Pause after a failed `accept` (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// What the accept loop serves: the component, once loaded, and the
+/// server's metrics.
+#[derive(Clone)]
+pub(crate) struct Service {
+    metrics: Arc<Metrics>,
+    runtime: watch::Receiver<Option<Arc<Runtime>>>,
+}
+
+impl Service {
+    /// A service for the component `runtime` will hold once it is loaded
+    /// (a sender dropped without a runtime: loading failed).
+    pub(crate) fn new(
+        metrics: Arc<Metrics>,
+        runtime: watch::Receiver<Option<Arc<Runtime>>>,
+    ) -> Self {
+        Self { metrics, runtime }
+    }
+
+    /// The component, if it has loaded.
+    fn loaded(&self) -> Option<Arc<Runtime>> {
+        self.runtime.borrow().clone()
+    }
+
+    /// The component, once it has loaded; `None` if loading failed.
+    async fn runtime(&self) -> Option<Arc<Runtime>> {
+        if let Some(runtime) = self.loaded() {
+            return Some(runtime);
+        }
+        let mut loading = self.runtime.clone();
+        let loaded = loading.wait_for(Option::is_some).await.ok()?;
+        loaded.clone()
+    }
+}
+
 /// Serves connections from `listener` until `stop` fires (or its sender is
 /// dropped), then waits up to [`SHUTDOWN_GRACE`] for open connections.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    runtime: Arc<Runtime>,
-    stop: oneshot::Receiver<()>,
-) {
+pub(crate) async fn serve(listener: TcpListener, service: Service, stop: oneshot::Receiver<()>) {
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).keep_alive(true);
@@ -63,11 +104,11 @@ pub(crate) async fn serve(
                         tracing::debug!("TCP_NODELAY on {peer}: {err}");
                     }
                     let local = stream.local_addr().ok();
-                    let runtime = runtime.clone();
+                    let service = service.clone();
                     let service = service_fn(move |request| {
-                        let runtime = runtime.clone();
+                        let service = service.clone();
                         async move {
-                            Ok::<_, Infallible>(handle(&runtime, request, peer, local).await)
+                            Ok::<_, Infallible>(handle(&service, request, peer, local).await)
                         }
                     });
                     let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -94,27 +135,70 @@ pub(crate) async fn serve(
     }
 }
 
-/// The response to one request; never fails, errors become 500s.
+/// The response to one request, with its `x-request-id`, its body observed
+/// by the request's [`Exchange`]; never fails, errors become 500s.
 async fn handle(
-    runtime: &Runtime,
-    mut request: Request<Incoming>,
+    service: &Service,
+    request: Request<Incoming>,
     peer: SocketAddr,
     local: Option<SocketAddr>,
 ) -> Response<HyperOutgoingBody> {
+    let id = request_id::for_request(request.headers().get_all(request_id::HEADER).iter());
+    let exchange = Exchange::new(
+        service.metrics.clone(),
+        id,
+        request.method().clone(),
+        request.uri().path(),
+    );
+    let mut response = match exchange.route() {
+        route @ (Route::Healthz | Route::Readyz) => {
+            let query = request.uri().query();
+            crate::health::answer(route, request.method(), query, service.loaded()).await
+        }
+        _ => call_component(service, request, &exchange, peer, local).await,
+    };
+    if let Ok(value) = HeaderValue::from_str(exchange.request_id()) {
+        response.headers_mut().insert(request_id::HEADER, value);
+    }
+    exchange.respond(response.status().as_u16());
+    response.map(|body| ObservedBody::new(body, exchange).boxed_unsync())
+}
+
+/// The component's response to `request`, once an instance is free.
+async fn call_component(
+    service: &Service,
+    mut request: Request<Incoming>,
+    exchange: &Arc<Exchange>,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+) -> Response<HyperOutgoingBody> {
+    let request_id = exchange.request_id();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let Some(runtime) = service.runtime().await else {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The server could not load its component.",
+            None,
+        );
+    };
     let slot = match runtime.instance_slot().await {
         Ok(slot) => slot,
         Err(overloaded) => {
-            tracing::warn!(%method, %path, "turned away: {overloaded}");
+            tracing::warn!(request_id, %method, %path, "turned away: {overloaded}");
             return overloaded_response(overloaded);
         }
     };
+    // The component reads the id the client gets back (an invalid one sent
+    // by the client is replaced).
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        request.headers_mut().insert(request_id::HEADER, value);
+    }
     add_routing_headers(&mut request, peer, local);
-    match run_handler(runtime, request, slot).await {
+    match run_handler(&runtime, request, slot, exchange.clone()).await {
         Ok(response) => response,
         Err(err) => {
-            tracing::error!(%method, %path, "request failed: {err:#}");
+            tracing::error!(request_id, %method, %path, "request failed: {err:#}");
             error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "The server had an error while processing your request.",
@@ -130,9 +214,10 @@ async fn handle(
 async fn run_handler(
     runtime: &Runtime,
     request: Request<Incoming>,
-    slot: OwnedSemaphorePermit,
+    slot: Slot,
+    exchange: Arc<Exchange>,
 ) -> anyhow::Result<Response<HyperOutgoingBody>> {
-    let mut store = runtime.new_store();
+    let mut store = runtime.new_store(Some(exchange));
     let (sender, receiver) = oneshot::channel();
     let request = store
         .data_mut()
@@ -141,13 +226,20 @@ async fn run_handler(
     let outparam = store.data_mut().http().new_response_outparam(sender)?;
     let proxy = runtime.proxy().clone();
     let guest: JoinHandle<anyhow::Result<()>> = tokio::spawn(async move {
-        let _slot = slot;
-        let instance = proxy.instantiate_async(&mut store).await?;
-        instance
-            .wasi_http_incoming_handler()
-            .call_handle(&mut store, request, outparam)
-            .await?;
-        Ok(())
+        let handled: anyhow::Result<()> = async {
+            let instance = proxy.instantiate_async(&mut store).await?;
+            instance
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, request, outparam)
+                .await?;
+            Ok(())
+        }
+        .await;
+        // The instance goes (flushing its stderr into the request's log
+        // record) before its slot is free for another.
+        drop(store);
+        drop(slot);
+        handled
     });
     match receiver.await {
         Ok(Ok(response)) => {

@@ -6,6 +6,11 @@
 //! once as a memory budget allows; a request that finds none free within a
 //! queue timeout is turned away with a 503.
 //!
+//! For operations: every request carries an `x-request-id`; `/healthz` and
+//! `/readyz` are answered by the host; Prometheus metrics can be served on
+//! a listener of their own ([`Config::metrics_listen`]); and each request
+//! ends with one log line on the `tracing` target [`REQUEST_LOG_TARGET`].
+//!
 //! This module owns the public surface: [`Config`] says what to serve and
 //! where, [`Server`] runs it; [`Responses`] calls the component's typed
 //! `edge:responses/responses` export directly.
@@ -28,10 +33,16 @@ mod admission;
 mod bindings;
 pub mod config;
 mod engine;
+mod exchange;
+mod guest_log;
+mod health;
 mod http;
 mod keyvalue;
+mod metrics;
 mod outbound;
+mod request_id;
 mod responses;
+mod route;
 mod state;
 
 use std::collections::BTreeMap;
@@ -41,13 +52,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use admission::{
     instance_limit, parse_duration, parse_size, DEFAULT_MAX_MEMORY, DEFAULT_QUEUE_TIMEOUT,
     INSTANCE_MEMORY,
 };
+/// The `tracing` target of the request log: one line per request, at
+/// `info`, once its response body has been sent.
+pub use exchange::LOG_TARGET as REQUEST_LOG_TARGET;
 pub use keyvalue::KvStats;
 pub use responses::{ApiError, CallResult, ListQuery, Order, Responses};
 
@@ -88,6 +102,10 @@ pub struct Config {
     /// How long a request waits for a free instance before it is answered
     /// 503 `server_overloaded`. Default [`DEFAULT_QUEUE_TIMEOUT`] (10 s).
     pub queue_timeout: Duration,
+    /// Where to serve Prometheus metrics (`GET /metrics`), on a listener of
+    /// their own; port 0 picks a free port. Default: not served (they are
+    /// still kept, see [`Server::metrics_text`]).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -102,6 +120,7 @@ impl Config {
             variables: BTreeMap::new(),
             max_memory: DEFAULT_MAX_MEMORY,
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+            metrics_listen: None,
         }
     }
 
@@ -196,28 +215,54 @@ pub struct Server {
     store_path: PathBuf,
     store: StoreLocation,
     runtime: Arc<engine::Runtime>,
+    metrics: Arc<metrics::Metrics>,
     stop: oneshot::Sender<()>,
     accept_loop: JoinHandle<()>,
+    metrics_endpoint: Option<(SocketAddr, oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
 impl Server {
-    /// Binds `config.listen`, loads the component, and starts accepting
-    /// connections on the current tokio runtime. Returns once listening.
+    /// Binds `config.listen` (and `config.metrics_listen`), loads the
+    /// component, and serves on the current tokio runtime. Connections are
+    /// accepted from the start: while the component loads, `/healthz`
+    /// answers and other requests wait. Returns once the component is
+    /// loaded.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         let listener = http::bind(config.listen).await?;
         let addr = listener.local_addr()?;
+        let metrics_listener = match config.metrics_listen {
+            Some(metrics_addr) => Some(http::bind(metrics_addr).await?),
+            None => None,
+        };
         let store_path = config.store_path();
         let store = config.store_location();
-        let runtime = Arc::new(load_runtime(config).await?);
+        let metrics = Arc::new(metrics::Metrics::new());
+        let (loaded, loading) = watch::channel(None);
         let (stop, stopped) = oneshot::channel();
-        let accept_loop = tokio::spawn(http::serve(listener, runtime.clone(), stopped));
+        let service = http::Service::new(metrics.clone(), loading);
+        let accept_loop = tokio::spawn(http::serve(listener, service, stopped));
+        // On failure, `stop` and `loaded` are dropped: the accept loop ends,
+        // and requests waiting for the component are answered 503.
+        let runtime = Arc::new(load_runtime(config.clone(), metrics.clone()).await?);
+        loaded.send_replace(Some(runtime.clone()));
+        let metrics_endpoint = match metrics_listener {
+            Some(listener) => {
+                let metrics_addr = listener.local_addr()?;
+                let (stop, stopped) = oneshot::channel();
+                let task = tokio::spawn(metrics::serve(listener, metrics.clone(), stopped));
+                Some((metrics_addr, stop, task))
+            }
+            None => None,
+        };
         Ok(Server {
             addr,
             store_path,
             store,
             runtime,
+            metrics,
             stop,
             accept_loop,
+            metrics_endpoint,
         })
     }
 
@@ -260,6 +305,18 @@ impl Server {
         self.runtime.keyvalue().stats()
     }
 
+    /// The address Prometheus metrics are served on, when
+    /// [`Config::metrics_listen`] is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_endpoint.as_ref().map(|(addr, _, _)| *addr)
+    }
+
+    /// The server's metrics now, in the Prometheus text format (what
+    /// `GET /metrics` answers).
+    pub fn metrics_text(&self) -> String {
+        self.metrics.text()
+    }
+
     /// A client for the component's typed `edge:responses/responses` export.
     pub fn responses(&self) -> Responses {
         Responses::new(self.runtime.clone())
@@ -269,6 +326,12 @@ impl Server {
     /// in-flight requests to finish.
     pub async fn shutdown(self) {
         let _ = self.stop.send(());
+        if let Some((_, stop, task)) = self.metrics_endpoint {
+            let _ = stop.send(());
+            if let Err(err) = task.await {
+                tracing::error!("the metrics endpoint failed: {err}");
+            }
+        }
         if let Err(err) = self.accept_loop.await {
             tracing::error!("the accept loop failed: {err}");
         }
@@ -277,9 +340,12 @@ impl Server {
 
 /// Opens the key-value store, then compiles (or loads) the component off
 /// the async runtime's worker threads.
-async fn load_runtime(config: Config) -> anyhow::Result<engine::Runtime> {
+async fn load_runtime(
+    config: Config,
+    metrics: Arc<metrics::Metrics>,
+) -> anyhow::Result<engine::Runtime> {
     let location = config.store_location();
-    let kv = keyvalue::KeyValue::open(&location)
+    let kv = keyvalue::KeyValue::open(&location, metrics.clone())
         .await
         .with_context(|| format!("opening the key-value store {location}"))?;
     let instances = instance_limit(config.max_memory);
@@ -292,6 +358,7 @@ async fn load_runtime(config: Config) -> anyhow::Result<engine::Runtime> {
             values,
             instances,
             config.queue_timeout,
+            metrics,
         )
     })
     .await

@@ -2,11 +2,12 @@
 //! Ctrl-C (or SIGTERM).
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use edge_responses_host::config::{parse_variable, variables_from_env};
 use edge_responses_host::{
     parse_duration, parse_size, Config, Server, DEFAULT_COMPONENT, DEFAULT_LISTEN,
@@ -64,6 +65,27 @@ struct Flags {
     /// Comma-separated API keys clients may use (config `api_keys`).
     #[arg(long)]
     api_keys: Option<String>,
+
+    /// Serve Prometheus metrics at GET /metrics on this address (its own
+    /// listener; off by default).
+    #[arg(long, env = "EDGE_RESPONSES_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+
+    /// Log line format: `text` (readable) or `json` (one JSON object per
+    /// line).
+    #[arg(long, env = "EDGE_RESPONSES_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// `tracing-subscriber`'s readable lines: time, level, target, message,
+    /// `name=value` fields.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, and the
+    /// event's fields (the message as `message`) at the top level.
+    Json,
 }
 
 impl Flags {
@@ -95,17 +117,35 @@ impl Flags {
             cache: None,
             max_memory: self.max_memory,
             queue_timeout: self.queue_timeout,
+            metrics_listen: self.metrics_listen,
         }
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // Colours only for a terminal, not for a file or a log collector.
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
     }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    let config = Flags::parse().into_config();
+    let flags = Flags::parse();
+    init_logging(flags.log_format);
+    let config = flags.into_config();
     let backend = config
         .variables
         .get("backend_url")
@@ -127,6 +167,9 @@ async fn main() -> anyhow::Result<()> {
         INSTANCE_MEMORY >> 10,
         queue_timeout
     );
+    if let Some(metrics) = server.metrics_addr() {
+        println!("metrics on http://{metrics}/metrics");
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;

@@ -13,6 +13,10 @@
 //! A connection goes back to the pool once its response body has been read
 //! to the end; a guest that drops a body early, or gives up waiting, closes
 //! that connection instead.
+//!
+//! Every request is counted in the server's metrics (by response status or
+//! kind of failure) and timed to the end of its response body, and tallied
+//! in the log record of the request the instance serves.
 
 use std::future::Future;
 use std::io;
@@ -40,6 +44,8 @@ use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::admission::MAX_INSTANCES;
+use crate::exchange::{BackendStatus, Exchange};
+use crate::metrics::Metrics;
 
 /// How long an unused connection stays in the pool: under the 5 s after
 /// which common model servers (uvicorn, so vLLM; Node) close an idle
@@ -85,10 +91,19 @@ tokio::task_local! {
     static CONNECT_TIMEOUT: Duration;
 }
 
-/// `wasi:http` hooks that send outbound requests through the shared pool;
-/// every other hook keeps its default.
-#[derive(Debug)]
-pub(crate) struct Outbound;
+/// `wasi:http` hooks that send outbound requests through the shared pool,
+/// and record them; every other hook keeps its default.
+pub(crate) struct Outbound {
+    metrics: Arc<Metrics>,
+    exchange: Option<Arc<Exchange>>,
+}
+
+impl Outbound {
+    /// The hooks of an instance serving `exchange` (none: a typed call).
+    pub(crate) fn new(metrics: Arc<Metrics>, exchange: Option<Arc<Exchange>>) -> Self {
+        Self { metrics, exchange }
+    }
+}
 
 impl WasiHttpHooks for Outbound {
     fn send_request(
@@ -100,11 +115,146 @@ impl WasiHttpHooks for Outbound {
         // `fut` tells how the guest's handling of the response ended; like
         // the default sender, this one has no use for it.
         drop(fut);
+        let call = Call::start(self.metrics.clone(), self.exchange.clone());
         Box::new(async move {
-            let response = send(request, Timeouts::new(options)).await?;
-            let task: ConnectionTask = Box::new(async { Ok(()) });
-            Ok((response, task))
+            let mut call = call;
+            match send(request, Timeouts::new(options)).await {
+                Ok(response) => {
+                    call.status(BackendStatus::Code(response.status().as_u16()));
+                    let response = response.map(|body| {
+                        CallBody {
+                            inner: body,
+                            _call: call,
+                        }
+                        .boxed_unsync()
+                    });
+                    let task: ConnectionTask = Box::new(async { Ok(()) });
+                    Ok((response, task))
+                }
+                Err(err) => {
+                    call.status(BackendStatus::Failed(failure_kind(&err)));
+                    Err(err)
+                }
+            }
         })
+    }
+}
+
+/// One outbound request being recorded: counted by status once its head
+/// (or failure) is known, and timed until it is dropped, which is when its
+/// response body has been read or dropped, or at once for a failure.
+struct Call {
+    metrics: Arc<Metrics>,
+    exchange: Option<Arc<Exchange>>,
+    started: std::time::Instant,
+    counted: bool,
+}
+
+impl Call {
+    fn start(metrics: Arc<Metrics>, exchange: Option<Arc<Exchange>>) -> Self {
+        if let Some(exchange) = &exchange {
+            exchange.backend_call();
+        }
+        Call {
+            metrics,
+            exchange,
+            started: std::time::Instant::now(),
+            counted: false,
+        }
+    }
+
+    fn status(&mut self, status: BackendStatus) {
+        self.counted = true;
+        match status {
+            BackendStatus::Code(code) => self.metrics.backend_request(&code.to_string()),
+            BackendStatus::Failed(kind) => self.metrics.backend_request(kind),
+        }
+        if let Some(exchange) = &self.exchange {
+            exchange.backend_status(status);
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.counted {
+            // The guest stopped waiting for the response head.
+            self.status(BackendStatus::Failed("cancelled"));
+        }
+        let took = self.started.elapsed();
+        self.metrics.backend_duration(took);
+        if let Some(exchange) = &self.exchange {
+            exchange.backend_time(took);
+        }
+    }
+}
+
+/// A response body that ends its [`Call`] when it is dropped.
+struct CallBody {
+    inner: WasiBody,
+    _call: Call,
+}
+
+impl Body for CallBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The metric label of a request that got no response: `timeout`,
+/// `refused`, or `other`.
+fn failure_kind(err: &Error) -> &'static str {
+    match err {
+        Error::ConnectionTimeout
+        | Error::ConnectionReadTimeout
+        | Error::ConnectionWriteTimeout
+        | Error::HttpResponseTimeout
+        | Error::DnsTimeout => "timeout",
+        Error::ConnectionRefused => "refused",
+        Error::Connect(io) if io.kind() == io::ErrorKind::ConnectionRefused => "refused",
+        _ => "other",
+    }
+}
+
+/// Longest wait for the backend in a readiness check.
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The status `GET url` answers with, through the shared pool, within
+/// [`PROBE_TIMEOUT`] (to the response head). Not recorded in any metric.
+pub(crate) async fn probe(url: &str) -> Result<u16, String> {
+    let request = Request::get(url)
+        .body(
+            http_body_util::Empty::<Bytes>::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .map_err(|err| format!("invalid URL: {err}"))?;
+    let timeouts = Timeouts {
+        connect: PROBE_TIMEOUT,
+        first_byte: PROBE_TIMEOUT,
+        between_bytes: PROBE_TIMEOUT,
+    };
+    match send(request, timeouts).await {
+        // The body is dropped unread: that connection closes.
+        Ok(response) => Ok(response.status().as_u16()),
+        Err(Error::ConnectionReadTimeout | Error::ConnectionTimeout) => {
+            Err(format!("no answer within {} s", PROBE_TIMEOUT.as_secs()))
+        }
+        Err(err) => Err(err.to_string()),
     }
 }
 

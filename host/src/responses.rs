@@ -82,7 +82,7 @@ impl Responses {
         let Ok(_slot) = self.runtime.instance_slot().await else {
             return Ok(Err(overloaded()));
         };
-        let mut store = self.runtime.new_store();
+        let mut store = self.runtime.new_store(None);
         let instance = pre.instantiate_async(&mut store).await?;
         let exports = instance.edge_responses_responses();
         let result = match call {

@@ -1,14 +1,21 @@
 //! The data of one wasmtime `Store`: everything a single component instance
 //! can reach (its resource table, WASI and `wasi:http` contexts, and handles
 //! to the server's key-value store and config values). Its outbound HTTP
-//! requests go through the process-wide connection pool in `outbound`.
+//! requests go through the process-wide connection pool in `outbound`; its
+//! stderr is read line by line for the component's report on its request
+//! (`guest_log`).
+
+use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::config::ConfigValues;
+use crate::exchange::Exchange;
+use crate::guest_log::GuestStderr;
 use crate::keyvalue::{KeyValue, KeyValueView};
+use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 
 /// Per-instance host state. A fresh one is made for every request.
@@ -22,12 +29,22 @@ pub(crate) struct InstanceState {
 }
 
 impl InstanceState {
-    pub(crate) fn new(kv: KeyValue, config: ConfigValues) -> Self {
+    /// The state of an instance serving `exchange` (none: a typed call).
+    pub(crate) fn new(
+        kv: KeyValue,
+        config: ConfigValues,
+        metrics: Arc<Metrics>,
+        exchange: Option<Arc<Exchange>>,
+    ) -> Self {
+        let wasi = WasiCtx::builder()
+            .inherit_stdout()
+            .stderr(GuestStderr::new(exchange.clone()))
+            .build();
         Self {
             table: ResourceTable::new(),
-            wasi: WasiCtx::builder().inherit_stdout().inherit_stderr().build(),
+            wasi,
             http: WasiHttpCtx::new(),
-            outbound: Outbound,
+            outbound: Outbound::new(metrics, exchange),
             kv,
             config,
         }

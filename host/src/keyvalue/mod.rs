@@ -2,8 +2,8 @@
 //!
 //! Owns the guest-facing side: the `bucket` and `cas` resources, the mapping
 //! of each WIT function onto the server's [`Store`] (SQLite or Redis, see
-//! `store`), and counting every call in [`KvStats`], whichever store serves
-//! it.
+//! `store`), and counting every call in [`KvStats`] and the server's
+//! metrics (with its time in the store), whichever store serves it.
 //!
 //! Only the store label `"default"` opens, as in a Spin app whose component
 //! lists `key_value_stores = ["default"]`; other labels are `no-such-store`.
@@ -15,13 +15,16 @@ mod store;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use crate::bindings::wasi::keyvalue::{atomics, batch, store as wit};
+use crate::metrics::Metrics;
 use crate::StoreLocation;
+use stats::KvCounters;
+pub(crate) use stats::KvOp;
 pub use stats::KvStats;
-use stats::{KvCounters, KvOp};
 pub use store::{Store, StoreResult, SwapOutcome};
 
 /// The only store label guests may open.
@@ -29,6 +32,9 @@ pub const DEFAULT_STORE: &str = "default";
 
 /// Keys returned per `list-keys` page.
 const LIST_KEYS_PAGE: usize = 1000;
+
+/// The key the readiness check reads (a point read of a key nobody writes).
+const PROBE_KEY: &str = "edge-responses-host/readyz";
 
 /// The host side of a guest's `bucket` resource.
 pub struct Bucket {
@@ -49,19 +55,31 @@ pub struct Cas {
 pub(crate) struct KeyValue {
     store: Arc<Store>,
     counters: Arc<KvCounters>,
+    metrics: Arc<Metrics>,
 }
 
 impl KeyValue {
-    /// Opens the store at `location` (creating a SQLite file if needed).
-    pub(crate) async fn open(location: &StoreLocation) -> anyhow::Result<Self> {
-        Ok(Self::new(Store::open(location).await?))
+    /// Opens the store at `location` (creating a SQLite file if needed);
+    /// its calls are recorded in `metrics`.
+    pub(crate) async fn open(
+        location: &StoreLocation,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self::new(Store::open(location).await?, metrics))
     }
 
-    pub(crate) fn new(store: Store) -> Self {
+    pub(crate) fn new(store: Store, metrics: Arc<Metrics>) -> Self {
         Self {
             store: Arc::new(store),
             counters: Arc::default(),
+            metrics,
         }
+    }
+
+    /// Whether the store answers: one point read, made by the host (it is
+    /// neither counted in [`Self::stats`] nor in the metrics).
+    pub(crate) async fn probe(&self) -> StoreResult<()> {
+        self.store.get(DEFAULT_STORE, PROBE_KEY).await.map(drop)
     }
 
     pub(crate) fn stats(&self) -> KvStats {
@@ -84,7 +102,12 @@ impl KeyValue {
         work: impl Future<Output = StoreResult<T>>,
     ) -> Result<T, wit::Error> {
         self.counters.record(op);
-        work.await.map_err(|err| {
+        self.metrics.keyvalue_call(op);
+        let started = Instant::now();
+        let result = work.await;
+        self.metrics
+            .keyvalue_done(op, started.elapsed(), result.is_err());
+        result.map_err(|err| {
             tracing::warn!(?op, "key-value call failed: {err}");
             wit::Error::Other(err.to_string())
         })
@@ -273,7 +296,9 @@ impl atomics::HostCas for KeyValueView<'_> {
     }
 
     async fn current(&mut self, cas: Resource<Cas>) -> KvResult<Option<Vec<u8>>> {
+        // Answered from the handle: counted, but no store call to time.
         self.kv.counters.record(KvOp::CasCurrent);
+        self.kv.metrics.keyvalue_call(KvOp::CasCurrent);
         Ok(Ok(self.table.get(&cas)?.snapshot.clone()))
     }
 
@@ -298,7 +323,9 @@ mod tests {
     async fn sqlite() -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let location = StoreLocation::Sqlite(dir.path().join("kv.db"));
-        let kv = KeyValue::open(&location).await.expect("open store");
+        let kv = KeyValue::open(&location, Arc::default())
+            .await
+            .expect("open store");
         (Box::new(dir), kv)
     }
 
@@ -306,7 +333,9 @@ mod tests {
     async fn redis(test: &str) -> Option<Fixture> {
         let server = RedisServer::start(test)?;
         let location = StoreLocation::Redis(server.url());
-        let kv = KeyValue::open(&location).await.expect("open store");
+        let kv = KeyValue::open(&location, Arc::default())
+            .await
+            .expect("open store");
         Some((Box::new(server), kv))
     }
 
@@ -367,6 +396,25 @@ mod tests {
         let stats = kv.stats();
         assert_eq!((stats.set, stats.get, stats.set_many), (1, 1, 1));
         assert_eq!((stats.list_keys, stats.increment, stats.total()), (1, 1, 5));
+
+        let text = kv.metrics.text();
+        for (op, count) in [("set", 1), ("get", 1), ("set_many", 1), ("delete", 0)] {
+            let calls = format!(r#"edge_responses_keyvalue_operations_total{{op="{op}"}} {count}"#);
+            let timed = format!(
+                r#"edge_responses_keyvalue_operation_duration_seconds_count{{op="{op}"}} {count}"#
+            );
+            assert!(text.lines().any(|line| line == calls), "{calls}\n{text}");
+            assert!(text.lines().any(|line| line == timed), "{timed}\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_readiness_probe_reads_without_counting() {
+        for (_keep, kv) in stores("the_readiness_probe_reads_without_counting").await {
+            kv.probe().await.expect("the store answers");
+            assert_eq!(kv.stats().total(), 0);
+            assert!(!kv.metrics.text().contains(r#"op="get"} 1"#));
+        }
     }
 
     #[tokio::test]
@@ -431,6 +479,8 @@ mod tests {
                 .unwrap();
             let count = view.increment(borrow(&b), "text".into(), 1).await;
             assert!(matches!(count, Ok(Err(wit::Error::Other(_)))));
+            let failed = r#"edge_responses_keyvalue_errors_total{op="increment"} 1"#;
+            assert!(kv.metrics.text().lines().any(|line| line == failed));
         }
     }
 }

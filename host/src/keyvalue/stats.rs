@@ -23,6 +23,29 @@ pub(crate) enum KvOp {
     Swap,
 }
 
+impl KvOp {
+    /// Every kind, in the order of their discriminants.
+    pub(crate) const ALL: [KvOp; 12] = [
+        KvOp::Get,
+        KvOp::Set,
+        KvOp::Delete,
+        KvOp::Exists,
+        KvOp::ListKeys,
+        KvOp::GetMany,
+        KvOp::SetMany,
+        KvOp::DeleteMany,
+        KvOp::Increment,
+        KvOp::CasNew,
+        KvOp::CasCurrent,
+        KvOp::Swap,
+    ];
+
+    /// The kind's name, as in [`KvStats::fields`] and metric labels.
+    pub(crate) fn name(self) -> &'static str {
+        KvStats::default().fields()[self as usize].0
+    }
+}
+
 /// A snapshot of how many key-value calls of each kind guests have made.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KvStats {
@@ -124,6 +147,15 @@ impl KvCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_are_named_as_the_stats_fields() {
+        for (index, op) in KvOp::ALL.iter().enumerate() {
+            assert_eq!(*op as usize, index);
+        }
+        assert_eq!(KvOp::GetMany.name(), "get_many");
+        assert_eq!(KvOp::Swap.name(), "swap");
+    }
 
     #[test]
     fn counters_snapshot_by_kind() {
