@@ -26,7 +26,8 @@ async fn harness(server: &McpServer, extra: &[(&str, &str)]) -> Harness {
 
 fn mcp_tool(server: &McpServer, approval: Value) -> Value {
     json!({"type": "mcp", "server_label": "calc", "server_url": server.url,
-           "require_approval": approval, "authorization": "token-1"})
+           "require_approval": approval, "authorization": "token-1",
+           "server_description": "arithmetic for tests"})
 }
 
 fn types(response: &Value) -> Vec<String> {
@@ -114,6 +115,18 @@ async fn list_call_and_answer(json_answers: bool) {
     assert_eq!(
         chats[0].tools()[0]["function"]["parameters"]["properties"]["a"]["type"],
         "integer"
+    );
+    // The request's server_description reaches the model with each tool.
+    let description = chats[0].tools()[0]["function"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(
+        description.starts_with("Adds two integers."),
+        "{description}"
+    );
+    assert!(
+        description.contains("arithmetic for tests"),
+        "{description}"
     );
     let messages = chats[1].messages();
     let n = messages.len();

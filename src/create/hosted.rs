@@ -165,13 +165,20 @@ impl<'a, B: Backend> Hosted<'a, B> {
             };
             let server = &mut self.servers[i];
             server.tools = tools;
+            // The model learns what the server is for with each of its tools.
+            let descriptions: Vec<Option<String>> = server
+                .tools
+                .iter()
+                .map(|tool| describe(tool, &label, server.tool.description.as_deref()))
+                .collect();
             let offers: Vec<McpOffer<'_>> = server
                 .tools
                 .iter()
-                .filter(|tool| server.tool.offers(tool))
-                .map(|tool| McpOffer {
+                .zip(&descriptions)
+                .filter(|(tool, _)| server.tool.offers(tool))
+                .map(|(tool, description)| McpOffer {
                     name: &tool.name,
-                    description: tool.description.as_deref(),
+                    description: description.as_deref(),
                     schema: &tool.input_schema,
                     approval: server.tool.needs_approval(tool),
                 })
@@ -482,6 +489,18 @@ fn search_query(arguments: &str) -> String {
             _ => arguments.to_owned(),
         },
         _ => arguments.to_owned(),
+    }
+}
+
+/// The description the model reads for `tool` of server `label`: the
+/// tool's own, followed by the request's `server_description`, if any.
+fn describe(tool: &Tool, label: &str, server: Option<&str>) -> Option<String> {
+    match (tool.description.as_deref(), server) {
+        (own, Some(server)) => Some(format!(
+            "{}(A tool of the MCP server '{label}': {server})",
+            own.map_or(String::new(), |d| format!("{d}\n\n"))
+        )),
+        (own, None) => own.map(str::to_owned),
     }
 }
 
