@@ -2,7 +2,7 @@
 //! once while the backend is still held, `GET` following it from `queued`
 //! or `in_progress` to `completed`, a stream resumed after a cut with
 //! `starting_after`, cancellation mid-stream. A worker whose host is killed
-//! is in `host/tests/background.rs`.
+//! is in `host/tests/operations.rs`.
 
 mod common;
 

@@ -1,8 +1,9 @@
 //! Operations, end to end against the built component: request ids,
-//! `/healthz` and `/readyz`, Prometheus metrics, and the request log line.
+//! `/healthz` and `/readyz`, Prometheus metrics, the request log line, and
+//! a background response whose host is killed.
 //!
-//! Servers run in this process (the library), except for the log tests,
-//! which run the `edge-responses-host` binary and read what it writes. Every
+//! Servers run in this process (the library), except for the log and kill
+//! tests, which run the `edge-responses-host` binary. Every
 //! backend is the scripted one on loopback. Build the component first:
 //! `cargo build -p edge-responses --target wasm32-wasip2 --profile component`.
 
@@ -782,4 +783,60 @@ async fn health_answers_while_the_component_compiles() {
     let early = waiting.await.expect("task");
     assert_eq!(early.status, 200, "{}", early.body);
     assert_eq!(get(host.addr, "/readyz").await.status, 200);
+}
+
+/// A background response whose host is killed mid-work: a new host on the
+/// same store shows it `in_progress` while the worker's lease runs, then
+/// `failed` once the lease has run out (moved into the past in the SQLite
+/// store rather than waited for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_hosts_background_response_fails_after_its_lease() {
+    let backend = Backend::start().expect("backend starts");
+    let (reply, gate) = Reply::text("never sent").pause_before(0);
+    backend.push(reply);
+    let state = tempfile::tempdir().expect("temp dir");
+    let host = Host::start(&backend, state.path(), &[]);
+    let create = json!({"model": "m", "input": "x", "background": true}).to_string();
+    let queued = send(host.addr, "POST", "/v1/responses", "", &create).await;
+    assert_eq!(queued.status, 200, "{}", queued.body);
+    let queued = queued.json();
+    assert_eq!(queued["status"], "queued");
+    let path = format!("/v1/responses/{}", queued["id"].as_str().expect("an id"));
+    gate.reached().await;
+
+    // SIGKILL: the worker dies mid-work.
+    drop(host);
+    drop(gate);
+    let host = Host::start(&backend, state.path(), &[]);
+    let running = get(host.addr, &path).await.json();
+    assert_eq!(
+        running["status"], "in_progress",
+        "its lease still runs: {running}"
+    );
+
+    // A minute on: the lease is in the past.
+    let db = rusqlite::Connection::open(state.path().join("kv.db")).expect("store");
+    let (key, value): (String, Vec<u8>) = db
+        .query_row(
+            "SELECT key, value FROM spin_key_value WHERE key LIKE ?1",
+            [format!(
+                "%/bg/{}",
+                queued["id"].as_str().unwrap_or_default()
+            )],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .expect("the job is stored");
+    let mut job: Value = serde_json::from_slice(&value).expect("a JSON job");
+    job["lease_until"] = json!(job["lease_until"].as_i64().expect("a lease") - 120);
+    db.execute(
+        "UPDATE spin_key_value SET value = ?1 WHERE key = ?2",
+        rusqlite::params![serde_json::to_vec(&job).expect("encodes"), key],
+    )
+    .expect("the lease moves");
+    let failed = get(host.addr, &path).await.json();
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let message = failed["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("stopped before it finished"), "{message}");
+    // And stays so.
+    assert_eq!(get(host.addr, &path).await.json()["status"], "failed");
 }

@@ -5,16 +5,15 @@
 Run by `tests/python_sdk.rs` and the Spin tests, like test_openai_sdk.py.
 """
 
-import json
 import os
 import time
-import urllib.request
 
 import openai
 import pytest
 
+from scripted import script
+
 BASE_URL = os.environ["EDGE_RESPONSES_BASE_URL"]
-BACKEND_ORIGIN = os.environ.get("EDGE_RESPONSES_BACKEND_ORIGIN")
 API_KEY = os.environ.get("EDGE_RESPONSES_API_KEY")
 
 pytestmark = pytest.mark.skipif(API_KEY is not None, reason="runs against the open host")
@@ -24,17 +23,6 @@ pytestmark = pytest.mark.skipif(API_KEY is not None, reason="runs against the op
 def client():
     return openai.OpenAI(base_url=BASE_URL + "/v1", api_key="unused", max_retries=0)
 
-
-def script(*replies):
-    """Queues scripted backend replies (see tests/backend/src/control.rs)."""
-    request = urllib.request.Request(
-        BACKEND_ORIGIN + "/_scripted/replies",
-        data=json.dumps(list(replies)).encode(),
-        headers={"content-type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request) as answer:
-        assert answer.status == 200
 
 
 def settle(client, response_id, timeout=30):

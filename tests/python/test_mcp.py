@@ -10,34 +10,23 @@ EDGE_RESPONSES_BACKEND_ORIGIN. Without it, the module is skipped.
 import asyncio
 import json
 import os
-import urllib.request
 
 import openai
 import pytest
+
+from scripted import script
 
 MCP_URL = os.environ.get("EDGE_RESPONSES_MCP_URL")
 if MCP_URL is None:
     pytest.skip("needs an MCP server (EDGE_RESPONSES_MCP_URL)", allow_module_level=True)
 
 BASE_URL = os.environ["EDGE_RESPONSES_BASE_URL"]
-BACKEND_ORIGIN = os.environ["EDGE_RESPONSES_BACKEND_ORIGIN"]
 
 
 @pytest.fixture
 def client():
     return openai.OpenAI(base_url=BASE_URL + "/v1", api_key="unused", max_retries=0)
 
-
-def script(*replies):
-    """Queues scripted backend replies (see tests/backend/src/control.rs)."""
-    request = urllib.request.Request(
-        BACKEND_ORIGIN + "/_scripted/replies",
-        data=json.dumps(list(replies)).encode(),
-        headers={"content-type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request) as answer:
-        assert answer.status == 200
 
 
 def calls(*calls):

@@ -8,14 +8,14 @@ second host configured with `api_keys`; they need EDGE_RESPONSES_API_KEY.
 
 import json
 import os
-import urllib.request
 
 import openai
 import pydantic
 import pytest
 
+from scripted import script
+
 BASE_URL = os.environ["EDGE_RESPONSES_BASE_URL"]
-BACKEND_ORIGIN = os.environ.get("EDGE_RESPONSES_BACKEND_ORIGIN")
 API_KEY = os.environ.get("EDGE_RESPONSES_API_KEY")
 
 keyed = pytest.mark.skipif(API_KEY is None, reason="needs a host with api_keys")
@@ -26,18 +26,6 @@ open_only = pytest.mark.skipif(API_KEY is not None, reason="runs against the ope
 def client():
     return openai.OpenAI(base_url=BASE_URL + "/v1", api_key=API_KEY or "unused", max_retries=0)
 
-
-def script(*replies):
-    """Queues scripted backend replies (see tests/backend/src/control.rs)."""
-    assert BACKEND_ORIGIN, "EDGE_RESPONSES_BACKEND_ORIGIN is not set"
-    request = urllib.request.Request(
-        BACKEND_ORIGIN + "/_scripted/replies",
-        data=json.dumps(list(replies)).encode(),
-        headers={"content-type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request) as answer:
-        assert answer.status == 200
 
 
 def words(text):
