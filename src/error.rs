@@ -122,9 +122,13 @@ impl ApiError {
         Self::new(500, "server_error", message).with_code("server_error")
     }
 
-    /// The JSON body of an error answer.
-    pub fn to_body(&self) -> Vec<u8> {
-        json!({ "error": self }).to_string().into_bytes()
+    /// The JSON body of an error answer to request `request_id`: OpenAI's
+    /// envelope, and beside it the id the answer's `x-request-id` header
+    /// also carries, so a pasted error body names its request.
+    pub fn to_body(&self, request_id: &str) -> Vec<u8> {
+        json!({ "error": self, "request_id": request_id })
+            .to_string()
+            .into_bytes()
     }
 }
 
@@ -155,11 +159,12 @@ mod tests {
     #[test]
     fn body_is_openai_envelope() {
         let err = ApiError::invalid_param("temperature", "too hot");
-        let body: serde_json::Value = serde_json::from_slice(&err.to_body()).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&err.to_body("req_1")).unwrap();
         assert_eq!(
             body,
             json!({"error": {"message": "too hot", "type": "invalid_request_error",
-                             "param": "temperature", "code": "invalid_value"}})
+                             "param": "temperature", "code": "invalid_value"},
+                   "request_id": "req_1"})
         );
         assert_eq!(err.status, 400);
     }
@@ -168,7 +173,7 @@ mod tests {
     fn too_large_names_the_limit() {
         let err = ApiError::request_too_large(32 << 20);
         assert_eq!(err.status, 413);
-        let body: serde_json::Value = serde_json::from_slice(&err.to_body()).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&err.to_body("req_1")).unwrap();
         assert_eq!(body["error"]["code"], "request_too_large");
         assert_eq!(body["error"]["type"], "invalid_request_error");
         assert!(body["error"]["param"].is_null());

@@ -1,7 +1,15 @@
 //! The typed `edge:responses/responses` export, on the same service as the
 //! HTTP routes.
 
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+
 use crate::api::{limits, to_json};
+use crate::create::socket::{EventQueue, Remembered, Turn};
+use crate::create::{Create, LiveSink};
 use crate::error::ApiError;
 use crate::service::{ListQuery, Order};
 use crate::wasi;
@@ -45,15 +53,28 @@ impl From<ApiError> for wit::Error {
 }
 
 impl wit::Guest for Component {
+    type EventStream = SocketTurn;
+
+    fn authenticate(api_key: Option<String>) -> Result<(), wit::Error> {
+        wasi::service()?.tenant(api_key.as_deref())?;
+        Ok(())
+    }
+
+    fn create_stream(
+        api_key: Option<String>,
+        request_id: Option<String>,
+        request: String,
+        remembered: Option<String>,
+    ) -> Result<wit::EventStream, wit::Error> {
+        wasi::begin_request(request_id);
+        let turn = SocketTurn::start(api_key, request, remembered)?;
+        Ok(wit::EventStream::new(turn))
+    }
+
     fn create(api_key: Option<String>, request: String) -> Result<String, wit::Error> {
         spin_sdk::http::run(async move {
             let service = wasi::service()?;
-            // As over HTTP: the caller first, then the size.
-            service.tenant(api_key.as_deref())?;
-            let limit = service.settings.max_request_bytes;
-            if request.len() as u64 > limit {
-                return Err(ApiError::request_too_large(limit));
-            }
+            checked(&service, api_key.as_deref(), &request)?;
             service.create(api_key.as_deref(), request.as_bytes()).await
         })
         .and_then(|r| to_json(&r))
@@ -93,5 +114,149 @@ impl wit::Guest for Component {
         let id = limits::response_id(&id)?;
         let list = service.list_input_items(api_key.as_deref(), id, &query)?;
         Ok(to_json(&list)?)
+    }
+}
+
+/// A typed create's caller and size, checked in that order, as over HTTP.
+fn checked(
+    service: &wasi::WasiService,
+    api_key: Option<&str>,
+    request: &str,
+) -> Result<(), ApiError> {
+    service.tenant(api_key)?;
+    let limit = service.settings.max_request_bytes;
+    if request.len() as u64 > limit {
+        return Err(ApiError::request_too_large(limit));
+    }
+    Ok(())
+}
+
+/// The work of a WebSocket turn: it ends with what the connection keeps.
+type Work = Pin<Box<dyn Future<Output = Option<String>>>>;
+
+/// One WebSocket turn (see [`crate::create::socket`]): its work runs only
+/// while the host pulls events, up to the next one, so a slow connection
+/// holds the response back instead of queueing its events.
+pub struct SocketTurn {
+    queue: EventQueue,
+    work: RefCell<Option<Work>>,
+    remembered: RefCell<Option<String>>,
+}
+
+/// How a turn's start went, told by its work to [`SocketTurn::start`].
+type Started = Rc<RefCell<Option<Result<(), ApiError>>>>;
+
+impl SocketTurn {
+    /// Runs the turn up to its first event: errors before it (the caller,
+    /// the size, the request, the state it continues) are the call's.
+    fn start(
+        api_key: Option<String>,
+        request: String,
+        remembered: Option<String>,
+    ) -> Result<SocketTurn, ApiError> {
+        let queue = EventQueue::default();
+        let started = Started::default();
+        let work = Box::pin(Self::work(
+            api_key,
+            request,
+            remembered,
+            queue.clone(),
+            started.clone(),
+        ));
+        let turn = SocketTurn {
+            queue,
+            work: RefCell::new(Some(work)),
+            remembered: RefCell::new(None),
+        };
+        turn.drive(|| started.borrow().is_some());
+        match started.take() {
+            Some(Err(error)) => Err(error),
+            _ => Ok(turn),
+        }
+    }
+
+    async fn work(
+        api_key: Option<String>,
+        request: String,
+        remembered: Option<String>,
+        queue: EventQueue,
+        started: Started,
+    ) -> Option<String> {
+        let api_key = api_key.as_deref();
+        let service = match wasi::service() {
+            Ok(service) => service,
+            Err(error) => {
+                *started.borrow_mut() = Some(Err(error));
+                return None;
+            }
+        };
+        let begun = Self::begin(&service, api_key, &request, remembered.as_deref()).await;
+        let exchange = match begun {
+            Ok(exchange) => exchange,
+            Err(error) => {
+                *started.borrow_mut() = Some(Err(error));
+                return None;
+            }
+        };
+        *started.borrow_mut() = Some(Ok(()));
+        drop((request, remembered));
+        let tenant = exchange.tenant().to_owned();
+        let input = (!exchange.stored()).then(|| exchange.input().to_vec());
+        let (response, _) = exchange.run(&mut LiveSink::new(queue)).await;
+        crate::http::report(&tenant, &response);
+        service.record_usage(&tenant, &response);
+        service.after_create();
+        let limit = service.settings.max_request_bytes;
+        input.and_then(|input| Remembered::after(&response, &input, limit))
+    }
+
+    /// Steps 1 to 4 of the turn's create.
+    async fn begin<'s>(
+        service: &'s wasi::WasiService,
+        api_key: Option<&'s str>,
+        request: &str,
+        remembered: Option<&str>,
+    ) -> Result<Create<'s, wasi::WasiKv, wasi::WasiBackend>, ApiError> {
+        checked(service, api_key, request)?;
+        let turn = Turn {
+            remembered: remembered.map(Remembered::parse).transpose()?,
+        };
+        Create::start_turn(service, api_key, request.as_bytes(), Some(turn)).await
+    }
+
+    /// Runs the work until `enough` holds, an event waits, or the work is
+    /// done.
+    fn drive(&self, enough: impl Fn() -> bool) {
+        let mut work = self.work.borrow_mut();
+        spin_sdk::http::run(std::future::poll_fn(|cx| {
+            if enough() || !self.queue.is_empty() {
+                return Poll::Ready(());
+            }
+            let Some(running) = work.as_mut() else {
+                return Poll::Ready(());
+            };
+            match running.as_mut().poll(cx) {
+                Poll::Ready(remembered) => {
+                    *self.remembered.borrow_mut() = remembered;
+                    *work = None;
+                    Poll::Ready(())
+                }
+                Poll::Pending if enough() || !self.queue.is_empty() => Poll::Ready(()),
+                Poll::Pending => Poll::Pending,
+            }
+        }));
+    }
+}
+
+impl wit::GuestEventStream for SocketTurn {
+    fn next(&self) -> Option<String> {
+        if self.queue.is_empty() {
+            self.drive(|| false);
+        }
+        self.queue.pop()
+    }
+
+    fn remembered(&self) -> Option<String> {
+        self.remembered.borrow().clone()
     }
 }

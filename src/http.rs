@@ -15,14 +15,14 @@
 //! | `GET /v1/admin/retention` | what is stored and pending removal (`admin_key`) |
 //! | `POST /v1/admin/retention/sweep` | one removal step now (`admin_key`) |
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use spin_sdk::http::{Fields, IncomingRequest, Method, OutgoingResponse, ResponseOutparam};
 
 use crate::api::response::Response;
 use crate::api::{limits, to_json};
 use crate::auth::bearer;
 use crate::create::background::BackgroundSink;
-use crate::create::{Discard, EventSink};
+use crate::create::{Discard, LiveSink};
 use crate::error::ApiError;
 use crate::service::{ListQuery, Order};
 use crate::store::background::Jobs;
@@ -148,7 +148,7 @@ fn stored_id<'i>(s: &WasiService, api_key: Option<&str>, id: &'i str) -> Result<
     limits::response_id(id)
 }
 
-type WasiService = crate::service::Service<wasi::WasiKv, wasi::WasiBackend>;
+use wasi::WasiService;
 
 /// The service, and the body of a request whose caller is authenticated
 /// before a byte of it is read; the body is read only up to
@@ -219,9 +219,7 @@ async fn create(request: IncomingRequest, api_key: Option<&str>, out: ResponseOu
     let Some(response) = start_response(200, "text/event-stream") else {
         return;
     };
-    let mut sink = SseSink {
-        body: Box::pin(response.take_body()),
-    };
+    let mut sink = LiveSink::new(response.take_body());
     out.set(response);
     let (response, _) = exchange.run(&mut sink).await;
     // Ends the body: the client has it all before the upkeep runs.
@@ -258,9 +256,7 @@ async fn background(
         return Some(response);
     }
     let response = start_response(200, "text/event-stream")?;
-    let mut live = SseSink {
-        body: Box::pin(response.take_body()),
-    };
+    let mut live = LiveSink::new(response.take_body());
     let started = BackgroundSink::start(jobs, queued, &service.env, Some(&mut live));
     let mut sink = match started {
         Ok(sink) => sink,
@@ -278,7 +274,7 @@ async fn background(
 /// What only the component knows of a create, for the host's request log:
 /// one line on stderr, `edge-responses-request` and a JSON object. Under
 /// Spin it lands in the component's log.
-fn report(tenant: &str, response: &Response) {
+pub(crate) fn report(tenant: &str, response: &Response) {
     let usage = response.usage.as_ref();
     let line = serde_json::json!({
         "request_id": wasi::request_id(),
@@ -322,9 +318,7 @@ async fn resume(api_key: Option<&str>, id: &str, query: &str, out: ResponseOutpa
     let Some(response) = start_response(200, "text/event-stream") else {
         return;
     };
-    let mut sink = SseSink {
-        body: Box::pin(response.take_body()),
-    };
+    let mut sink = LiveSink::new(response.take_body());
     out.set(response);
     if let Err(error) = service.resume(api_key, id, after, &mut sink).await {
         eprintln!("edge-responses: resuming {id}: {}", error.message);
@@ -387,17 +381,6 @@ const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
 /// The largest first allocation for a body of declared length.
 const MAX_BODY_CAPACITY: usize = 64 << 20;
 
-/// The SSE body: each write is flushed to the client as one chunk.
-struct SseSink<S> {
-    body: std::pin::Pin<Box<S>>,
-}
-
-impl<S: futures::Sink<Vec<u8>>> EventSink for SseSink<S> {
-    async fn send(&mut self, bytes: Vec<u8>) -> bool {
-        self.body.send(bytes).await.is_ok()
-    }
-}
-
 fn start_response(status: u16, content_type: &str) -> Option<OutgoingResponse> {
     start_response_with(status, content_type, None)
 }
@@ -438,7 +421,10 @@ async fn respond_error(out: ResponseOutparam, error: &ApiError) {
     else {
         return;
     };
-    if let Err(e) = out.set_with_body(response, error.to_body()).await {
+    if let Err(e) = out
+        .set_with_body(response, error.to_body(&wasi::request_id()))
+        .await
+    {
         eprintln!("writing the response failed: {e:?}");
     }
 }

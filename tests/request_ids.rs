@@ -1,7 +1,7 @@
 //! Request ids through the built component: a valid `x-request-id` from the
 //! client is kept, an invalid or missing one is replaced by a fresh id; the
 //! id comes back in the response headers (plain and streamed) and goes to
-//! the backend with the chat request.
+//! the backend with the chat request, and error bodies name it.
 
 mod common;
 
@@ -54,4 +54,12 @@ async fn request_ids_are_kept_made_and_passed_on() {
         .unwrap();
     assert_eq!(response.status(), 404);
     assert_eq!(response.headers()["x-request-id"], "lookup-1");
+    // ...and their bodies, beside OpenAI's envelope.
+    let body: serde_json::Value = response.json().await.expect("JSON");
+    assert_eq!(body["request_id"], "lookup-1", "{body}");
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+    let (status, body) = h.post("/v1/responses", &json!({"input": "no model"})).await;
+    assert_eq!(status, 400);
+    let id = body["request_id"].as_str().expect("a request id");
+    assert!(id.starts_with("req_"), "{body}");
 }

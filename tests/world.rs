@@ -119,7 +119,11 @@ fn typed_interface_matches_the_wit_source() {
     assert_eq!(
         built,
         [
+            "[method]event-stream.next(self)",
+            "[method]event-stream.remembered(self)",
+            "authenticate(api-key)",
             "create(api-key, request)",
+            "create-stream(api-key, request-id, request, remembered)",
             "delete(api-key, id)",
             "get(api-key, id)",
             "list-input-items(api-key, id, query)",

@@ -11,7 +11,9 @@
 //!
 //! After them, the cost of one remote MCP tool round trip (see [`mcp`]):
 //! a create that lists and calls a tool of a real MCP server, against its
-//! parts measured alone.
+//! parts measured alone; then what the request log and metrics cost (see
+//! [`ops`]): three host processes, logging and metrics on, off, and off
+//! again as the control, taking requests in turn.
 //!
 //! The last phase, many slow streams at once (see [`concurrency`]), runs the
 //! host in a child process instead (this binary, re-run with a hidden
@@ -30,6 +32,7 @@ mod client;
 mod compare;
 mod concurrency;
 mod mcp;
+mod ops;
 mod report;
 mod stats;
 mod storage;
@@ -73,7 +76,7 @@ const BACKEND_THREAD: &str = "scripted-backen";
 /// component cache in a separate process.
 const COMPILE_ONLY_FLAG: &str = "--compile-only";
 
-const USAGE: &str = "usage: bench [--quick] [--json PATH] [--component PATH] [--only concurrency|mcp]
+const USAGE: &str = "usage: bench [--quick] [--json PATH] [--component PATH] [--only concurrency|mcp|ops]
              [--streams N,...] [--backend-listen ADDR] [--compare NAME=URL]...
 
   --quick                short smoke run (about a minute); results go to
@@ -88,6 +91,10 @@ const USAGE: &str = "usage: bench [--quick] [--json PATH] [--component PATH] [--
                          one tool of tests/python/mcp_server.py against its
                          parts (skipped when the `mcp` Python package is
                          missing); results go to target/bench-partial/
+  --only ops             run only the logging and metrics phase: the host
+                         binary three times, request log and metrics on,
+                         off, and off again (the A/A control), taking
+                         requests in turn; results go to target/bench-partial/
   --streams N,...        stream counts of the concurrency phase (default
                          1000,5000; quick 100,300); results go to
                          target/bench-partial/
@@ -146,7 +153,8 @@ impl Options {
                 "--only" => match args.next().as_deref() {
                     Some("concurrency") => options.only = Some(Only::Concurrency),
                     Some("mcp") => options.only = Some(Only::Mcp),
-                    other => bail!("--only takes `concurrency` or `mcp`, got {other:?}"),
+                    Some("ops") => options.only = Some(Only::Ops),
+                    other => bail!("--only takes `concurrency`, `mcp` or `ops`, got {other:?}"),
                 },
                 "--streams" => {
                     let list = args
@@ -184,13 +192,14 @@ impl Options {
                 other => bail!("unknown argument {other:?}\n\n{USAGE}"),
             }
         }
-        if options.only == Some(Only::Mcp)
-            && (options.streams.is_some() || !options.compare.is_empty())
-        {
-            bail!(
-                "--only mcp runs neither the concurrency phase (--streams) nor the \
-                 side-by-side probes (--compare)"
-            );
+        if let Some(only @ (Only::Mcp | Only::Ops)) = options.only {
+            if options.streams.is_some() || !options.compare.is_empty() {
+                bail!(
+                    "--only {} runs neither the concurrency phase (--streams) nor the \
+                     side-by-side probes (--compare)",
+                    only.name()
+                );
+            }
         }
         if !options.compare.is_empty() && options.backend_listen.is_none() {
             bail!(
@@ -216,6 +225,10 @@ impl Options {
         matches!(self.only, None | Some(Only::Mcp))
     }
 
+    fn runs_ops(&self) -> bool {
+        matches!(self.only, None | Some(Only::Ops))
+    }
+
     fn runs_concurrency(&self) -> bool {
         matches!(self.only, None | Some(Only::Concurrency))
     }
@@ -226,6 +239,17 @@ impl Options {
 enum Only {
     Concurrency,
     Mcp,
+    Ops,
+}
+
+impl Only {
+    fn name(self) -> &'static str {
+        match self {
+            Only::Concurrency => "concurrency",
+            Only::Mcp => "mcp",
+            Only::Ops => "ops",
+        }
+    }
 }
 
 /// `1000,5000` as stream counts.
@@ -252,6 +276,9 @@ struct Plan {
     continuation: usize,
     /// Rounds of the MCP phase (four requests each).
     mcp_rounds: usize,
+    /// Rounds of the logging and metrics phase (one request to each of
+    /// three hosts and one to the backend).
+    ops: ops::Counts,
 }
 
 impl Plan {
@@ -268,6 +295,10 @@ impl Plan {
                 chain: *DEPTHS.last().unwrap_or(&1),
                 continuation: 20,
                 mcp_rounds: 100,
+                ops: ops::Counts {
+                    warmup: 50,
+                    rounds: 300,
+                },
             }
         } else {
             Plan {
@@ -281,6 +312,10 @@ impl Plan {
                 chain: *DEPTHS.last().unwrap_or(&1),
                 continuation: 600,
                 mcp_rounds: 2000,
+                ops: ops::Counts {
+                    warmup: 200,
+                    rounds: 4000,
+                },
             }
         }
     }
@@ -394,6 +429,9 @@ fn run() -> anyhow::Result<()> {
     } else {
         None
     };
+    let ops = options
+        .runs_ops()
+        .then(|| ops::run(plan.ops, &component, &state_dir, &backend));
     let phase = if options.runs_concurrency() {
         Some(concurrency::run(
             &settings,
@@ -416,7 +454,10 @@ fn run() -> anyhow::Result<()> {
         &plan,
         mode,
         measured.as_ref(),
-        mcp.as_ref(),
+        Standalone {
+            mcp: mcp.as_ref(),
+            ops: ops.as_ref(),
+        },
         phase.as_ref(),
         &options.compare,
         load_average,
@@ -969,11 +1010,18 @@ async fn measure(
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// The phases that run a host of their own, between the in-process phases
+/// and the concurrency phase.
+struct Standalone<'a> {
+    mcp: Option<&'a mcp::Outcome>,
+    ops: Option<&'a ops::Outcome>,
+}
+
 fn build_report(
     plan: &Plan,
     mode: &'static str,
     measured: Option<&(Measured, Memory)>,
-    mcp: Option<&mcp::Outcome>,
+    standalone: Standalone<'_>,
     phase: Option<&Phase>,
     compare: &[compare::Target],
     load_average: String,
@@ -982,9 +1030,13 @@ fn build_report(
         Some((m, memory)) => in_process_sections(plan, m, memory),
         None => (Vec::new(), json!({})),
     };
-    if let Some(mcp) = mcp {
+    if let Some(mcp) = standalone.mcp {
         sections.push(mcp.section());
         details["mcp_round_trip"] = mcp.to_json();
+    }
+    if let Some(ops) = standalone.ops {
+        sections.push(ops.section());
+        details["logging_and_metrics"] = ops.to_json();
     }
     if let Some(phase) = phase {
         sections.push(phase.section());
@@ -1264,9 +1316,13 @@ mod tests {
         assert!(!options.runs_mcp() && !options.runs_main_phases());
         let mcp = parse(&["--only", "mcp", "--quick"]).expect("parses");
         assert!(mcp.partial() && mcp.runs_mcp() && !mcp.runs_concurrency());
-        assert!(!mcp.runs_main_phases());
+        assert!(!mcp.runs_main_phases() && !mcp.runs_ops());
+        let ops = parse(&["--only", "ops"]).expect("parses");
+        assert!(ops.partial() && ops.runs_ops() && !ops.runs_mcp());
+        assert!(!ops.runs_main_phases() && !ops.runs_concurrency());
         let full = parse(&[]).expect("parses");
         assert!(full.runs_main_phases() && full.runs_mcp() && full.runs_concurrency());
+        assert!(full.runs_ops());
         assert_eq!(options.streams, Some(vec![10, 20]));
         assert_eq!(
             options.backend_listen,
@@ -1283,6 +1339,15 @@ mod tests {
             &["--only", "latency"][..],
             &["--streams", "0"],
             &["--only", "mcp", "--streams", "10"],
+            &["--only", "ops", "--streams", "10"],
+            &[
+                "--only",
+                "ops",
+                "--backend-listen",
+                "127.0.0.1:8099",
+                "--compare",
+                "a=http://127.0.0.1:4000",
+            ],
             &[
                 "--only",
                 "mcp",

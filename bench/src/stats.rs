@@ -26,6 +26,14 @@ impl Percentiles {
     }
 }
 
+/// The nearest-rank percentile `p` (0-100) of `samples`, in milliseconds;
+/// zero when there are none.
+pub fn percentile_ms(samples: &[Duration], p: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    millis(nearest_rank(&sorted, p))
+}
+
 /// The nearest-rank percentile `p` (0-100) of sorted samples; zero when
 /// there are none.
 fn nearest_rank(sorted: &[Duration], p: f64) -> Duration {
@@ -52,5 +60,8 @@ mod tests {
         let one = Percentiles::of([Duration::from_millis(7)]);
         assert_eq!((one.p50, one.p99), (7.0, 7.0));
         assert_eq!(Percentiles::of([]).p50, 0.0);
+        let unsorted: Vec<_> = (1..=10).rev().map(Duration::from_millis).collect();
+        assert_eq!(percentile_ms(&unsorted, 90.0), 9.0);
+        assert_eq!(percentile_ms(&[], 90.0), 0.0);
     }
 }

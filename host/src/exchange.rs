@@ -15,6 +15,10 @@
 //! instance is gone (its stderr is flushed by then). A background response
 //! runs on after its body: its line comes when its work is done, with its
 //! tokens.
+//!
+//! When the server exports traces, the exchange also holds the request's
+//! server span, ended with the log line (timed to the end of the body), and
+//! the trace its outbound requests hang from (see `trace`).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -22,11 +26,12 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::Method;
+use http::{HeaderMap, Method};
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::metrics::Metrics;
 use crate::route::{method_label, Route};
+use crate::trace::{RequestTrace, ServerSpan, Traces};
 
 /// The `tracing` target of request log lines.
 pub const LOG_TARGET: &str = "edge_responses::request";
@@ -46,11 +51,14 @@ pub(crate) struct Exchange {
     route: Route,
     path: String,
     metrics: Arc<Metrics>,
+    trace: Option<Arc<RequestTrace>>,
     state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
+    /// Open until the log line is written.
+    server_span: Option<ServerSpan>,
     status: Option<u16>,
     first_byte: Option<Duration>,
     /// Set when the body ended (or was dropped); the metrics are recorded
@@ -154,26 +162,53 @@ impl ComponentReport {
 }
 
 impl Exchange {
-    /// The record of a request that arrived now.
+    /// The record of an untraced request that arrived now.
+    #[cfg(test)]
     pub(crate) fn new(
         metrics: Arc<Metrics>,
         request_id: String,
         method: Method,
         path: &str,
     ) -> Arc<Exchange> {
+        Self::traced(metrics, request_id, method, path, None, &HeaderMap::new())
+    }
+
+    /// The record of a request that arrived now with `headers`, its server
+    /// span started when `traces` are exported.
+    pub(crate) fn traced(
+        metrics: Arc<Metrics>,
+        request_id: String,
+        method: Method,
+        path: &str,
+        traces: Option<&Traces>,
+        headers: &HeaderMap,
+    ) -> Arc<Exchange> {
+        let route = Route::of(path);
+        let (server_span, trace) = traces
+            .map(|traces| traces.request(&method, route, path, &request_id, headers))
+            .unzip();
         Arc::new(Exchange {
             started: Instant::now(),
             request_id,
             method,
-            route: Route::of(path),
+            route,
             path: path.to_owned(),
             metrics,
-            state: Mutex::default(),
+            trace,
+            state: Mutex::new(State {
+                server_span,
+                ..State::default()
+            }),
         })
     }
 
     pub(crate) fn request_id(&self) -> &str {
         &self.request_id
+    }
+
+    /// The request's trace, when traces are exported.
+    pub(crate) fn trace(&self) -> Option<&Arc<RequestTrace>> {
+        self.trace.as_ref()
     }
 
     pub(crate) fn route(&self) -> Route {
@@ -197,8 +232,7 @@ impl Exchange {
         state.report.merge(report);
         state.reported = true;
         if state.finished.is_some() && !state.logged {
-            state.logged = true;
-            self.log(&state);
+            self.conclude(&mut state);
         }
     }
 
@@ -224,8 +258,9 @@ impl Exchange {
         self.state().backend.time += duration;
     }
 
-    /// A byte of the body is on its way.
-    fn first_byte(&self) {
+    /// A byte of the body (or a WebSocket turn's first event) is on its
+    /// way.
+    pub(crate) fn first_byte(&self) {
         let elapsed = self.started.elapsed();
         self.state().first_byte.get_or_insert(elapsed);
     }
@@ -251,9 +286,18 @@ impl Exchange {
             first_byte,
         );
         if state.reported && !state.logged {
-            state.logged = true;
-            self.log(&state);
+            self.conclude(&mut state);
         }
+    }
+
+    /// Ends the server span, then writes the request log line: once.
+    fn conclude(&self, state: &mut State) {
+        state.logged = true;
+        if let Some(span) = state.server_span.take() {
+            let took = state.finished.unwrap_or_else(|| self.started.elapsed());
+            span.end(state.status, &state.report, took);
+        }
+        self.log(state);
     }
 
     /// Writes the request log line.
@@ -291,9 +335,8 @@ impl Drop for Exchange {
         self.finish();
         let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
         if !state.logged {
-            state.logged = true;
-            let state = std::mem::take(state);
-            self.log(&state);
+            let mut state = std::mem::take(state);
+            self.conclude(&mut state);
         }
     }
 }

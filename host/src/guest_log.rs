@@ -1,15 +1,17 @@
 //! A component instance's stderr: read line by line, so that the
 //! component's report on its request (`edge-responses-request {...}`, see
 //! [`ComponentReport`]) goes into the host's request log line instead of
-//! the host's stderr. Every other line goes to the host's stderr as it came,
-//! each written whole (lines of concurrent instances do not interleave).
+//! the host's stderr. Every other line (the component writes one when
+//! something went wrong: a backend's refusal, a failed clean-up) becomes a
+//! warning of the host's log, target [`GUEST_LOG_TARGET`], with the
+//! instance's request id: in the host's format (one JSON object per line
+//! with `--log-format json`), each whole.
 //!
 //! A report names its request (`request_id`); one naming a request other
 //! than the instance's is passed through untouched. Without a request (the
 //! typed calls of `Responses`), everything is passed through. A last line
 //! without a newline is handled when the instance goes away.
 
-use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -38,17 +40,18 @@ pub(crate) struct GuestStderr {
 struct Lines {
     pending: Vec<u8>,
     exchange: Option<Arc<Exchange>>,
-    /// Where lines that are not reports go: the host's stderr.
-    out: fn(&[u8]),
+    /// Where lines that are not reports go, with the instance's request
+    /// id: the host's log.
+    out: fn(&[u8], Option<&str>),
 }
 
 impl GuestStderr {
     /// The stderr of an instance serving `exchange` (none for typed calls).
     pub(crate) fn new(exchange: Option<Arc<Exchange>>) -> Self {
-        Self::with_output(exchange, to_host_stderr)
+        Self::with_output(exchange, to_host_log)
     }
 
-    fn with_output(exchange: Option<Arc<Exchange>>, out: fn(&[u8])) -> Self {
+    fn with_output(exchange: Option<Arc<Exchange>>, out: fn(&[u8], Option<&str>)) -> Self {
         GuestStderr {
             lines: Arc::new(Mutex::new(Lines {
                 pending: Vec::new(),
@@ -83,7 +86,7 @@ impl Lines {
         self.pending.extend_from_slice(bytes);
         if self.pending.len() >= MAX_LINE {
             let long = std::mem::take(&mut self.pending);
-            (self.out)(&long);
+            self.pass(&long);
         }
     }
 
@@ -105,10 +108,13 @@ impl Lines {
                 }
             }
         }
-        let mut whole = Vec::with_capacity(line.len() + 1);
-        whole.extend_from_slice(line);
-        whole.push(b'\n');
-        (self.out)(&whole);
+        self.pass(text);
+    }
+
+    /// A line that is not a report, to the host's log.
+    fn pass(&self, line: &[u8]) {
+        let request_id = self.exchange.as_ref().map(|e| e.request_id());
+        (self.out)(line, request_id);
     }
 }
 
@@ -121,9 +127,13 @@ impl Drop for Lines {
     }
 }
 
-/// Writes `bytes` to the host's stderr in one call.
-fn to_host_stderr(bytes: &[u8]) {
-    let _ = std::io::stderr().lock().write_all(bytes);
+/// The target of the component's own log lines.
+pub const GUEST_LOG_TARGET: &str = "edge_responses::component";
+
+/// One line of the component's, as a warning of the host's log.
+fn to_host_log(line: &[u8], request_id: Option<&str>) {
+    let text = String::from_utf8_lossy(line);
+    tracing::warn!(target: GUEST_LOG_TARGET, request_id, "{text}");
 }
 
 impl IsTerminal for GuestStderr {
@@ -193,8 +203,12 @@ mod tests {
         static PASSED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
-    fn capture(bytes: &[u8]) {
-        PASSED.with(|passed| passed.borrow_mut().extend_from_slice(bytes));
+    fn capture(line: &[u8], _: Option<&str>) {
+        PASSED.with(|passed| {
+            let mut passed = passed.borrow_mut();
+            passed.extend_from_slice(line);
+            passed.push(b'\n');
+        });
     }
 
     fn passed() -> String {
@@ -260,8 +274,8 @@ mod tests {
     fn an_endless_line_is_passed_on_in_pieces() {
         let stderr = GuestStderr::with_output(None, capture);
         stderr.write_bytes(&vec![b'x'; MAX_LINE + 10]);
-        assert_eq!(passed().len(), MAX_LINE + 10);
+        assert_eq!(passed().len(), MAX_LINE + 11);
         stderr.write_bytes(b"y\n");
-        assert_eq!(passed().len(), MAX_LINE + 12);
+        assert_eq!(passed().len(), MAX_LINE + 13);
     }
 }

@@ -27,9 +27,9 @@ use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -44,6 +44,8 @@ use crate::exchange::{Exchange, ObservedBody};
 use crate::metrics::Metrics;
 use crate::request_id;
 use crate::route::Route;
+use crate::socket::{self, Sockets};
+use crate::trace::{self, Traces};
 
 /// How long in-flight requests may run on after shutdown begins.
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -57,6 +59,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 pub(crate) struct Service {
     metrics: Arc<Metrics>,
     runtime: watch::Receiver<Option<Arc<Runtime>>>,
+    sockets: Sockets,
+    /// Each request's server span starts here, when traces are exported.
+    traces: Option<Arc<Traces>>,
 }
 
 impl Service {
@@ -65,8 +70,15 @@ impl Service {
     pub(crate) fn new(
         metrics: Arc<Metrics>,
         runtime: watch::Receiver<Option<Arc<Runtime>>>,
+        sockets: Sockets,
+        traces: Option<Arc<Traces>>,
     ) -> Self {
-        Self { metrics, runtime }
+        Self {
+            metrics,
+            runtime,
+            sockets,
+            traces,
+        }
     }
 
     /// The component, if it has loaded.
@@ -86,11 +98,20 @@ impl Service {
 }
 
 /// Serves connections from `listener` until `stop` fires (or its sender is
-/// dropped), then waits up to [`SHUTDOWN_GRACE`] for open connections.
-pub(crate) async fn serve(listener: TcpListener, service: Service, stop: oneshot::Receiver<()>) {
+/// dropped), then tells WebSocket connections through `sockets_stop` and
+/// waits up to [`SHUTDOWN_GRACE`] for open HTTP connections.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    service: Service,
+    stop: oneshot::Receiver<()>,
+    sockets_stop: watch::Sender<bool>,
+) {
     let graceful = GracefulShutdown::new();
-    let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).keep_alive(true);
+    // HTTP/1.1 only, as before; the `auto` builder because its connections
+    // can be both upgraded (WebSocket mode) and shut down gracefully.
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    let builder = Arc::new(builder);
     let mut stop = stop;
     loop {
         tokio::select! {
@@ -111,10 +132,12 @@ pub(crate) async fn serve(listener: TcpListener, service: Service, stop: oneshot
                             Ok::<_, Infallible>(handle(&service, request, peer, local).await)
                         }
                     });
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    let connection = graceful.watch(connection);
+                    let builder = builder.clone();
+                    let watcher = graceful.watcher();
                     tokio::spawn(async move {
-                        if let Err(err) = connection.await {
+                        let connection =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        if let Err(err) = watcher.watch(connection).await {
                             tracing::debug!(%peer, "connection closed with an error: {err}");
                         }
                     });
@@ -127,6 +150,7 @@ pub(crate) async fn serve(listener: TcpListener, service: Service, stop: oneshot
         }
     }
     drop(listener);
+    sockets_stop.send_replace(true);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
         .is_err()
@@ -144,17 +168,23 @@ async fn handle(
     local: Option<SocketAddr>,
 ) -> Response<HyperOutgoingBody> {
     let id = request_id::for_request(request.headers().get_all(request_id::HEADER).iter());
-    let exchange = Exchange::new(
+    let exchange = Exchange::traced(
         service.metrics.clone(),
         id,
         request.method().clone(),
         request.uri().path(),
+        service.traces.as_deref(),
+        request.headers(),
     );
     let mut response = match exchange.route() {
         route @ (Route::Healthz | Route::Readyz) => {
             let query = request.uri().query();
             crate::health::answer(route, request.method(), query, service.loaded()).await
         }
+        _ if socket::wants_upgrade(&request) => match service.runtime().await {
+            Some(runtime) => socket::accept(runtime, service.sockets.clone(), request).await,
+            None => unloaded(),
+        },
         _ => call_component(service, request, &exchange, peer, local).await,
     };
     if let Ok(value) = HeaderValue::from_str(exchange.request_id()) {
@@ -176,11 +206,7 @@ async fn call_component(
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let Some(runtime) = service.runtime().await else {
-        return error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The server could not load its component.",
-            None,
-        );
+        return unloaded();
     };
     let slot = match runtime.instance_slot().await {
         Ok(slot) => slot,
@@ -217,6 +243,8 @@ async fn run_handler(
     slot: Slot,
     exchange: Arc<Exchange>,
 ) -> anyhow::Result<Response<HyperOutgoingBody>> {
+    // The guest's key-value calls find the request's trace in its task.
+    let trace = exchange.trace().cloned();
     let mut store = runtime.new_store(Some(exchange));
     let (sender, receiver) = oneshot::channel();
     let request = store
@@ -225,7 +253,7 @@ async fn run_handler(
         .new_incoming_request(Scheme::Http, request.map(Drained::new))?;
     let outparam = store.data_mut().http().new_response_outparam(sender)?;
     let proxy = runtime.proxy().clone();
-    let guest: JoinHandle<anyhow::Result<()>> = tokio::spawn(async move {
+    let guest: JoinHandle<anyhow::Result<()>> = tokio::spawn(trace::within(trace, async move {
         let handled: anyhow::Result<()> = async {
             let instance = proxy.instantiate_async(&mut store).await?;
             instance
@@ -240,7 +268,7 @@ async fn run_handler(
         drop(store);
         drop(slot);
         handled
-    });
+    }));
     match receiver.await {
         Ok(Ok(response)) => {
             tokio::spawn(log_guest_outcome(guest));
@@ -404,6 +432,15 @@ pub(crate) fn overloaded_response(overloaded: Overloaded) -> Response<HyperOutgo
 pub(crate) const OVERLOADED_MESSAGE: &str =
     "The server is handling as many requests as it can. Please retry after the delay in the Retry-After header.";
 
+/// The answer while the component could not be loaded.
+fn unloaded() -> Response<HyperOutgoingBody> {
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The server could not load its component.",
+        None,
+    )
+}
+
 /// A response with OpenAI's error envelope (`type` `server_error`).
 pub(crate) fn error_response(
     status: StatusCode,
@@ -415,17 +452,28 @@ pub(crate) fn error_response(
         "type": "server_error",
         "param": null,
         "code": code,
-    }})
-    .to_string();
-    let body = Full::new(Bytes::from(body))
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    let mut response = Response::new(body);
+    }});
+    json_response(status, &body)
+}
+
+/// A JSON answer.
+pub(crate) fn json_response(
+    status: StatusCode,
+    body: &serde_json::Value,
+) -> Response<HyperOutgoingBody> {
+    let mut response = Response::new(full_body(body.to_string().into()));
     *response.status_mut() = status;
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// A body of `bytes`.
+pub(crate) fn full_body(bytes: Bytes) -> HyperOutgoingBody {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// Binds `addr`, with context naming the address on failure.

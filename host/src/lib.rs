@@ -8,8 +8,9 @@
 //!
 //! For operations: every request carries an `x-request-id`; `/healthz` and
 //! `/readyz` are answered by the host; Prometheus metrics can be served on
-//! a listener of their own ([`Config::metrics_listen`]); and each request
-//! ends with one log line on the `tracing` target [`REQUEST_LOG_TARGET`].
+//! a listener of their own ([`Config::metrics_listen`]); each request
+//! ends with one log line on the `tracing` target [`REQUEST_LOG_TARGET`];
+//! and OpenTelemetry traces can be exported over OTLP ([`Config::traces`]).
 //!
 //! This module owns the public surface: [`Config`] says what to serve and
 //! where, [`Server`] runs it; [`Responses`] calls the component's typed
@@ -43,7 +44,9 @@ mod outbound;
 mod request_id;
 mod responses;
 mod route;
+mod socket;
 mod state;
+mod trace;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -62,8 +65,11 @@ pub use admission::{
 /// The `tracing` target of the request log: one line per request, at
 /// `info`, once its response body has been sent.
 pub use exchange::LOG_TARGET as REQUEST_LOG_TARGET;
+pub use guest_log::GUEST_LOG_TARGET;
 pub use keyvalue::KvStats;
 pub use responses::{ApiError, CallResult, ListQuery, Order, Responses};
+pub use socket::DEFAULT_MAX_AGE as DEFAULT_WEBSOCKET_MAX_AGE;
+pub use trace::{OtlpProtocol, TraceExport};
 
 /// Where the component is built by default, relative to the workspace root.
 pub const DEFAULT_COMPONENT: &str = "target/wasm32-wasip2/component/edge_responses.wasm";
@@ -103,9 +109,16 @@ pub struct Config {
     /// 503 `server_overloaded`. Default [`DEFAULT_QUEUE_TIMEOUT`] (10 s).
     pub queue_timeout: Duration,
     /// Where to serve Prometheus metrics (`GET /metrics`), on a listener of
-    /// their own; port 0 picks a free port. Default: not served (they are
-    /// still kept, see [`Server::metrics_text`]).
+    /// their own; port 0 picks a free port. Default: not served, and not
+    /// recorded either (requests skip the work; [`Server::metrics_text`]
+    /// then shows only the instance gauges).
     pub metrics_listen: Option<SocketAddr>,
+    /// How long a WebSocket connection may live (see `socket`). Default
+    /// [`DEFAULT_WEBSOCKET_MAX_AGE`] (60 minutes).
+    pub websocket_max_age: Duration,
+    /// Where to export OpenTelemetry traces (OTLP/HTTP). Default: none, and
+    /// no spans are made.
+    pub traces: Option<TraceExport>,
 }
 
 impl Config {
@@ -121,6 +134,8 @@ impl Config {
             max_memory: DEFAULT_MAX_MEMORY,
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             metrics_listen: None,
+            websocket_max_age: DEFAULT_WEBSOCKET_MAX_AGE,
+            traces: None,
         }
     }
 
@@ -219,6 +234,7 @@ pub struct Server {
     stop: oneshot::Sender<()>,
     accept_loop: JoinHandle<()>,
     metrics_endpoint: Option<(SocketAddr, oneshot::Sender<()>, JoinHandle<()>)>,
+    traces: Option<Arc<trace::Traces>>,
 }
 
 impl Server {
@@ -236,11 +252,26 @@ impl Server {
         };
         let store_path = config.store_path();
         let store = config.store_location();
-        let metrics = Arc::new(metrics::Metrics::new());
+        // Metrics no one can scrape are not recorded.
+        let metrics = Arc::new(match metrics_listener {
+            Some(_) => metrics::Metrics::new(),
+            None => metrics::Metrics::disabled(),
+        });
         let (loaded, loading) = watch::channel(None);
         let (stop, stopped) = oneshot::channel();
-        let service = http::Service::new(metrics.clone(), loading);
-        let accept_loop = tokio::spawn(http::serve(listener, service, stopped));
+        let traces = match &config.traces {
+            Some(export) => Some(Arc::new(trace::Traces::start(export)?)),
+            None => None,
+        };
+        let (sockets_stop, stopping) = watch::channel(false);
+        let sockets = socket::Sockets {
+            max_age: config.websocket_max_age,
+            stopping,
+            metrics: metrics.clone(),
+            traces: traces.clone(),
+        };
+        let service = http::Service::new(metrics.clone(), loading, sockets, traces.clone());
+        let accept_loop = tokio::spawn(http::serve(listener, service, stopped, sockets_stop));
         // On failure, `stop` and `loaded` are dropped: the accept loop ends,
         // and requests waiting for the component are answered 503.
         let runtime = Arc::new(load_runtime(config.clone(), metrics.clone()).await?);
@@ -263,6 +294,7 @@ impl Server {
             stop,
             accept_loop,
             metrics_endpoint,
+            traces,
         })
     }
 
@@ -312,7 +344,8 @@ impl Server {
     }
 
     /// The server's metrics now, in the Prometheus text format (what
-    /// `GET /metrics` answers).
+    /// `GET /metrics` answers). Without [`Config::metrics_listen`] nothing
+    /// is recorded: counters and histograms stay at zero.
     pub fn metrics_text(&self) -> String {
         self.metrics.text()
     }
@@ -323,7 +356,7 @@ impl Server {
     }
 
     /// Stops accepting connections and waits (a few seconds at most) for
-    /// in-flight requests to finish.
+    /// in-flight requests to finish, then for their spans, which it exports.
     pub async fn shutdown(self) {
         let _ = self.stop.send(());
         if let Some((_, stop, task)) = self.metrics_endpoint {
@@ -334,6 +367,9 @@ impl Server {
         }
         if let Err(err) = self.accept_loop.await {
             tracing::error!("the accept loop failed: {err}");
+        }
+        if let Some(traces) = self.traces {
+            traces.shutdown().await;
         }
     }
 }

@@ -1,5 +1,7 @@
 //! `edge-responses-host`: command-line flags to a [`Config`], then serve until
-//! Ctrl-C (or SIGTERM).
+//! Ctrl-C (or SIGTERM). Traces are exported when the standard
+//! `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT` variable is set (see
+//! [`TraceExport::from_env`]), and flushed on the way out.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
@@ -10,7 +12,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use edge_responses_host::config::{parse_variable, variables_from_env};
 use edge_responses_host::{
-    parse_duration, parse_size, Config, Server, DEFAULT_COMPONENT, DEFAULT_LISTEN,
+    parse_duration, parse_size, Config, Server, TraceExport, DEFAULT_COMPONENT, DEFAULT_LISTEN,
     DEFAULT_STATE_DIR, INSTANCE_MEMORY,
 };
 use tracing_subscriber::EnvFilter;
@@ -71,6 +73,11 @@ struct Flags {
     #[arg(long, env = "EDGE_RESPONSES_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
 
+    /// How long a WebSocket connection (`GET /v1/responses` upgraded) may
+    /// live before the server closes it (e.g. 60m, 90s).
+    #[arg(long, env = "EDGE_RESPONSES_WEBSOCKET_MAX_AGE", default_value = "60m", value_parser = parse_duration)]
+    websocket_max_age: Duration,
+
     /// Log line format: `text` (readable) or `json` (one JSON object per
     /// line).
     #[arg(long, env = "EDGE_RESPONSES_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -118,6 +125,9 @@ impl Flags {
             max_memory: self.max_memory,
             queue_timeout: self.queue_timeout,
             metrics_listen: self.metrics_listen,
+            websocket_max_age: self.websocket_max_age,
+            // From the environment, in `main`.
+            traces: None,
         }
     }
 }
@@ -145,7 +155,15 @@ fn init_logging(format: LogFormat) {
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     init_logging(flags.log_format);
-    let config = flags.into_config();
+    let mut config = flags.into_config();
+    // Variables that are not Unicode are not OpenTelemetry's.
+    let env = std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)));
+    config.traces = TraceExport::from_env(env)?;
+    let traces = config
+        .traces
+        .as_ref()
+        .map(|export| format!("{} ({})", export.endpoint, export.protocol.as_str()));
     let backend = config
         .variables
         .get("backend_url")
@@ -169,6 +187,9 @@ async fn main() -> anyhow::Result<()> {
     );
     if let Some(metrics) = server.metrics_addr() {
         println!("metrics on http://{metrics}/metrics");
+    }
+    if let Some(traces) = traces {
+        println!("traces to {traces}");
     }
     shutdown_signal().await;
     tracing::info!("shutting down");

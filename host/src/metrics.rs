@@ -10,6 +10,10 @@
 //! known late, look their handle up per observation (a hash lookup under a
 //! read lock).
 //!
+//! A server without a metrics listener records nothing: its [`Metrics`] is
+//! [`Metrics::disabled`], whose record methods return at once (the instance
+//! gauges, shared with the instance pool as plain atomics, still move).
+//!
 //! [`serve`] answers `GET /metrics` on a listener of its own, in the text
 //! exposition format written by the crate's `TextEncoder`.
 
@@ -50,6 +54,9 @@ const KEYVALUE_BUCKETS: &[f64] = &[
 
 /// One server's metrics.
 pub(crate) struct Metrics {
+    /// Whether observations are recorded; when not, every record method
+    /// returns before touching a metric.
+    enabled: bool,
     registry: Registry,
     requests: IntCounterVec,
     request_duration: [Histogram; Route::ALL.len()],
@@ -70,9 +77,18 @@ struct KeyValueOp {
 }
 
 impl Metrics {
-    /// A fresh set of metrics in a registry of its own.
+    /// A fresh set of metrics in a registry of its own, recording.
     pub(crate) fn new() -> Metrics {
         Self::build().expect("metric names and labels are fixed and unique")
+    }
+
+    /// A set of metrics that records nothing: for a server whose metrics no
+    /// one can read, so requests do not pay for them.
+    pub(crate) fn disabled() -> Metrics {
+        Metrics {
+            enabled: false,
+            ..Self::new()
+        }
     }
 
     fn build() -> prometheus::Result<Metrics> {
@@ -172,6 +188,7 @@ impl Metrics {
             duration: keyvalue_duration.with_label_values(&[op.name()]),
         });
         Ok(Metrics {
+            enabled: true,
             request_duration: by_route(&request_duration),
             first_byte: by_route(&first_byte),
             registry,
@@ -195,6 +212,9 @@ impl Metrics {
         duration: Duration,
         first_byte: Duration,
     ) {
+        if !self.enabled {
+            return;
+        }
         let mut digits = [0u8; 5];
         self.requests
             .with_label_values(&[route.as_str(), method, status_label(status, &mut digits)])
@@ -205,21 +225,33 @@ impl Metrics {
 
     /// Counts an outbound request by its response status or failure kind.
     pub(crate) fn backend_request(&self, status: &str) {
+        if !self.enabled {
+            return;
+        }
         self.backend_requests.with_label_values(&[status]).inc();
     }
 
     /// Records how long an outbound request took, to the end of its body.
     pub(crate) fn backend_duration(&self, duration: Duration) {
+        if !self.enabled {
+            return;
+        }
         self.backend_duration.observe(duration.as_secs_f64());
     }
 
     /// Counts a key-value call.
     pub(crate) fn keyvalue_call(&self, op: KvOp) {
+        if !self.enabled {
+            return;
+        }
         self.keyvalue[op as usize].calls.inc();
     }
 
     /// Records a key-value call's time in the store, and whether it failed.
     pub(crate) fn keyvalue_done(&self, op: KvOp, duration: Duration, failed: bool) {
+        if !self.enabled {
+            return;
+        }
         let handles = &self.keyvalue[op as usize];
         handles.duration.observe(duration.as_secs_f64());
         if failed {
@@ -358,6 +390,36 @@ mod tests {
             assert!(
                 text.lines().any(|line| line == expected),
                 "{expected}\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn disabled_metrics_record_nothing() {
+        let metrics = Metrics::disabled();
+        assert!(!metrics.enabled && Metrics::new().enabled);
+        metrics.request(
+            Route::Models,
+            "GET",
+            200,
+            Duration::from_millis(3),
+            Duration::from_millis(2),
+        );
+        metrics.backend_request("200");
+        metrics.backend_duration(Duration::from_secs(1));
+        metrics.keyvalue_call(KvOp::Get);
+        metrics.keyvalue_done(KvOp::Get, Duration::from_micros(40), true);
+        let text = metrics.text();
+        assert!(!text.contains(r#"status="200""#), "{text}");
+        for unchanged in [
+            r#"edge_responses_request_duration_seconds_count{route="/v1/models"} 0"#,
+            "edge_responses_backend_request_duration_seconds_count 0",
+            r#"edge_responses_keyvalue_operations_total{op="get"} 0"#,
+            r#"edge_responses_keyvalue_errors_total{op="get"} 0"#,
+        ] {
+            assert!(
+                text.lines().any(|line| line == unchanged),
+                "{unchanged}\n{text}"
             );
         }
     }

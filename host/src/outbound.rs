@@ -16,7 +16,12 @@
 //!
 //! Every request is counted in the server's metrics (by response status or
 //! kind of failure) and timed to the end of its response body, and tallied
-//! in the log record of the request the instance serves.
+//! in the log record of the request the instance serves. When that request
+//! is traced, the outbound request is a span of its own, named in the
+//! `traceparent` header it is sent with (see `trace`).
+//!
+//! The host's own requests (trace exports, readiness probes) use the same
+//! pool through [`send_whole`] and [`probe`], unrecorded.
 
 use std::future::Future;
 use std::io;
@@ -46,6 +51,7 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 use crate::admission::MAX_INSTANCES;
 use crate::exchange::{BackendStatus, Exchange};
 use crate::metrics::Metrics;
+use crate::trace::OutboundSpan;
 
 /// How long an unused connection stays in the pool: under the 5 s after
 /// which common model servers (uvicorn, so vLLM; Node) close an idle
@@ -108,14 +114,19 @@ impl Outbound {
 impl WasiHttpHooks for Outbound {
     fn send_request(
         &mut self,
-        request: Request<WasiBody>,
+        mut request: Request<WasiBody>,
         options: Option<RequestOptions>,
         fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> SendFuture {
         // `fut` tells how the guest's handling of the response ended; like
         // the default sender, this one has no use for it.
         drop(fut);
-        let call = Call::start(self.metrics.clone(), self.exchange.clone());
+        let span = self
+            .exchange
+            .as_ref()
+            .and_then(|exchange| exchange.trace())
+            .map(|trace| trace.outbound(&mut request));
+        let call = Call::start(self.metrics.clone(), self.exchange.clone(), span);
         Box::new(async move {
             let mut call = call;
             match send(request, Timeouts::new(options)).await {
@@ -142,22 +153,29 @@ impl WasiHttpHooks for Outbound {
 
 /// One outbound request being recorded: counted by status once its head
 /// (or failure) is known, and timed until it is dropped, which is when its
-/// response body has been read or dropped, or at once for a failure.
+/// response body has been read or dropped, or at once for a failure. Its
+/// span, if traced, ends then too.
 struct Call {
     metrics: Arc<Metrics>,
     exchange: Option<Arc<Exchange>>,
+    span: Option<OutboundSpan>,
     started: std::time::Instant,
     counted: bool,
 }
 
 impl Call {
-    fn start(metrics: Arc<Metrics>, exchange: Option<Arc<Exchange>>) -> Self {
+    fn start(
+        metrics: Arc<Metrics>,
+        exchange: Option<Arc<Exchange>>,
+        span: Option<OutboundSpan>,
+    ) -> Self {
         if let Some(exchange) = &exchange {
             exchange.backend_call();
         }
         Call {
             metrics,
             exchange,
+            span,
             started: std::time::Instant::now(),
             counted: false,
         }
@@ -168,6 +186,12 @@ impl Call {
         match status {
             BackendStatus::Code(code) => self.metrics.backend_request(&code.to_string()),
             BackendStatus::Failed(kind) => self.metrics.backend_request(kind),
+        }
+        if let Some(span) = &mut self.span {
+            match status {
+                BackendStatus::Code(code) => span.status(code),
+                BackendStatus::Failed(kind) => span.failed(kind),
+            }
         }
         if let Some(exchange) = &self.exchange {
             exchange.backend_status(status);
@@ -255,6 +279,41 @@ pub(crate) async fn probe(url: &str) -> Result<u16, String> {
             Err(format!("no answer within {} s", PROBE_TIMEOUT.as_secs()))
         }
         Err(err) => Err(err.to_string()),
+    }
+}
+
+/// Most of a response body [`send_whole`] reads.
+const MAX_WHOLE_BODY: usize = 4 << 20;
+
+/// Sends `request` through the shared pool and reads its response whole
+/// (up to 4 MiB), all within `timeout`: the host's own requests (trace
+/// exports). Not recorded in any metric, nor traced.
+pub(crate) async fn send_whole(
+    request: Request<Bytes>,
+    timeout: Duration,
+) -> anyhow::Result<Response<Bytes>> {
+    let request = request.map(|body| {
+        http_body_util::Full::new(body)
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    });
+    let timeouts = Timeouts {
+        connect: timeout,
+        first_byte: timeout,
+        between_bytes: timeout,
+    };
+    let round_trip = async {
+        let response = send(request, timeouts).await?;
+        let (head, body) = response.into_parts();
+        let body = http_body_util::Limited::new(body, MAX_WHOLE_BODY)
+            .collect()
+            .await
+            .map_err(|err| anyhow::anyhow!("reading the response: {err}"))?;
+        Ok(Response::from_parts(head, body.to_bytes()))
+    };
+    match tokio::time::timeout(timeout, round_trip).await {
+        Ok(result) => result,
+        Err(_elapsed) => anyhow::bail!("no answer within {} ms", timeout.as_millis()),
     }
 }
 

@@ -100,7 +100,7 @@ impl Responses {
 }
 
 /// The API error for a call that found no free instance in time.
-fn overloaded() -> ApiError {
+pub(crate) fn overloaded() -> ApiError {
     ApiError {
         status: 503,
         message: crate::http::OVERLOADED_MESSAGE.to_owned(),

@@ -119,6 +119,7 @@ pub(crate) fn method_label(method: &Method) -> &'static str {
         Method::PUT => "PUT",
         Method::PATCH => "PATCH",
         Method::OPTIONS => "OPTIONS",
+        _ if method.as_str() == crate::socket::TURN_METHOD => crate::socket::TURN_METHOD,
         _ => "other",
     }
 }

@@ -679,6 +679,30 @@ async fn json_logs_carry_one_line_per_request() {
     assert!(record.get("backend_status").is_none(), "{record}");
     assert!(record.get("model").is_none(), "{record}");
 
+    // What the component writes when something goes wrong is a JSON line
+    // too, naming its request.
+    backend.push(Reply::error(500, "the model fell over"));
+    let failed = create(host.addr, "fails", false, "x-request-id: log-test-3\r\n").await;
+    assert_eq!(failed.status, 502, "{}", failed.body);
+    let lines = host.lines_until(|line| {
+        line.contains("\"log-test-3\"") && line.contains(edge_responses_host::REQUEST_LOG_TARGET)
+    });
+    let records: Vec<Value> = lines
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}")))
+        .collect();
+    let warning = records
+        .iter()
+        .find(|r| r["target"] == edge_responses_host::GUEST_LOG_TARGET)
+        .unwrap_or_else(|| panic!("no component line in {records:#?}"));
+    assert_eq!(warning["level"], "WARN");
+    assert_eq!(warning["request_id"], "log-test-3");
+    let message = warning["fields"]["message"]
+        .as_str()
+        .or(warning["message"].as_str())
+        .unwrap_or_default();
+    assert!(message.contains("answered 500"), "{warning}");
+
     // The flag's metrics listener serves the same requests.
     let samples = scrape(host.metrics.expect("a metrics address")).await;
     let ok = [CREATES, &[("status", "200")]].concat();

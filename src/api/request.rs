@@ -79,6 +79,11 @@ pub struct CreateRequest {
     pub context_management: Option<Vec<Value>>,
     #[serde(default)]
     pub background: Option<bool>,
+    /// `false`: a warm-up (WebSocket mode's, which clients also send over
+    /// HTTP): the response completes at once with no output and no model
+    /// call, and later turns chain from it.
+    #[serde(default)]
+    pub generate: Option<bool>,
 }
 
 /// `input`: a string, or a list of items.

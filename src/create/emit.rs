@@ -28,6 +28,24 @@ pub trait EventSink {
     }
 }
 
+/// A live stream's bytes, to whatever carries them: an HTTP answer's body
+/// or a WebSocket turn's queue. One type for all of them, so the pipeline,
+/// generic over its sink, is compiled once for every live stream (each copy
+/// costs the component tens of kilobytes).
+pub struct LiveSink(std::pin::Pin<Box<dyn futures::Sink<Vec<u8>, Error = ()>>>);
+
+impl LiveSink {
+    pub fn new<S: futures::Sink<Vec<u8>> + 'static>(sink: S) -> Self {
+        LiveSink(Box::pin(futures::SinkExt::sink_map_err(sink, |_| ())))
+    }
+}
+
+impl EventSink for LiveSink {
+    async fn send(&mut self, bytes: Vec<u8>) -> bool {
+        futures::SinkExt::send(&mut self.0, bytes).await.is_ok()
+    }
+}
+
 /// The sink of a non-streaming request: events are dropped.
 pub struct Discard;
 

@@ -27,9 +27,10 @@ pub(crate) mod model;
 mod render;
 pub(crate) mod resolve;
 mod save;
+pub mod socket;
 mod truncate;
 
-pub use emit::{Discard, EventSink};
+pub use emit::{Discard, EventSink, LiveSink};
 pub use resolve::{prepare_input, with_id};
 
 use crate::api::items::Item;
@@ -69,6 +70,8 @@ pub struct Create<'s, K: Kv, B: Backend> {
     /// Whether it runs in the background (`background: true`): its events
     /// are kept, and it goes on without its client.
     pub background: bool,
+    /// Whether the model is called (`generate: false` is a warm-up).
+    generate: bool,
 }
 
 impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
@@ -79,8 +82,23 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
         api_key: Option<&'s str>,
         body: &[u8],
     ) -> Result<Self, ApiError> {
+        Self::start_turn(service, api_key, body, None).await
+    }
+
+    /// [`start`](Self::start), for a WebSocket turn when `turn` is given
+    /// (see [`socket`]).
+    pub async fn start_turn(
+        service: &'s Service<K, B>,
+        api_key: Option<&'s str>,
+        body: &[u8],
+        turn: Option<socket::Turn>,
+    ) -> Result<Self, ApiError> {
         let tenant = service.tenant(api_key)?;
-        let request = CreateRequest::parse(body)?;
+        let mut request = CreateRequest::parse(body)?;
+        let remembered = match turn {
+            Some(turn) => turn.apply(&mut request)?,
+            None => None,
+        };
         service.admit(&tenant)?;
         let background = request.background == Some(true);
         if background && !request.store() {
@@ -119,6 +137,11 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
             resolved.rendered = Rendered::new(&items, replay.send_reasoning).messages;
             compaction = Some(item);
         }
+        // A continuation of a remembered response names it, as one from
+        // the store does.
+        if remembered.is_some() {
+            request.previous_response_id = remembered;
+        }
         let plan = render::render(&request, &settings.routes, resolved.kept, resolved.rendered)?;
         let call = Call {
             backend: &service.backend,
@@ -154,12 +177,23 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
             store: request.store(),
             streaming: request.stream(),
             background,
+            generate: request.generate != Some(false),
         })
     }
 
     /// The tenant it runs for.
     pub fn tenant(&self) -> &str {
         &self.tenant
+    }
+
+    /// Whether it is stored.
+    pub fn stored(&self) -> bool {
+        self.store
+    }
+
+    /// Its input as stored: ids given, references resolved.
+    pub fn input(&self) -> &[Item] {
+        &self.input
     }
 
     /// The response as a background create answers it: `queued`.
@@ -195,7 +229,11 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
         if !out.events(first).await {
             return self.interrupted();
         }
-        let failure = match self.model.run(&mut self.stream, &mut out).await {
+        let ended = match self.generate {
+            true => self.model.run(&mut self.stream, &mut out).await,
+            false => Ended::Finished,
+        };
+        let failure = match ended {
             Ended::Finished => None,
             Ended::Failed(error) => Some(error),
             Ended::ClientGone if out.cancelled() => return self.cancelled(out).await,

@@ -19,7 +19,10 @@ use spin_sdk::wit::wasi::config::store as config;
 
 /// The service wired to the host: settings read once, the default bucket
 /// opened once.
-pub fn service() -> Result<Service<WasiKv, WasiBackend>, ApiError> {
+/// The service as the component runs it.
+pub type WasiService = Service<WasiKv, WasiBackend>;
+
+pub fn service() -> Result<WasiService, ApiError> {
     let pairs = config::get_all()
         .map_err(|e| ApiError::server(format!("Reading configuration failed: {e:?}")))?;
     let settings = Settings::from_pairs(pairs)?;

@@ -51,6 +51,7 @@ pub struct Harness {
     pub client: reqwest::Client,
     pub state: tempfile::TempDir,
     variables: BTreeMap<String, String>,
+    adjust: fn(&mut Config),
 }
 
 impl Harness {
@@ -61,6 +62,12 @@ impl Harness {
 
     /// A service with extra `wasi:config` values.
     pub async fn with_variables(extra: &[(&str, &str)]) -> Harness {
+        Self::configured(extra, |_| {}).await
+    }
+
+    /// A service with extra `wasi:config` values and host settings set by
+    /// `adjust`.
+    pub async fn configured(extra: &[(&str, &str)], adjust: fn(&mut Config)) -> Harness {
         let backend = start_backend();
         let state = tempfile::tempdir().expect("temp dir");
         // Removal steps run only where a test asks for them: one create in
@@ -74,13 +81,14 @@ impl Harness {
         for (k, v) in extra {
             variables.insert((*k).to_owned(), (*v).to_owned());
         }
-        let server = serve(state.path(), &variables).await;
+        let server = serve(state.path(), &variables, adjust).await;
         Harness {
             backend,
             server,
             client: reqwest::Client::new(),
             state,
             variables,
+            adjust,
         }
     }
 
@@ -97,18 +105,20 @@ impl Harness {
             client,
             state,
             mut variables,
+            adjust,
         } = self;
         for (k, v) in changes {
             variables.insert((*k).to_owned(), (*v).to_owned());
         }
         server.shutdown().await;
-        let server = serve(state.path(), &variables).await;
+        let server = serve(state.path(), &variables, adjust).await;
         Harness {
             backend,
             server,
             client,
             state,
             variables,
+            adjust,
         }
     }
 
@@ -157,7 +167,11 @@ impl Harness {
     }
 }
 
-async fn serve(state: &Path, variables: &BTreeMap<String, String>) -> Server {
+async fn serve(
+    state: &Path,
+    variables: &BTreeMap<String, String>,
+    adjust: fn(&mut Config),
+) -> Server {
     let mut config = Config::new(component());
     config.listen = "127.0.0.1:0".parse().expect("address");
     config.state_dir = state.to_path_buf();
@@ -165,6 +179,7 @@ async fn serve(state: &Path, variables: &BTreeMap<String, String>) -> Server {
     // compiled once per build instead of once per binary.
     config.cache = Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("component-cache"));
     config.variables = variables.clone();
+    adjust(&mut config);
     Server::start(config).await.expect("host starts")
 }
 

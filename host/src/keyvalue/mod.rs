@@ -3,7 +3,9 @@
 //! Owns the guest-facing side: the `bucket` and `cas` resources, the mapping
 //! of each WIT function onto the server's [`Store`] (SQLite or Redis, see
 //! `store`), and counting every call in [`KvStats`] and the server's
-//! metrics (with its time in the store), whichever store serves it.
+//! metrics (with its time in the store), whichever store serves it. A call
+//! made for a traced request is a span of that request's trace (see
+//! `trace::keyvalue_span`).
 //!
 //! Only the store label `"default"` opens, as in a Spin app whose component
 //! lists `key_value_stores = ["default"]`; other labels are `no-such-store`.
@@ -21,6 +23,7 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use crate::bindings::wasi::keyvalue::{atomics, batch, store as wit};
 use crate::metrics::Metrics;
+use crate::trace;
 use crate::StoreLocation;
 use stats::KvCounters;
 pub(crate) use stats::KvOp;
@@ -101,12 +104,27 @@ impl KeyValue {
         op: KvOp,
         work: impl Future<Output = StoreResult<T>>,
     ) -> Result<T, wit::Error> {
+        self.run_batch(op, None, work).await
+    }
+
+    /// [`Self::run`] for a call on `keys` keys at once (traces say how
+    /// many).
+    async fn run_batch<T>(
+        &self,
+        op: KvOp,
+        keys: Option<usize>,
+        work: impl Future<Output = StoreResult<T>>,
+    ) -> Result<T, wit::Error> {
         self.counters.record(op);
         self.metrics.keyvalue_call(op);
+        let span = trace::keyvalue_span(op.span_name(), op.name(), self.store.kind(), keys);
         let started = Instant::now();
         let result = work.await;
         self.metrics
             .keyvalue_done(op, started.elapsed(), result.is_err());
+        if let Some(span) = span {
+            span.end(result.as_ref().err().map(ToString::to_string));
+        }
         result.map_err(|err| {
             tracing::warn!(?op, "key-value call failed: {err}");
             wit::Error::Other(err.to_string())
@@ -217,8 +235,9 @@ impl batch::Host for KeyValueView<'_> {
     ) -> KvResult<Vec<(String, Option<Vec<u8>>)>> {
         let label = self.label(&bucket)?;
         let kv = self.kv;
+        let count = Some(keys.len());
         Ok(kv
-            .run(KvOp::GetMany, kv.store().get_many(&label, keys))
+            .run_batch(KvOp::GetMany, count, kv.store().get_many(&label, keys))
             .await)
     }
 
@@ -230,14 +249,17 @@ impl batch::Host for KeyValueView<'_> {
         let label = self.label(&bucket)?;
         let kv = self.kv;
         let writing = kv.store().set_many(&label, &key_values);
-        Ok(kv.run(KvOp::SetMany, writing).await)
+        let count = Some(key_values.len());
+        Ok(kv.run_batch(KvOp::SetMany, count, writing).await)
     }
 
     async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> KvResult<()> {
         let label = self.label(&bucket)?;
         let kv = self.kv;
         let deleting = kv.store().delete_many(&label, &keys);
-        Ok(kv.run(KvOp::DeleteMany, deleting).await)
+        Ok(kv
+            .run_batch(KvOp::DeleteMany, Some(keys.len()), deleting)
+            .await)
     }
 }
 

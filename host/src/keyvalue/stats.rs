@@ -44,6 +44,26 @@ impl KvOp {
     pub(crate) fn name(self) -> &'static str {
         KvStats::default().fields()[self as usize].0
     }
+
+    /// The name of a trace span for one call of this kind: `keyvalue` and
+    /// [`Self::name`].
+    pub(crate) fn span_name(self) -> &'static str {
+        const NAMES: [&str; 12] = [
+            "keyvalue get",
+            "keyvalue set",
+            "keyvalue delete",
+            "keyvalue exists",
+            "keyvalue list_keys",
+            "keyvalue get_many",
+            "keyvalue set_many",
+            "keyvalue delete_many",
+            "keyvalue increment",
+            "keyvalue cas_new",
+            "keyvalue cas_current",
+            "keyvalue swap",
+        ];
+        NAMES[self as usize]
+    }
 }
 
 /// A snapshot of how many key-value calls of each kind guests have made.
@@ -155,6 +175,9 @@ mod tests {
         }
         assert_eq!(KvOp::GetMany.name(), "get_many");
         assert_eq!(KvOp::Swap.name(), "swap");
+        for op in KvOp::ALL {
+            assert_eq!(op.span_name(), format!("keyvalue {}", op.name()));
+        }
     }
 
     #[test]

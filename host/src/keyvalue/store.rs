@@ -76,6 +76,15 @@ impl Store {
         }
     }
 
+    /// Which kind of store this is, as traces name it: `sqlite` or
+    /// `redis`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Redis(_) => "redis",
+        }
+    }
+
     /// The value of `key`, if set.
     pub async fn get(&self, label: &str, key: &str) -> StoreResult<Option<Vec<u8>>> {
         match self {
