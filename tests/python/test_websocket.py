@@ -7,6 +7,7 @@ Run by `tests/python_sdk.rs` against our host (Spin has no inbound
 WebSocket).
 """
 
+import asyncio
 import os
 
 import openai
@@ -89,3 +90,37 @@ def test_unstored_previous_response_after_reconnect(client):
             store=False,
         )
         assert until_done(connection)[-1].type == "response.completed"
+
+
+def test_agents_sdk_runs_a_tool_loop_over_one_socket():
+    """The Agents SDK's WebSocket transport: a function tool called and
+    answered over one connection, turns chained as the SDK chains them."""
+    agents = pytest.importorskip("agents")
+    agents.set_tracing_disabled(True)
+    calls = []
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        calls.append(city)
+        return f"Sunny in {city}."
+
+    script(
+        {"tool_calls": [{"id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'}]},
+        {"content": ["It is ", "sunny."]},
+    )
+
+    async def run():
+        async with agents.responses_websocket_session(
+            api_key="unused", base_url=BASE_URL + "/v1"
+        ) as session:
+            agent = agents.Agent(
+                name="weather", instructions="Use the tool.", model="m", tools=[get_weather]
+            )
+            return await session.run(agent, "Weather in Paris?")
+
+    result = asyncio.run(run())
+    assert calls == ["Paris"]
+    assert result.final_output == "It is sunny."
+    kinds = [item.type for item in result.new_items]
+    assert kinds == ["tool_call_item", "tool_call_output_item", "message_output_item"], kinds
