@@ -451,3 +451,65 @@ async fn without_an_export_nothing_is_traced() {
     // The component sends none of its own, and the host adds none.
     assert_eq!(traceparent_sent(&backend, "off-1"), None);
 }
+
+/// A WebSocket turn: its server span continues the upgrade request's
+/// `traceparent`, and its backend and key-value calls are under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_turn_continues_the_upgrades_trace() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let collector = Collector::start().await;
+    let backend = Backend::start().expect("backend starts");
+    let state = tempfile::tempdir().expect("temp dir");
+    let export = collector.export(OtlpProtocol::HttpProtobuf);
+    let server = start(&state, &backend, Some(export)).await;
+
+    let url = server.url().replacen("http://", "ws://", 1) + "/v1/responses";
+    let mut request = url.into_client_request().expect("a request");
+    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+    request
+        .headers_mut()
+        .insert("traceparent", traceparent.parse().expect("a header"));
+    let turn = async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("the upgrade");
+        let create = r#"{"type":"response.create","model":"m","input":"trace me"}"#;
+        ws.send(Message::text(create)).await.expect("sent");
+        while let Some(message) = ws.next().await {
+            if let Message::Text(text) = message.expect("a message") {
+                if text.contains("\"response.completed\"") {
+                    break;
+                }
+            }
+        }
+        ws.close(None).await.expect("closed");
+    };
+    tokio::time::timeout(PATIENCE, turn).await.expect("in time");
+    shut_down(server).await;
+
+    let requests = backend.chat_requests();
+    assert_eq!(requests.len(), 1);
+    let request_id = requests[0]
+        .header("x-request-id")
+        .expect("a request id")
+        .to_owned();
+    let spans = collector.spans();
+    let turn = server_span(&spans, &request_id);
+    assert_eq!(hex(&turn.trace_id), CLIENT_TRACE);
+    assert_eq!(hex(&turn.parent_span_id), CLIENT_SPAN);
+    assert_eq!(
+        text(&turn.attributes, "http.request.method").as_deref(),
+        Some("WS")
+    );
+    assert_eq!(turn.name, "WS /v1/responses");
+    let calls = children(&spans, &turn);
+    let call = backend_call(&calls, &backend);
+    assert!(!store_calls(&calls).is_empty(), "{calls:#?}");
+    assert_eq!(
+        traceparent_sent(&backend, &request_id),
+        Some(format!("00-{CLIENT_TRACE}-{}-01", hex(&call.span_id)))
+    );
+}
