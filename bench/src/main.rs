@@ -13,7 +13,9 @@
 //! a create that lists and calls a tool of a real MCP server, against its
 //! parts measured alone; then what the request log and metrics cost (see
 //! [`ops`]): three host processes, logging and metrics on, off, and off
-//! again as the control, taking requests in turn.
+//! again as the control, taking requests in turn; then the per-turn latency
+//! of an agent loop over one WebSocket against one HTTP request per turn
+//! (see [`socket`]).
 //!
 //! The last phase, many slow streams at once (see [`concurrency`]), runs the
 //! host in a child process instead (this binary, re-run with a hidden
@@ -34,6 +36,7 @@ mod concurrency;
 mod mcp;
 mod ops;
 mod report;
+mod socket;
 mod stats;
 mod storage;
 mod system;
@@ -76,7 +79,7 @@ const BACKEND_THREAD: &str = "scripted-backen";
 /// component cache in a separate process.
 const COMPILE_ONLY_FLAG: &str = "--compile-only";
 
-const USAGE: &str = "usage: bench [--quick] [--json PATH] [--component PATH] [--only concurrency|mcp|ops]
+const USAGE: &str = "usage: bench [--quick] [--json PATH] [--component PATH] [--only concurrency|mcp|ops|socket]
              [--streams N,...] [--backend-listen ADDR] [--compare NAME=URL]...
 
   --quick                short smoke run (about a minute); results go to
@@ -95,6 +98,10 @@ const USAGE: &str = "usage: bench [--quick] [--json PATH] [--component PATH] [--
                          binary three times, request log and metrics on,
                          off, and off again (the A/A control), taking
                          requests in turn; results go to target/bench-partial/
+  --only socket          run only the WebSocket phase: agent loops of 10
+                         turns over one WebSocket and over one HTTP request
+                         per turn, side by side; results go to
+                         target/bench-partial/
   --streams N,...        stream counts of the concurrency phase (default
                          1000,5000; quick 100,300); results go to
                          target/bench-partial/
@@ -154,7 +161,10 @@ impl Options {
                     Some("concurrency") => options.only = Some(Only::Concurrency),
                     Some("mcp") => options.only = Some(Only::Mcp),
                     Some("ops") => options.only = Some(Only::Ops),
-                    other => bail!("--only takes `concurrency`, `mcp` or `ops`, got {other:?}"),
+                    Some("socket") => options.only = Some(Only::Socket),
+                    other => {
+                        bail!("--only takes `concurrency`, `mcp`, `ops` or `socket`, got {other:?}")
+                    }
                 },
                 "--streams" => {
                     let list = args
@@ -192,7 +202,7 @@ impl Options {
                 other => bail!("unknown argument {other:?}\n\n{USAGE}"),
             }
         }
-        if let Some(only @ (Only::Mcp | Only::Ops)) = options.only {
+        if let Some(only @ (Only::Mcp | Only::Ops | Only::Socket)) = options.only {
             if options.streams.is_some() || !options.compare.is_empty() {
                 bail!(
                     "--only {} runs neither the concurrency phase (--streams) nor the \
@@ -229,6 +239,10 @@ impl Options {
         matches!(self.only, None | Some(Only::Ops))
     }
 
+    fn runs_socket(&self) -> bool {
+        matches!(self.only, None | Some(Only::Socket))
+    }
+
     fn runs_concurrency(&self) -> bool {
         matches!(self.only, None | Some(Only::Concurrency))
     }
@@ -240,6 +254,7 @@ enum Only {
     Concurrency,
     Mcp,
     Ops,
+    Socket,
 }
 
 impl Only {
@@ -248,6 +263,7 @@ impl Only {
             Only::Concurrency => "concurrency",
             Only::Mcp => "mcp",
             Only::Ops => "ops",
+            Only::Socket => "socket",
         }
     }
 }
@@ -279,6 +295,9 @@ struct Plan {
     /// Rounds of the logging and metrics phase (one request to each of
     /// three hosts and one to the backend).
     ops: ops::Counts,
+    /// Chains of the WebSocket phase, each way (and chains of warm-up).
+    socket_chains: usize,
+    socket_warmup: usize,
 }
 
 impl Plan {
@@ -299,6 +318,8 @@ impl Plan {
                     warmup: 50,
                     rounds: 300,
                 },
+                socket_chains: 10,
+                socket_warmup: 2,
             }
         } else {
             Plan {
@@ -316,6 +337,8 @@ impl Plan {
                     warmup: 200,
                     rounds: 4000,
                 },
+                socket_chains: 200,
+                socket_warmup: 10,
             }
         }
     }
@@ -432,6 +455,15 @@ fn run() -> anyhow::Result<()> {
     let ops = options
         .runs_ops()
         .then(|| ops::run(plan.ops, &component, &state_dir, &backend));
+    let socket = options.runs_socket().then(|| {
+        socket::run(
+            plan.socket_chains,
+            plan.socket_warmup,
+            &component,
+            &state_dir,
+            &backend,
+        )
+    });
     let phase = if options.runs_concurrency() {
         Some(concurrency::run(
             &settings,
@@ -457,6 +489,7 @@ fn run() -> anyhow::Result<()> {
         Standalone {
             mcp: mcp.as_ref(),
             ops: ops.as_ref(),
+            socket: socket.as_ref(),
         },
         phase.as_ref(),
         &options.compare,
@@ -1015,6 +1048,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 struct Standalone<'a> {
     mcp: Option<&'a mcp::Outcome>,
     ops: Option<&'a ops::Outcome>,
+    socket: Option<&'a socket::Outcome>,
 }
 
 fn build_report(
@@ -1037,6 +1071,10 @@ fn build_report(
     if let Some(ops) = standalone.ops {
         sections.push(ops.section());
         details["logging_and_metrics"] = ops.to_json();
+    }
+    if let Some(socket) = standalone.socket {
+        sections.push(socket.section());
+        details["websocket_turns"] = socket.to_json();
     }
     if let Some(phase) = phase {
         sections.push(phase.section());
@@ -1320,9 +1358,13 @@ mod tests {
         let ops = parse(&["--only", "ops"]).expect("parses");
         assert!(ops.partial() && ops.runs_ops() && !ops.runs_mcp());
         assert!(!ops.runs_main_phases() && !ops.runs_concurrency());
+        let socket = parse(&["--only", "socket"]).expect("parses");
+        assert!(socket.partial() && socket.runs_socket() && !socket.runs_ops());
+        assert!(!socket.runs_main_phases() && !socket.runs_mcp());
         let full = parse(&[]).expect("parses");
         assert!(full.runs_main_phases() && full.runs_mcp() && full.runs_concurrency());
         assert!(full.runs_ops());
+        assert!(full.runs_socket());
         assert_eq!(options.streams, Some(vec![10, 20]));
         assert_eq!(
             options.backend_listen,
@@ -1340,6 +1382,7 @@ mod tests {
             &["--streams", "0"],
             &["--only", "mcp", "--streams", "10"],
             &["--only", "ops", "--streams", "10"],
+            &["--only", "socket", "--streams", "10"],
             &[
                 "--only",
                 "ops",
