@@ -61,6 +61,8 @@ struct State {
     server_span: Option<ServerSpan>,
     status: Option<u16>,
     first_byte: Option<Duration>,
+    /// When the first delta event went out (streams and WebSocket turns).
+    first_token: Option<Duration>,
     /// Set when the body ended (or was dropped); the metrics are recorded
     /// then.
     finished: Option<Duration>,
@@ -265,6 +267,13 @@ impl Exchange {
         self.state().first_byte.get_or_insert(elapsed);
     }
 
+    /// The first delta event (a token of text, reasoning or tool call
+    /// arguments) is on its way.
+    pub(crate) fn first_token(&self) {
+        let elapsed = self.started.elapsed();
+        self.state().first_token.get_or_insert(elapsed);
+    }
+
     /// The body has ended, or will not be sent: records the request's
     /// metrics (once), and writes its log line if the component has
     /// reported.
@@ -285,6 +294,9 @@ impl Exchange {
             finished,
             first_byte,
         );
+        if let Some(first_token) = state.first_token {
+            self.metrics.first_token(self.route, first_token);
+        }
         if state.reported && !state.logged {
             self.conclude(&mut state);
         }
@@ -293,6 +305,12 @@ impl Exchange {
     /// Ends the server span, then writes the request log line: once.
     fn conclude(&self, state: &mut State) {
         state.logged = true;
+        let report = &state.report;
+        if let (Some(model), Some(input), Some(output)) =
+            (&report.model, report.input_tokens, report.output_tokens)
+        {
+            self.metrics.tokens(model, input, output);
+        }
         if let Some(span) = state.server_span.take() {
             let took = state.finished.unwrap_or_else(|| self.started.elapsed());
             span.end(state.status, &state.report, took);
@@ -314,6 +332,7 @@ impl Exchange {
             status = state.status,
             duration_ms = state.finished.map(millis),
             ttfb_ms = state.first_byte.map(millis),
+            ttft_ms = state.first_token.map(millis),
             backend_calls = backend.calls,
             backend_status = backend.last_status.map(tracing::field::display),
             backend_ms = called.then(|| millis(backend.time)),
@@ -352,6 +371,8 @@ pub(crate) struct ObservedBody<B> {
     inner: B,
     exchange: Arc<Exchange>,
     sent_data: bool,
+    /// Whether a delta event has gone out.
+    sent_token: bool,
 }
 
 impl<B> ObservedBody<B> {
@@ -360,8 +381,17 @@ impl<B> ObservedBody<B> {
             inner,
             exchange,
             sent_data: false,
+            sent_token: false,
         }
     }
+}
+
+/// Whether a piece of an event stream holds a delta event: its data has
+/// `"type":"response.….delta"`. Text inside events is JSON-escaped, so a
+/// `.delta"` in a model's words reads `.delta\"` and does not match.
+pub(crate) fn holds_delta(bytes: &[u8]) -> bool {
+    const DELTA: &[u8] = b".delta\"";
+    bytes.windows(DELTA.len()).any(|window| window == DELTA)
 }
 
 impl<B> Body for ObservedBody<B>
@@ -382,6 +412,11 @@ where
                 if has_bytes && !self.sent_data {
                     self.sent_data = true;
                     self.exchange.first_byte();
+                }
+                let token = !self.sent_token && frame.data_ref().is_some_and(|d| holds_delta(d));
+                if token {
+                    self.sent_token = true;
+                    self.exchange.first_token();
                 }
             }
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.exchange.finish(),
@@ -408,6 +443,21 @@ impl<B> Drop for ObservedBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delta_events_are_told_from_text_that_names_them() {
+        assert!(holds_delta(
+            b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\n"
+        ));
+        assert!(holds_delta(
+            b"{\"type\":\"response.function_call_arguments.delta\""
+        ));
+        assert!(!holds_delta(b"data: {\"type\":\"response.created\"}\n\n"));
+        // A model that writes `.delta"`: escaped inside its event.
+        assert!(!holds_delta(
+            b"data: {\"type\":\"response.output_text.done\",\"text\":\"x.delta\\\" y\"}"
+        ));
+    }
 
     #[test]
     fn a_report_line_parses_into_its_fields() {

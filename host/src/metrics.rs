@@ -10,6 +10,11 @@
 //! known late, look their handle up per observation (a hash lookup under a
 //! read lock).
 //!
+//! Tokens are counted by model (`tokens_total{model, direction}`) as the
+//! component reports them. Model names come from clients, so at most
+//! [`MAX_MODELS`] distinct ones get a series of their own; tokens of any
+//! other model count under `model="other"`.
+//!
 //! A server without a metrics listener records nothing: its [`Metrics`] is
 //! [`Metrics::disabled`], whose record methods return at once (the instance
 //! gauges, shared with the instance pool as plain atomics, still move).
@@ -17,8 +22,9 @@
 //! [`serve`] answers `GET /metrics` on a listener of its own, in the text
 //! exposition format written by the crate's `TextEncoder`.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -52,6 +58,9 @@ const KEYVALUE_BUCKETS: &[f64] = &[
     0.25, 1.0,
 ];
 
+/// Most models counted apart in `tokens_total`.
+pub(crate) const MAX_MODELS: usize = 64;
+
 /// One server's metrics.
 pub(crate) struct Metrics {
     /// Whether observations are recorded; when not, every record method
@@ -61,6 +70,10 @@ pub(crate) struct Metrics {
     requests: IntCounterVec,
     request_duration: [Histogram; Route::ALL.len()],
     first_byte: [Histogram; Route::ALL.len()],
+    first_token: [Histogram; Route::ALL.len()],
+    tokens: IntCounterVec,
+    /// The models `tokens` has a series for.
+    models: Mutex<HashSet<String>>,
     backend_requests: IntCounterVec,
     backend_duration: Histogram,
     keyvalue: [KeyValueOp; KvOp::ALL.len()],
@@ -180,6 +193,24 @@ impl Metrics {
         )?;
         register(Box::new(instance_limit.clone()))?;
 
+        let first_token = HistogramVec::new(
+            HistogramOpts::new(
+                "time_to_first_token_seconds",
+                "Time from a request's arrival to its first delta event (text, reasoning or tool call arguments), streams and WebSocket turns only",
+            )
+            .buckets(REQUEST_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        register(Box::new(first_token.clone()))?;
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "tokens_total",
+                "Tokens of created responses, by model and direction (input, output)",
+            ),
+            &["model", "direction"],
+        )?;
+        register(Box::new(tokens.clone()))?;
+
         let by_route =
             |vec: &HistogramVec| Route::ALL.map(|r| vec.with_label_values(&[r.as_str()]));
         let keyvalue = KvOp::ALL.map(|op| KeyValueOp {
@@ -191,6 +222,9 @@ impl Metrics {
             enabled: true,
             request_duration: by_route(&request_duration),
             first_byte: by_route(&first_byte),
+            first_token: by_route(&first_token),
+            tokens,
+            models: Mutex::new(HashSet::new()),
             registry,
             requests,
             backend_requests,
@@ -221,6 +255,35 @@ impl Metrics {
             .inc();
         self.request_duration[route as usize].observe(duration.as_secs_f64());
         self.first_byte[route as usize].observe(first_byte.as_secs_f64());
+    }
+
+    /// Records a stream's time to its first token.
+    pub(crate) fn first_token(&self, route: Route, elapsed: Duration) {
+        if !self.enabled {
+            return;
+        }
+        self.first_token[route as usize].observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts the tokens of a created response of `model`.
+    pub(crate) fn tokens(&self, model: &str, input: u64, output: u64) {
+        if !self.enabled {
+            return;
+        }
+        let model = {
+            let mut models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
+            if models.contains(model) || models.len() < MAX_MODELS {
+                models.insert(model.to_owned());
+                model
+            } else {
+                "other"
+            }
+        };
+        for (direction, count) in [("input", input), ("output", output)] {
+            self.tokens
+                .with_label_values(&[model, direction])
+                .inc_by(count);
+        }
     }
 
     /// Counts an outbound request by its response status or failure kind.
@@ -348,6 +411,36 @@ fn answer(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Bytes
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_are_counted_by_model_up_to_a_bound() {
+        let metrics = Metrics::new();
+        metrics.tokens("m", 3, 5);
+        metrics.tokens("m", 1, 1);
+        for i in 0..MAX_MODELS + 10 {
+            metrics.tokens(&format!("model-{i}"), 1, 2);
+        }
+        let text = metrics.text();
+        assert!(
+            text.contains(r#"edge_responses_tokens_total{direction="input",model="m"} 4"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"edge_responses_tokens_total{direction="output",model="m"} 6"#),
+            "{text}"
+        );
+        // `m` and 63 others have series; the 11 after them count as one.
+        assert!(
+            text.contains(r#"edge_responses_tokens_total{direction="output",model="other"} 22"#),
+            "{text}"
+        );
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("edge_responses_tokens_total{"))
+            .count();
+        assert_eq!(series, 2 * (MAX_MODELS + 1));
+        Metrics::disabled().tokens("m", 1, 1);
+    }
 
     #[test]
     fn status_labels_are_decimal() {

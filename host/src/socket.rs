@@ -512,10 +512,14 @@ impl Connection {
             Err(error) => return Ok(Err(error)),
         };
         exchange.respond(200);
-        let mut first = true;
+        let (mut first, mut token) = (true, true);
         while let Some(event) = next_event(ws, &mut store, &exports, events).await? {
             if std::mem::take(&mut first) {
                 exchange.first_byte();
+            }
+            if token && crate::exchange::holds_delta(event.as_bytes()) {
+                token = false;
+                exchange.first_token();
             }
             send(ws, in_lane(event, lane)).await?;
         }

@@ -294,6 +294,21 @@ async fn metrics_follow_requests_backend_calls_and_store_calls() {
         assert_eq!(value(&samples, &bucket, &infinite), 3.0, "{histogram}");
     }
 
+    // The stream's first token; the plain answer has none.
+    let first_token = "edge_responses_time_to_first_token_seconds_count";
+    assert_eq!(value(&samples, first_token, &route), 1.0);
+    // Tokens by model, as the component reported them for both creates.
+    let tokens = "edge_responses_tokens_total";
+    let counted = scrape_until(metrics, "tokens of both creates", |s| {
+        value(s, tokens, &[("model", "m"), ("direction", "output")]) >= 2.0
+    })
+    .await;
+    assert!(value(&counted, tokens, &[("model", "m"), ("direction", "input")]) >= 2.0);
+    assert_eq!(
+        value(&counted, tokens, &[]),
+        value(&counted, tokens, &[("model", "m")])
+    );
+
     let backend_calls = "edge_responses_backend_requests_total";
     assert_eq!(value(&samples, backend_calls, &[("status", "200")]), 2.0);
     assert!(value(&samples, backend_calls, &[("status", "500")]) >= 1.0);
