@@ -190,6 +190,12 @@ async fn handle(
     if let Ok(value) = HeaderValue::from_str(exchange.request_id()) {
         response.headers_mut().insert(request_id::HEADER, value);
     }
+    // An error the host answered itself names the request, as the
+    // component's errors do.
+    if let Some(HostError(mut body)) = response.extensions_mut().remove::<HostError>() {
+        body["request_id"] = serde_json::Value::from(exchange.request_id());
+        *response.body_mut() = full_body(body.to_string().into());
+    }
     exchange.respond(response.status().as_u16());
     response.map(|body| ObservedBody::new(body, exchange).boxed_unsync())
 }
@@ -456,12 +462,18 @@ pub(crate) fn error_response(
     json_response(status, &body)
 }
 
-/// A JSON answer.
+/// An error envelope the host answered with, kept beside its body so that
+/// [`handle`] can add the request's id.
+#[derive(Clone)]
+struct HostError(serde_json::Value);
+
+/// A JSON error answer (OpenAI's envelope).
 pub(crate) fn json_response(
     status: StatusCode,
     body: &serde_json::Value,
 ) -> Response<HyperOutgoingBody> {
     let mut response = Response::new(full_body(body.to_string().into()));
+    response.extensions_mut().insert(HostError(body.clone()));
     *response.status_mut() = status;
     response
         .headers_mut()

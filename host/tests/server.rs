@@ -228,6 +228,15 @@ async fn a_request_beyond_a_full_pool_gets_503_after_the_queue_timeout() {
     assert_eq!(error["error"]["code"], "server_overloaded");
     assert_eq!(error["error"]["param"], serde_json::Value::Null);
     assert!(error["error"]["message"].is_string());
+    // The host's own errors name the request too.
+    let id = error["request_id"].as_str().expect("a request id");
+    assert!(
+        head.to_ascii_lowercase().contains(&format!(
+            "\r\nx-request-id: {}\r\n",
+            id.to_ascii_lowercase()
+        )),
+        "{head}"
+    );
     assert_eq!(backend.chat_requests().len(), 2, "the third never ran");
     // A typed call finds no free instance either, and gets the same error.
     let typed = server
