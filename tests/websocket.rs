@@ -546,3 +546,16 @@ async fn each_turn_is_a_request_in_the_hosts_metrics_with_its_own_id() {
     assert_eq!(count("200").as_deref(), Some("2"), "{text}");
     assert_eq!(count("404").as_deref(), Some("1"), "{text}");
 }
+
+#[tokio::test]
+async fn shutting_down_closes_connections_as_going_away() {
+    let h = Harness::start().await;
+    let mut ws = connect(&h, None).await;
+    completed(&turn(&mut ws, json!({"model": "m", "input": "x"})).await);
+    let Harness { server, .. } = h;
+    let (closing, ()) = tokio::join!(tokio::time::timeout(WAIT, ws.next()), server.shutdown());
+    match closing.expect("in time") {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
