@@ -248,6 +248,18 @@ impl SocketTurn {
     }
 }
 
+/// A turn dropped before its end: its client went away. The work goes on
+/// only to keep what it produced, as `incomplete`, as a stream's does.
+impl Drop for SocketTurn {
+    fn drop(&mut self) {
+        if self.work.borrow().is_none() {
+            return;
+        }
+        self.queue.leave();
+        self.drive(|| false);
+    }
+}
+
 impl wit::GuestEventStream for SocketTurn {
     fn next(&self) -> Option<String> {
         if self.queue.is_empty() {

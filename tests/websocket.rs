@@ -559,3 +559,42 @@ async fn shutting_down_closes_connections_as_going_away() {
         other => panic!("expected a close frame, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_turn_leaves_an_incomplete_response() {
+    let h = Harness::start().await;
+    h.backend.push(
+        Reply::chunks(["one ", "two ", "three ", "four ", "five"])
+            .delay_between_chunks(Duration::from_millis(300)),
+    );
+    let mut ws = connect(&h, None).await;
+    let create = json!({"type": "response.create", "model": "m", "input": "count"});
+    ws.send(Message::text(create.to_string()))
+        .await
+        .expect("sent");
+    let created = receive(&mut ws).await;
+    assert_eq!(created["type"], "response.created");
+    let id = created["response"]["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    loop {
+        if receive(&mut ws).await["type"] == "response.output_text.delta" {
+            break;
+        }
+    }
+    drop(ws);
+    // Kept as a stream's would be: incomplete, with what it had.
+    let mut status = Value::Null;
+    for _ in 0..100 {
+        let (code, got) = h.get(&format!("/v1/responses/{id}")).await;
+        if code == 200 {
+            status = got["status"].clone();
+            assert_eq!(status, "incomplete", "{got}");
+            assert!(common::output_text(&got).starts_with("one"), "{got}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "incomplete", "the response was never saved");
+}

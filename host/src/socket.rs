@@ -521,7 +521,12 @@ impl Connection {
                 token = false;
                 exchange.first_token();
             }
-            send(ws, in_lane(event, lane)).await?;
+            if let Err(gone) = send(ws, in_lane(event, lane)).await {
+                // The component keeps what the turn produced, as it does
+                // for a stream whose client went away.
+                events.resource_drop_async(&mut store).await?;
+                return Err(gone.into());
+            }
         }
         let stream = exports.event_stream();
         let remembered = stream.call_remembered(&mut store, events).await?;

@@ -103,7 +103,9 @@ impl Turn {
 
 /// The events of a create, queued as the JSON of each (the `data` of its
 /// server-sent event) until the host pulls them. Keep-alive comments are
-/// dropped: a WebSocket has its own.
+/// dropped: a WebSocket has its own. Once [`EventQueue::leave`] says the
+/// client is gone, it takes nothing more, and the create stops as it does
+/// when a stream's client goes away.
 #[derive(Debug, Clone, Default)]
 pub struct EventQueue(Rc<RefCell<Queue>>);
 
@@ -111,7 +113,12 @@ pub struct EventQueue(Rc<RefCell<Queue>>);
 struct Queue {
     reader: SseReader,
     events: VecDeque<String>,
+    gone: bool,
 }
+
+/// What a queue whose client has gone answers a write with.
+#[derive(Debug)]
+pub struct ClientGone;
 
 impl EventQueue {
     /// The oldest event not yet pulled.
@@ -123,19 +130,32 @@ impl EventQueue {
     pub fn is_empty(&self) -> bool {
         self.0.borrow().events.is_empty()
     }
+
+    /// The client went away: what is queued is dropped, and writes fail.
+    pub fn leave(&self) {
+        let mut queue = self.0.borrow_mut();
+        queue.gone = true;
+        queue.events.clear();
+    }
 }
 
 /// Taken as a [`LiveSink`](super::LiveSink) is: it never waits, the turn
 /// pulls.
 impl futures::Sink<Vec<u8>> for EventQueue {
-    type Error = std::convert::Infallible;
+    type Error = ClientGone;
 
     fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+        match self.0.borrow().gone {
+            true => Poll::Ready(Err(ClientGone)),
+            false => Poll::Ready(Ok(())),
+        }
     }
 
     fn start_send(self: Pin<&mut Self>, bytes: Vec<u8>) -> Result<(), Self::Error> {
         let mut queue = self.0.borrow_mut();
+        if queue.gone {
+            return Err(ClientGone);
+        }
         for data in queue.reader.push(&bytes) {
             if let SseData::Data(json) = data {
                 queue.events.push_back(json);
@@ -223,5 +243,11 @@ mod tests {
         assert!(queue.is_empty());
         assert!(futures::executor::block_on(sink.send(b":2}\n\n".to_vec())));
         assert_eq!(queue.pop().as_deref(), Some(r#"{"y":2}"#));
+        futures::executor::block_on(sink.send(b"data: {}\n\n".to_vec()));
+        queue.leave();
+        assert!(queue.is_empty());
+        assert!(!futures::executor::block_on(
+            sink.send(b"data: {}\n\n".to_vec())
+        ));
     }
 }
