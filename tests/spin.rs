@@ -78,6 +78,16 @@ struct Spin {
 
 impl Spin {
     async fn up(spin: &Path, variables: &[(&str, &str)], redis: Option<&Redis>) -> Spin {
+        Self::up_with_env(spin, variables, redis, &[]).await
+    }
+
+    /// [`Spin::up`] with more environment variables for `spin up`.
+    async fn up_with_env(
+        spin: &Path,
+        variables: &[(&str, &str)],
+        redis: Option<&Redis>,
+        env: &[(&str, &str)],
+    ) -> Spin {
         component();
         let state = tempfile::tempdir().expect("temp dir");
         let port = free_port();
@@ -95,7 +105,8 @@ impl Spin {
             // `spin up` runs the app in a child of its own: a group of their
             // own lets the test stop both.
             .process_group(0)
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            .envs(env.iter().copied());
         for (name, value) in variables {
             command.arg("--variable").arg(format!("{name}={value}"));
         }
@@ -322,4 +333,122 @@ async fn openai_sdk_under_spin_with_redis() {
         return;
     };
     sdk_scenario(&spin, Some(&redis)).await;
+}
+
+/// An OTLP/HTTP collector stand-in: every `POST` body, kept as it came
+/// (protobuf, which keeps trace ids as their raw 16 bytes).
+struct Collector {
+    url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Collector {
+    async fn start() -> Collector {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let kept = kept.clone();
+                tokio::spawn(async move {
+                    let mut stream = BufReader::new(stream);
+                    loop {
+                        let mut length = 0usize;
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            match stream.read_line(&mut line).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) if line == "\r\n" => break,
+                                Ok(_) => {}
+                            }
+                            if let Some((name, value)) = line.split_once(':') {
+                                if name.eq_ignore_ascii_case("content-length") {
+                                    length = value.trim().parse().unwrap_or(0);
+                                }
+                            }
+                        }
+                        let mut body = vec![0; length.min(64 << 20)];
+                        if stream.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        kept.lock().expect("bodies").push(body);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                        if stream.get_mut().write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Collector { url, bodies }
+    }
+
+    /// How often `needle` occurs in everything received.
+    fn count(&self, needle: &[u8]) -> usize {
+        let bodies = self.bodies.lock().expect("bodies");
+        bodies
+            .iter()
+            .map(|body| body.windows(needle.len()).filter(|w| *w == needle).count())
+            .sum()
+    }
+}
+
+/// Under Spin the component needs nothing for traces: `spin up` with
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` continues the client's `traceparent` and
+/// exports spans of the request, its outbound call to the backend and its
+/// key-value calls, all in the client's trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spin_exports_the_requests_spans_in_the_clients_trace() {
+    let Some(spin) = spin() else {
+        return skip("no Spin CLI found (set EDGE_RESPONSES_SPIN)");
+    };
+    let collector = Collector::start().await;
+    let backend = Backend::start().expect("backend starts");
+    let origin = backend.origin();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ];
+    let spin = Spin::up_with_env(&spin, &[("backend_origin", origin.as_str())], None, &env).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/responses", spin.url))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&json!({"model": "m", "input": "trace me"}))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(response.status(), 200);
+    let trace_bytes: Vec<u8> = (0..trace.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&trace[i..i + 2], 16).expect("hex"))
+        .collect();
+    let mut spans = 0;
+    for _ in 0..300 {
+        spans = collector.count(&trace_bytes);
+        if spans >= 3 && collector.count(b"chat/completions") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        spans >= 3,
+        "{spans} spans of the client's trace reached the collector"
+    );
+    assert!(
+        collector.count(b"chat/completions") > 0,
+        "no span of the backend call"
+    );
+    assert!(collector.count(b"key_value") > 0, "no key-value span");
+    let sent = backend.chat_requests();
+    let traceparent = sent[0].header("traceparent").unwrap_or_default();
+    assert!(
+        traceparent.contains(trace),
+        "the backend got {traceparent:?}"
+    );
 }
