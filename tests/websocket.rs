@@ -598,3 +598,23 @@ async fn a_client_that_leaves_mid_turn_leaves_an_incomplete_response() {
     }
     assert_eq!(status, "incomplete", "the response was never saved");
 }
+
+#[tokio::test]
+async fn a_subprotocol_the_client_offers_is_taken() {
+    let h = Harness::start().await;
+    let url = h.url("/v1/responses").replacen("http://", "ws://", 1);
+    let mut request = url.into_client_request().expect("request");
+    let offered = "responses_websockets=2026-02-06".parse().expect("header");
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", offered);
+    // The client fails the handshake unless the server picks one.
+    let (mut ws, answer) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the upgrade");
+    assert_eq!(
+        answer.headers()["sec-websocket-protocol"],
+        "responses_websockets=2026-02-06"
+    );
+    completed(&turn(&mut ws, json!({"model": "m", "input": "x"})).await);
+}

@@ -42,7 +42,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures_util::{SinkExt, StreamExt};
 use http::header::{AUTHORIZATION, UPGRADE};
-use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION};
+use http::header::{
+    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    SEC_WEBSOCKET_VERSION,
+};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -116,6 +119,7 @@ pub(crate) async fn accept(
     let accept_key = derive_accept_key(key.as_bytes());
     let api_key = header(headers, AUTHORIZATION).and_then(bearer);
     let trace_context = trace_context(headers);
+    let subprotocol = subprotocol(headers);
     match authenticate(&runtime, api_key.as_deref()).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => return api_error_response(&error),
@@ -148,7 +152,22 @@ pub(crate) async fn accept(
     if let Ok(value) = http::HeaderValue::from_str(&accept_key) {
         headers.insert(SEC_WEBSOCKET_ACCEPT, value);
     }
+    if let Some(value) = subprotocol {
+        headers.insert(SEC_WEBSOCKET_PROTOCOL, value);
+    }
     response
+}
+
+/// The subprotocol to answer with: the first the client offers. The mode
+/// has one protocol whatever it is called; some clients offer a name
+/// (`responses_websockets=2026-02-06`) and fail the connection when the
+/// server picks none.
+fn subprotocol(headers: &HeaderMap) -> Option<http::HeaderValue> {
+    let offered = header(headers, SEC_WEBSOCKET_PROTOCOL)?;
+    let first = offered.split(',').next()?.trim();
+    (!first.is_empty())
+        .then(|| http::HeaderValue::from_str(first).ok())
+        .flatten()
 }
 
 fn header(headers: &HeaderMap, name: http::header::HeaderName) -> Option<&str> {
