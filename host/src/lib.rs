@@ -269,6 +269,7 @@ impl Server {
             stopping,
             metrics: metrics.clone(),
             traces: traces.clone(),
+            memory: Arc::new(socket::Memory::new(config.max_memory / 4)),
         };
         let service = http::Service::new(metrics.clone(), loading, sockets, traces.clone());
         let accept_loop = tokio::spawn(http::serve(listener, service, stopped, sockets_stop));

@@ -15,7 +15,10 @@
 //! (`store: false`): the component hands over what a continuation needs
 //! after each turn, and the next turn passes it back, so chaining with
 //! `previous_response_id` works without the store. A turn that fails, or
-//! ends any other way than completed, leaves nothing remembered. A
+//! ends any other way than completed, leaves nothing remembered. What all
+//! connections remember together is bounded ([`Memory`], a quarter of the
+//! host's memory budget): past it a response is not remembered, and its
+//! continuation is answered as after a reconnect. A
 //! `previous_response_id` found neither there nor in the store is an
 //! `error` event with code `previous_response_not_found`; resending the
 //! full input recovers, as after a reconnect.
@@ -82,13 +85,70 @@ pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(60 * 60);
 pub(crate) const TURN_METHOD: &str = "WS";
 
 /// What every connection shares: how long it may live, the signal that
-/// the server is shutting down, and where turns are recorded.
+/// the server is shutting down, where turns are recorded, and the memory
+/// connections keep their last responses in.
 #[derive(Clone)]
 pub(crate) struct Sockets {
     pub(crate) max_age: Duration,
     pub(crate) stopping: watch::Receiver<bool>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) traces: Option<Arc<Traces>>,
+    pub(crate) memory: Arc<Memory>,
+}
+
+/// The bytes all connections' remembered responses may take together.
+#[derive(Debug)]
+pub(crate) struct Memory {
+    used: std::sync::atomic::AtomicU64,
+    limit: u64,
+}
+
+impl Memory {
+    pub(crate) fn new(limit: u64) -> Memory {
+        Memory {
+            used: std::sync::atomic::AtomicU64::new(0),
+            limit,
+        }
+    }
+
+    /// `remembered`, if its bytes fit beside everything else remembered.
+    fn keep(self: &Arc<Self>, remembered: String) -> Option<Remembered> {
+        use std::sync::atomic::Ordering;
+        let bytes = remembered.len() as u64;
+        let fits = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&total| total <= self.limit)
+            })
+            .is_ok();
+        if !fits {
+            tracing::debug!(
+                bytes,
+                "a WebSocket connection's memory is full: not remembered"
+            );
+            return None;
+        }
+        Some(Remembered {
+            json: remembered,
+            memory: self.clone(),
+        })
+    }
+}
+
+/// A connection's last unstored response, as the component handed it
+/// over, counted in [`Memory`] while it is kept.
+struct Remembered {
+    json: String,
+    memory: Arc<Memory>,
+}
+
+impl Drop for Remembered {
+    fn drop(&mut self) {
+        let bytes = self.json.len() as u64;
+        self.memory
+            .used
+            .fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// Whether `request` asks for WebSocket mode.
@@ -380,7 +440,7 @@ struct Connection {
     /// The upgrade request's `traceparent` and `tracestate`.
     trace_context: HeaderMap,
     /// The component's memory of the last response, when it was not stored.
-    remembered: Option<String>,
+    remembered: Option<Remembered>,
     closes_at: Instant,
 }
 
@@ -484,7 +544,7 @@ impl Connection {
         let ran = trace::within(trace, self.run(ws, body, lane, remembered, &exchange)).await;
         match ran {
             Ok(Ok(remembered)) => {
-                self.remembered = remembered;
+                self.remembered = remembered.and_then(|json| self.sockets.memory.keep(json));
                 Ok(())
             }
             Ok(Err(error)) => {
@@ -509,7 +569,7 @@ impl Connection {
         ws: &mut Socket,
         body: &str,
         lane: Option<&str>,
-        remembered: Option<String>,
+        remembered: Option<Remembered>,
         exchange: &Arc<Exchange>,
     ) -> Result<Result<Option<String>, ApiError>, Failure> {
         let Ok(_slot) = self.runtime.instance_slot().await else {
@@ -522,7 +582,7 @@ impl Connection {
                 self.api_key.as_deref(),
                 Some(exchange.request_id()),
                 body,
-                remembered.as_deref(),
+                remembered.as_ref().map(|r| r.json.as_str()),
             )
             .await?;
         drop(remembered);
@@ -656,6 +716,18 @@ mod tests {
         assert_eq!(event["error"]["code"], "previous_response_not_found");
         assert_eq!(event["error"]["param"], "previous_response_id");
         assert_eq!(event["stream_id"], "s");
+    }
+
+    #[test]
+    fn what_connections_remember_is_bounded_together() {
+        let memory = Arc::new(Memory::new(10));
+        let first = memory.keep("12345".into()).expect("fits");
+        assert!(memory.keep("123456".into()).is_none(), "11 bytes > 10");
+        let second = memory.keep("12345".into()).expect("fits exactly");
+        drop(first);
+        let third = memory.keep("1234".into()).expect("room again");
+        drop((second, third));
+        assert_eq!(memory.used.load(std::sync::atomic::Ordering::Acquire), 0);
     }
 
     #[test]
