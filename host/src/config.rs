@@ -26,6 +26,7 @@ const HOST_SETTINGS: &[&str] = &[
     "QUEUE_TIMEOUT",
     "METRICS_LISTEN",
     "LOG_FORMAT",
+    "WEBSOCKET_MAX_AGE",
 ];
 
 /// Config values from environment variables: `EDGE_RESPONSES_BACKEND_URL=x`
@@ -109,6 +110,7 @@ mod tests {
             ("EDGE_RESPONSES_QUEUE_TIMEOUT", "5s"),
             ("EDGE_RESPONSES_METRICS_LISTEN", "127.0.0.1:9090"),
             ("EDGE_RESPONSES_LOG_FORMAT", "json"),
+            ("EDGE_RESPONSES_WEBSOCKET_MAX_AGE", "5m"),
             ("EDGE_RESPONSES_", "empty"),
             ("PATH", "/bin"),
         ]
