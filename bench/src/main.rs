@@ -12,10 +12,10 @@
 //! After them, the cost of one remote MCP tool round trip (see [`mcp`]):
 //! a create that lists and calls a tool of a real MCP server, against its
 //! parts measured alone; then what the request log and metrics cost (see
-//! [`ops`]): three host processes, logging and metrics on, off, and off
-//! again as the control, taking requests in turn; then the per-turn latency
-//! of an agent loop over one WebSocket against one HTTP request per turn
-//! (see [`socket`]).
+//! [`ops`]): four host processes, logging and metrics on, off, off again
+//! as the control, and on with OTLP trace export, taking requests in turn;
+//! then the per-turn latency of an agent loop over one WebSocket against
+//! one HTTP request per turn (see [`socket`]).
 //!
 //! The last phase, many slow streams at once (see [`concurrency`]), runs the
 //! host in a child process instead (this binary, re-run with a hidden
@@ -95,9 +95,11 @@ const USAGE: &str = "usage: bench [--quick] [--json PATH] [--component PATH] [--
                          parts (skipped when the `mcp` Python package is
                          missing); results go to target/bench-partial/
   --only ops             run only the logging and metrics phase: the host
-                         binary three times, request log and metrics on,
-                         off, and off again (the A/A control), taking
-                         requests in turn; results go to target/bench-partial/
+                         binary four times, request log and metrics on,
+                         off, off again (the A/A control), and on with
+                         OTLP trace export to a local collector stand-in,
+                         taking requests in turn; results go to
+                         target/bench-partial/
   --only socket          run only the WebSocket phase: agent loops of 10
                          turns over one WebSocket and over one HTTP request
                          per turn, side by side; results go to
@@ -293,7 +295,7 @@ struct Plan {
     /// Rounds of the MCP phase (four requests each).
     mcp_rounds: usize,
     /// Rounds of the logging and metrics phase (one request to each of
-    /// three hosts and one to the backend).
+    /// four hosts and one to the backend).
     ops: ops::Counts,
     /// Chains of the WebSocket phase, each way (and chains of warm-up).
     socket_chains: usize,
