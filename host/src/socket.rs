@@ -29,7 +29,11 @@
 //! the current turn is over, it gets a `websocket_connection_limit_reached`
 //! error and is closed (1000). Shutting the server down closes connections
 //! with 1001 after their current turn. While a turn is silent the server
-//! pings every [`PING_EVERY`], so proxies keep the connection.
+//! pings every [`PING_EVERY`], so proxies keep the connection. A client
+//! that goes away mid-turn stops it: the turn's resource is dropped before
+//! its end, and the component keeps what was produced as `incomplete`, as
+//! for a stream whose client went away. A subprotocol the client offers
+//! (`Sec-WebSocket-Protocol`) is accepted: the first one.
 //!
 //! Each turn is a request of its own for the host's operations: a request
 //! id (sent to the component, and so to the backend), an [`Exchange`] that
