@@ -294,6 +294,41 @@ async fn metrics_follow_requests_backend_calls_and_store_calls() {
         assert_eq!(value(&samples, &bucket, &infinite), 3.0, "{histogram}");
     }
 
+    let backend_calls = "edge_responses_backend_requests_total";
+    assert_eq!(value(&samples, backend_calls, &[("status", "200")]), 2.0);
+    assert!(value(&samples, backend_calls, &[("status", "500")]) >= 1.0);
+    let backend_count = "edge_responses_backend_request_duration_seconds_count";
+    assert_eq!(
+        value(&samples, backend_count, &[]),
+        value(&samples, backend_calls, &[])
+    );
+
+    // Instances end a moment after their last byte, some with key-value
+    // calls (usage totals) after the answer.
+    let idle = scrape_until(metrics, "idle instances", |s| {
+        value(s, "edge_responses_instances_in_use", &[]) == 0.0
+    })
+    .await;
+    assert_eq!(value(&idle, "edge_responses_requests_waiting", &[]), 0.0);
+
+    // Every key-value call the component made, by operation, as the
+    // server's own count has them, once no instance is left to make more.
+    let kv = server.kv_stats();
+    let settled = scrape(metrics).await;
+    assert!(kv.total() > 0);
+    let calls = "edge_responses_keyvalue_operations_total";
+    assert_eq!(value(&settled, calls, &[]), kv.total() as f64);
+    for (op, count) in kv.fields() {
+        assert_eq!(value(&settled, calls, &[("op", op)]), count as f64, "{op}");
+    }
+    assert!(
+        value(
+            &settled,
+            "edge_responses_keyvalue_operation_duration_seconds_count",
+            &[]
+        ) > 0.0
+    );
+
     // The stream's first token; the plain answer has none.
     let first_token = "edge_responses_time_to_first_token_seconds_count";
     assert_eq!(value(&samples, first_token, &route), 1.0);
@@ -308,39 +343,6 @@ async fn metrics_follow_requests_backend_calls_and_store_calls() {
         value(&counted, tokens, &[]),
         value(&counted, tokens, &[("model", "m")])
     );
-
-    let backend_calls = "edge_responses_backend_requests_total";
-    assert_eq!(value(&samples, backend_calls, &[("status", "200")]), 2.0);
-    assert!(value(&samples, backend_calls, &[("status", "500")]) >= 1.0);
-    let backend_count = "edge_responses_backend_request_duration_seconds_count";
-    assert_eq!(
-        value(&samples, backend_count, &[]),
-        value(&samples, backend_calls, &[])
-    );
-
-    // Every key-value call the component made, by operation, as the
-    // server's own count has them.
-    let kv = server.kv_stats();
-    assert!(kv.total() > 0);
-    let calls = "edge_responses_keyvalue_operations_total";
-    assert_eq!(value(&samples, calls, &[]), kv.total() as f64);
-    for (op, count) in kv.fields() {
-        assert_eq!(value(&samples, calls, &[("op", op)]), count as f64, "{op}");
-    }
-    assert!(
-        value(
-            &samples,
-            "edge_responses_keyvalue_operation_duration_seconds_count",
-            &[]
-        ) > 0.0
-    );
-
-    // Instances end a moment after their last byte.
-    let idle = scrape_until(metrics, "idle instances", |s| {
-        value(s, "edge_responses_instances_in_use", &[]) == 0.0
-    })
-    .await;
-    assert_eq!(value(&idle, "edge_responses_requests_waiting", &[]), 0.0);
 
     // Metrics are on their own listener only.
     let elsewhere = get(metrics, "/other").await;
