@@ -533,7 +533,10 @@ async fn each_turn_is_a_request_in_the_hosts_metrics_with_its_own_id() {
     assert_eq!(ids.len(), 2);
     assert_ne!(ids[0], ids[1]);
     assert!(ids.iter().all(|id| id.starts_with("req_")), "{ids:?}");
+    // The server answers the close once its last turn is over (and
+    // recorded).
     ws.close(None).await.expect("closed");
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, ws.next()).await {}
     let text = h.server.metrics_text();
     let count = |status: &str| {
         let series = format!(

@@ -496,7 +496,12 @@ impl Connection {
                     );
                     send(&mut ws, error_event(&error, None)).await
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(Message::Close(_))) => {
+                    // Sends the close frame tungstenite queued in reply.
+                    let _ = ws.flush().await;
+                    return;
+                }
+                None | Some(Err(_)) => return,
                 Some(Ok(_)) => Ok(()),
             };
             if served.is_err() {
