@@ -206,6 +206,7 @@ impl SocketTurn {
         crate::http::report(&tenant, &response);
         service.record_usage(&tenant, &response);
         service.after_create();
+        service.end_sessions().await;
         let limit = service.settings.max_request_bytes;
         input.and_then(|input| Remembered::after(&response, &input, limit))
     }

@@ -200,6 +200,7 @@ async fn create(request: IncomingRequest, api_key: Option<&str>, out: ResponseOu
             service.record_usage(&tenant, &response);
         }
         service.after_create();
+        service.end_sessions().await;
         return;
     }
     if !exchange.streaming {
@@ -214,6 +215,7 @@ async fn create(request: IncomingRequest, api_key: Option<&str>, out: ResponseOu
         report(&tenant, &response);
         service.record_usage(&tenant, &response);
         service.after_create();
+        service.end_sessions().await;
         return;
     }
     let Some(response) = start_response(200, "text/event-stream") else {
@@ -227,6 +229,7 @@ async fn create(request: IncomingRequest, api_key: Option<&str>, out: ResponseOu
     report(&tenant, &response);
     service.record_usage(&tenant, &response);
     service.after_create();
+    service.end_sessions().await;
 }
 
 /// A background create: answered at once (`queued` as JSON, or the live

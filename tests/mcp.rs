@@ -165,6 +165,19 @@ async fn list_call_and_answer(json_answers: bool) {
     assert!(requests[1..]
         .iter()
         .all(|r| r["headers"]["mcp-protocol-version"].is_string()));
+    // Once the client has its answer, the session is ended.
+    let mut ended = false;
+    for _ in 0..100 {
+        ended = server
+            .requests()
+            .iter()
+            .any(|r| r["method"] == "DELETE" && r["headers"]["mcp-session-id"] == session);
+        if ended {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ended, "no DELETE of {session}: {:?}", server.requests());
 
     // GET returns what was answered; the next turn reuses the listing and
     // replays the call.

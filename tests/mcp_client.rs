@@ -36,6 +36,7 @@ impl Backend for Reqwest {
         let method = match request.method {
             Method::Get => reqwest::Method::GET,
             Method::Post => reqwest::Method::POST,
+            Method::Delete => reqwest::Method::DELETE,
         };
         let mut builder = self.0.request(method, &request.url);
         for (name, value) in &request.headers {
@@ -111,6 +112,14 @@ async fn scenario(json_answers: bool) {
             "tools/call"
         ]
     );
+
+    // Ending the session: the server accepts the DELETE, and the session
+    // is gone.
+    let end = client.end_session().expect("a session to end");
+    let ended = backend.send(end.clone()).await.expect("an answer");
+    assert!((200..300).contains(&ended.status), "{}", ended.status);
+    let again = backend.send(end).await.expect("an answer");
+    assert_eq!(again.status, 404, "the session is gone");
 }
 
 #[tokio::test(flavor = "current_thread")]

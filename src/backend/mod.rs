@@ -28,6 +28,7 @@ use crate::error::ApiError;
 pub enum Method {
     Get,
     Post,
+    Delete,
 }
 
 /// One request to a backend.

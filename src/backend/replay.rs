@@ -120,6 +120,7 @@ pub fn service(
         backend: backend.clone(),
         learned: Rc::new(Learned::default()),
         env,
+        sessions: Default::default(),
     };
     (service, backend, clock)
 }

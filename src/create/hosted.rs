@@ -20,7 +20,7 @@ use super::emit::{Emitter, EventSink};
 use crate::api::hosted::{self, HostedItem};
 use crate::api::items::Item;
 use crate::api::request::CreateRequest;
-use crate::backend::Backend;
+use crate::backend::{Backend, Outbound};
 use crate::chat::{ChatContent, ChatMessage, McpOffer, Rendered};
 use crate::config::Settings;
 use crate::error::ApiError;
@@ -129,6 +129,14 @@ impl<'a, B: Backend> Hosted<'a, B> {
         };
         hosted.check_answers(input)?;
         Ok(hosted)
+    }
+
+    /// The requests that end the MCP sessions this response opened.
+    pub fn end_sessions(&self) -> Vec<Outbound> {
+        self.servers
+            .iter()
+            .filter_map(|server| server.client.end_session())
+            .collect()
     }
 
     /// Whether the request names no server, answers no approval and

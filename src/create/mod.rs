@@ -262,7 +262,17 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
         };
         out.events(events).await;
         out.done().await;
+        self.leave_sessions();
         (self.stream.into_response(), failure)
+    }
+
+    /// Hands the MCP sessions the response opened to the service, which
+    /// ends them after the answer.
+    fn leave_sessions(&self) {
+        let ending = self.model.end_sessions();
+        if !ending.is_empty() {
+            self.service.sessions.borrow_mut().extend(ending);
+        }
     }
 
     /// The client cancelled a background response: keep what was
@@ -278,11 +288,13 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
         }
         out.events(events).await;
         out.done().await;
+        self.leave_sessions();
         (self.stream.into_response(), error)
     }
 
     /// The client went away: keep what was produced, marked incomplete.
     fn interrupted(mut self) -> (Response, Option<ApiError>) {
+        self.leave_sessions();
         self.stream.interrupt();
         let error = self.save().err();
         (self.stream.into_response(), error)

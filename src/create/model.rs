@@ -85,6 +85,14 @@ impl<'a, Bk: Backend> ModelLoop<'a, Bk> {
         }
     }
 
+    /// The requests that end the MCP sessions the loop opened.
+    pub fn end_sessions(&self) -> Vec<crate::backend::Outbound> {
+        self.hosted
+            .as_ref()
+            .map(Hosted::end_sessions)
+            .unwrap_or_default()
+    }
+
     /// Runs the server-side tools of `hosted` in the loop.
     pub fn with_hosted(mut self, hosted: Hosted<'a, Bk>, send_reasoning: bool) -> Self {
         self.hosted = Some(hosted).filter(|h| !h.is_empty());

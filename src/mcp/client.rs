@@ -115,6 +115,24 @@ impl<'a, B: Backend> Server<'a, B> {
         self
     }
 
+    /// The `DELETE` that ends the session, when the server gave one: sent
+    /// once the response no longer needs it, so sessions do not pile up on
+    /// the server (one per response that called it).
+    pub fn end_session(&self) -> Option<Outbound> {
+        let session = self.session.as_ref()?;
+        let mut headers = self.headers.clone();
+        headers.push(("mcp-session-id".into(), session.clone()));
+        if let Some(protocol) = &self.protocol {
+            headers.push(("mcp-protocol-version".into(), protocol.clone()));
+        }
+        Some(Outbound {
+            method: Method::Delete,
+            url: self.url.clone(),
+            headers,
+            body: None,
+        })
+    }
+
     /// `initialize`, then the `notifications/initialized` notification.
     pub async fn initialize(&mut self) -> Result<(), McpError> {
         let params = json!({

@@ -18,6 +18,7 @@ mod usage;
 
 pub use list::{ListQuery, Order};
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use serde_json::{json, Value};
@@ -25,7 +26,7 @@ use serde_json::{json, Value};
 use crate::api::response::Response;
 use crate::auth;
 use crate::backend::dialect::Learned;
-use crate::backend::Backend;
+use crate::backend::{Backend, Outbound};
 use crate::config::Settings;
 use crate::create::{Create, Discard};
 use crate::error::ApiError;
@@ -43,6 +44,9 @@ pub struct Service<K, B> {
     pub learned: Rc<Learned>,
     /// The clock and the source of ids.
     pub env: Env,
+    /// MCP sessions finished responses leave open, to end once their
+    /// client has the answer ([`Service::end_sessions`]).
+    pub sessions: RefCell<Vec<Outbound>>,
 }
 
 impl<K: Kv, B: Backend> Service<K, B> {
@@ -74,6 +78,21 @@ impl<K: Kv, B: Backend> Service<K, B> {
                     error.message
                 );
                 None
+            }
+        }
+    }
+
+    /// Ends the MCP sessions finished responses left open: one `DELETE`
+    /// each, sent after the client has its answer; a server that fails it
+    /// is only logged (it expires the session itself).
+    pub async fn end_sessions(&self) {
+        let ending = std::mem::take(&mut *self.sessions.borrow_mut());
+        for request in ending {
+            if let Err(error) = self.backend.send(request).await {
+                eprintln!(
+                    "edge-responses: ending an MCP session failed: {}",
+                    error.message
+                );
             }
         }
     }
@@ -139,6 +158,7 @@ impl<K: Kv, B: Backend> Service<K, B> {
     pub async fn create(&self, api_key: Option<&str>, body: &[u8]) -> Result<Response, ApiError> {
         let create = self.start(api_key, body).await?;
         let (response, failure) = create.run(&mut Discard).await;
+        self.end_sessions().await;
         match failure {
             Some(error) => Err(error),
             None => Ok(response),

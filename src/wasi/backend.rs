@@ -181,6 +181,7 @@ fn outgoing(
     let method = match method {
         BackendMethod::Get => Method::Get,
         BackendMethod::Post => Method::Post,
+        BackendMethod::Delete => Method::Delete,
     };
     let fields: Vec<(String, Vec<u8>)> = headers
         .iter()

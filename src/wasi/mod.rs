@@ -36,6 +36,7 @@ pub fn service() -> Result<WasiService, ApiError> {
         },
         learned: LEARNED.with(Rc::clone),
         env: env::host_env(),
+        sessions: Default::default(),
     })
 }
 
