@@ -33,7 +33,8 @@
 //! handling, the second trip through the model loop, and the larger
 //! response it stores. The four probes run back to back in every round, in
 //! an order that rotates each round, so drift (the server's sessions pile
-//! up: neither client ends its session, as the component does not) and
+//! up: the bench's own client does not end its sessions; the component
+//! ends each with a `DELETE` after its answer) and
 //! whatever one probe leaves behind for the next fall on all four alike.
 //! The median of the per-round differences is reported too: it pairs
 //! samples taken within milliseconds of each other.
