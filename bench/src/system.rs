@@ -370,15 +370,25 @@ mod tests {
         let before = CpuTimes::now("cpu-burner");
         let burner = std::thread::Builder::new()
             .name("cpu-burner".to_owned())
-            .spawn(|| {
+            .spawn(move || {
+                // Burns until the thread has had 60 ms of CPU, however busy
+                // the machine is (at most 60 s of wall time).
                 let start = std::time::Instant::now();
                 let mut x = 0u64;
-                while start.elapsed() < Duration::from_millis(100) {
-                    x = x.wrapping_add(std::hint::black_box(1));
+                loop {
+                    let lap = std::time::Instant::now();
+                    while lap.elapsed() < Duration::from_millis(10) {
+                        x = x.wrapping_add(std::hint::black_box(1));
+                    }
+                    let after = CpuTimes::now("cpu-burner");
+                    let (named, _, _) = after.since(&before);
+                    if named >= Duration::from_millis(60)
+                        || start.elapsed() > Duration::from_secs(60)
+                    {
+                        std::hint::black_box(x);
+                        return after;
+                    }
                 }
-                let after = CpuTimes::now("cpu-burner");
-                std::hint::black_box(x);
-                after
             })
             .expect("thread");
         let after = burner.join().expect("joins");
