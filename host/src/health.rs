@@ -5,9 +5,10 @@
 //! - `/healthz`: 200 `{"status":"ok"}` whenever the process serves.
 //! - `/readyz`: 200 once the component is loaded and the key-value store
 //!   answers a read (a point read through the host's store, not counted as
-//!   a guest call); else 503 with the reason. `?backend=true` also asks the
-//!   backend (`backend_url`) for `GET {backend_url}/models`: any answer
-//!   below 500 within 2 s counts.
+//!   a guest call); else 503 with the reason. `?backend=true` also asks
+//!   every backend, `backend_url` (check `backend`) and each route of
+//!   `backends` (checks `backends[0]`, ...), at once, for `GET {url}/models`:
+//!   any answer below 500 within 2 s counts.
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{json, Map, Value};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use crate::config::ConfigValues;
 use crate::engine::Runtime;
 use crate::outbound::{self, PROBE_TIMEOUT};
 use crate::route::Route;
@@ -75,7 +77,9 @@ async fn readiness(runtime: Option<&Runtime>, backend: bool) -> Response<HyperOu
             check("component", Ok(()));
             check("store", store_answers(runtime).await);
             if backend {
-                check("backend", backend_answers(runtime).await);
+                for (name, outcome) in backends_answer(runtime.config()).await {
+                    check(&name, outcome);
+                }
             }
         }
     }
@@ -99,10 +103,48 @@ async fn store_answers(runtime: &Runtime) -> Result<(), String> {
     }
 }
 
-async fn backend_answers(runtime: &Runtime) -> Result<(), String> {
-    let Some(base) = runtime.config().get("backend_url") else {
-        return Err("backend_url is not set".to_owned());
+/// Every backend's check, by name, asked at once.
+async fn backends_answer(config: &ConfigValues) -> Vec<(String, Result<(), String>)> {
+    let backends = match backends(config) {
+        Ok(backends) => backends,
+        Err(reason) => return vec![("backend".to_owned(), Err(reason))],
     };
+    let asked = backends.iter().map(|(_, url)| backend_answers(url));
+    let outcomes = futures_util::future::join_all(asked).await;
+    backends
+        .into_iter()
+        .map(|(name, _)| name)
+        .zip(outcomes)
+        .collect()
+}
+
+/// The backends of the configuration, named as their checks are:
+/// `backend_url` as `backend`, the routes of `backends` as `backends[i]`.
+fn backends(config: &ConfigValues) -> Result<Vec<(String, String)>, String> {
+    let mut backends = Vec::new();
+    if let Some(url) = config
+        .get("backend_url")
+        .filter(|url| !url.trim().is_empty())
+    {
+        backends.push(("backend".to_owned(), url.trim().to_owned()));
+    }
+    if let Some(routes) = config.get("backends").filter(|r| !r.trim().is_empty()) {
+        let routes: Vec<Value> = serde_json::from_str(routes)
+            .map_err(|e| format!("backends is not a JSON array of routes: {e}"))?;
+        for (i, route) in routes.iter().enumerate() {
+            let url = route["url"]
+                .as_str()
+                .ok_or_else(|| format!("backends[{i}] has no url"))?;
+            backends.push((format!("backends[{i}]"), url.trim().to_owned()));
+        }
+    }
+    if backends.is_empty() {
+        return Err("neither backend_url nor backends is set".to_owned());
+    }
+    Ok(backends)
+}
+
+async fn backend_answers(base: &str) -> Result<(), String> {
     let url = format!("{}/models", base.trim_end_matches('/'));
     match outbound::probe(&url).await {
         Ok(status) if status < 500 => Ok(()),
@@ -166,6 +208,43 @@ mod tests {
         assert_eq!(loading["status"], "unavailable");
         assert_eq!(loading["checks"]["component"], "the component is loading");
         assert!(loading["reason"].as_str().unwrap().contains("loading"));
+    }
+
+    #[test]
+    fn every_configured_backend_is_asked() {
+        let config = |pairs: &[(&str, &str)]| {
+            ConfigValues::new(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            )
+        };
+        let both = config(&[
+            ("backend_url", "http://127.0.0.1:1/v1"),
+            (
+                "backends",
+                r#"[{"models": "a*", "url": "http://127.0.0.1:2/v1"}]"#,
+            ),
+        ]);
+        assert_eq!(
+            backends(&both).expect("backends"),
+            [
+                ("backend".to_owned(), "http://127.0.0.1:1/v1".to_owned()),
+                ("backends[0]".to_owned(), "http://127.0.0.1:2/v1".to_owned()),
+            ]
+        );
+        let routes_only = config(&[
+            ("backend_url", ""),
+            (
+                "backends",
+                r#"[{"models": "a*", "url": "http://127.0.0.1:2/v1"}]"#,
+            ),
+        ]);
+        assert_eq!(backends(&routes_only).expect("backends").len(), 1);
+        assert!(backends(&config(&[])).is_err());
+        assert!(backends(&config(&[("backends", "[{}]")])).is_err());
+        assert!(backends(&config(&[("backends", "nope")])).is_err());
     }
 
     #[tokio::test]

@@ -535,6 +535,26 @@ async fn health_and_readiness_are_answered_by_the_host() {
     );
     assert_eq!(get(server.addr(), "/healthz").await.status, 200);
     server.shutdown().await;
+
+    // Routed backends are asked too, each under a check of its own.
+    let backend = Backend::start().expect("backend starts");
+    let state = tempfile::tempdir().expect("temp dir");
+    let mut config = server_config(&state, &backend.url());
+    let routes = json!([{"models": "x*", "url": dead_backend_url()}]).to_string();
+    config.variables.insert("backends".into(), routes);
+    let server = Server::start(config).await.expect("server starts");
+    let unready = get(server.addr(), "/readyz?backend=true").await;
+    assert_eq!(unready.status, 503, "{}", unready.body);
+    let unready = unready.json();
+    assert_eq!(unready["checks"]["backend"], "ok", "{unready}");
+    let routed = unready["checks"]["backends[0]"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        routed.starts_with("the backend did not answer"),
+        "{unready}"
+    );
+    server.shutdown().await;
 }
 
 /// The host binary, killed on drop, and the lines it writes to stderr.
