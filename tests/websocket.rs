@@ -102,6 +102,16 @@ fn completed(events: &[Value]) -> String {
     last["response"]["id"].as_str().expect("id").to_owned()
 }
 
+/// A connection whose first turn (`first`, answered `One.`) was not
+/// stored: the connection, and that response's id.
+async fn unstored_first_turn(h: &Harness) -> (Socket, String) {
+    h.backend.push(Reply::text("One."));
+    let mut ws = connect(h, None).await;
+    let body = json!({"model": "m", "input": "first", "store": false});
+    let first = completed(&turn(&mut ws, body).await);
+    (ws, first)
+}
+
 /// The `(role, text)` of each message the backend got last.
 fn sent(h: &Harness) -> Vec<(String, String)> {
     let request = h.backend.last_request().expect("a backend request");
@@ -181,11 +191,8 @@ async fn a_continuation_replays_the_stored_response() {
 #[tokio::test]
 async fn unstored_responses_chain_in_the_connections_memory() {
     let h = Harness::start().await;
-    h.backend.push(Reply::text("One."));
+    let (mut ws, first) = unstored_first_turn(&h).await;
     h.backend.push(Reply::text("Two."));
-    let mut ws = connect(&h, None).await;
-    let body = json!({"model": "m", "input": "first", "store": false});
-    let first = completed(&turn(&mut ws, body).await);
     let body =
         json!({"model": "m", "input": "second", "store": false, "previous_response_id": first});
     let events = turn(&mut ws, body).await;
@@ -230,16 +237,8 @@ fn assert_previous_not_found(event: &Value, id: &str) {
 #[tokio::test]
 async fn after_a_reconnect_an_unstored_response_is_gone_and_the_full_input_recovers() {
     let h = Harness::start().await;
-    h.backend.push(Reply::text("One."));
+    let (mut ws, first) = unstored_first_turn(&h).await;
     h.backend.push(Reply::text("Two."));
-    let mut ws = connect(&h, None).await;
-    let first = completed(
-        &turn(
-            &mut ws,
-            json!({"model": "m", "input": "first", "store": false}),
-        )
-        .await,
-    );
     ws.close(None).await.expect("closed");
 
     let mut ws = connect(&h, None).await;
@@ -282,16 +281,8 @@ async fn a_missing_previous_response_is_an_error_event_and_the_connection_goes_o
 #[tokio::test]
 async fn a_failed_continuation_forgets_the_remembered_response() {
     let h = Harness::start().await;
-    h.backend.push(Reply::text("One."));
+    let (mut ws, first) = unstored_first_turn(&h).await;
     h.backend.push(Reply::error(500, "the model fell over"));
-    let mut ws = connect(&h, None).await;
-    let first = completed(
-        &turn(
-            &mut ws,
-            json!({"model": "m", "input": "first", "store": false}),
-        )
-        .await,
-    );
     let body =
         json!({"model": "m", "input": "second", "store": false, "previous_response_id": first});
     let events = turn(&mut ws, body).await;
@@ -310,15 +301,7 @@ async fn a_failed_continuation_forgets_the_remembered_response() {
 #[tokio::test]
 async fn a_refused_continuation_forgets_the_remembered_response_too() {
     let h = Harness::start().await;
-    h.backend.push(Reply::text("One."));
-    let mut ws = connect(&h, None).await;
-    let first = completed(
-        &turn(
-            &mut ws,
-            json!({"model": "m", "input": "first", "store": false}),
-        )
-        .await,
-    );
+    let (mut ws, first) = unstored_first_turn(&h).await;
     let body = json!({"model": "m", "input": "x", "store": false, "previous_response_id": first, "temperature": "hot"});
     let events = turn(&mut ws, body).await;
     assert_eq!(events[0]["status"], 400, "{events:#?}");
@@ -332,15 +315,7 @@ async fn a_refused_continuation_forgets_the_remembered_response_too() {
 async fn compaction_starts_a_new_chain() {
     const SUMMARY: &str = "They said first; the model said One.";
     let h = Harness::start().await;
-    h.backend.push(Reply::text("One."));
-    let mut ws = connect(&h, None).await;
-    completed(
-        &turn(
-            &mut ws,
-            json!({"model": "m", "input": "first", "store": false}),
-        )
-        .await,
-    );
+    let (mut ws, _) = unstored_first_turn(&h).await;
 
     // Unstored, so the client compacts what it holds.
     h.backend.push(Reply::text(SUMMARY));

@@ -371,17 +371,20 @@ pub(crate) struct ObservedBody<B> {
     inner: B,
     exchange: Arc<Exchange>,
     sent_data: bool,
-    /// Whether a delta event has gone out.
+    /// Whether a delta event has gone out (or cannot: not an event
+    /// stream).
     sent_token: bool,
 }
 
 impl<B> ObservedBody<B> {
-    pub(crate) fn new(inner: B, exchange: Arc<Exchange>) -> Self {
+    /// `inner`, told to `exchange`; an event stream's frames are also
+    /// watched for its first token (other bodies have none).
+    pub(crate) fn new(inner: B, exchange: Arc<Exchange>, event_stream: bool) -> Self {
         Self {
             inner,
             exchange,
             sent_data: false,
-            sent_token: false,
+            sent_token: !event_stream,
         }
     }
 }

@@ -197,7 +197,11 @@ async fn handle(
         *response.body_mut() = full_body(body.to_string().into());
     }
     exchange.respond(response.status().as_u16());
-    response.map(|body| ObservedBody::new(body, exchange).boxed_unsync())
+    let event_stream = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
+    response.map(|body| ObservedBody::new(body, exchange, event_stream).boxed_unsync())
 }
 
 /// The component's response to `request`, once an instance is free.

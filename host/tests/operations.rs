@@ -7,6 +7,9 @@
 //! backend is the scripted one on loopback. Build the component first:
 //! `cargo build -p edge-responses --target wasm32-wasip2 --profile component`.
 
+mod common;
+
+use common::component;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,22 +22,6 @@ use scripted_backend::{Backend, Reply};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn component() -> PathBuf {
-    let path = std::env::var_os("EDGE_RESPONSES_COMPONENT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join(edge_responses_host::DEFAULT_COMPONENT)
-        });
-    assert!(
-        path.is_file(),
-        "no component at {}: build it with `cargo build -p edge-responses --target wasm32-wasip2 --profile component`",
-        path.display()
-    );
-    path
-}
 
 /// A closed loopback port: connecting to it is refused.
 fn dead_backend_url() -> String {

@@ -6,6 +6,9 @@
 //! `cargo build -p edge-responses --target wasm32-wasip2 --profile component`).
 //! When it has not been built, these tests print why and pass.
 
+mod common;
+
+use common::component;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,22 +19,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The built component; `scripts/test` builds it before the tests run.
-fn component() -> PathBuf {
-    let path = std::env::var_os("EDGE_RESPONSES_COMPONENT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join(edge_responses_host::DEFAULT_COMPONENT)
-        });
-    assert!(
-        path.is_file(),
-        "no component at {}: build it with `cargo build -p edge-responses --target wasm32-wasip2 --profile component`",
-        path.display()
-    );
-    path
-}
-
 async fn start(component: PathBuf, state: &tempfile::TempDir) -> Server {
     // Nothing listens on port 9; the tests using this never reach a backend.
     start_with_backend(component, state, "http://127.0.0.1:9").await

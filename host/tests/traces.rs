@@ -7,6 +7,9 @@
 //! Build the component first:
 //! `cargo build -p edge-responses --target wasm32-wasip2 --profile component`.
 
+mod common;
+
+use common::component;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,22 +40,6 @@ const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
 const SERVICE: &str = "edge-responses-test";
-
-fn component() -> PathBuf {
-    let path = std::env::var_os("EDGE_RESPONSES_COMPONENT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join(edge_responses_host::DEFAULT_COMPONENT)
-        });
-    assert!(
-        path.is_file(),
-        "no component at {}: build it with `cargo build -p edge-responses --target wasm32-wasip2 --profile component`",
-        path.display()
-    );
-    path
-}
 
 /// A span as received, with its resource's `service.name`.
 #[derive(Debug, Clone)]
