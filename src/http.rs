@@ -21,8 +21,8 @@ use spin_sdk::http::{Fields, IncomingRequest, Method, OutgoingResponse, Response
 use crate::api::response::Response;
 use crate::api::{limits, to_json};
 use crate::auth::bearer;
-use crate::create::background::BackgroundSink;
-use crate::create::{Discard, LiveSink};
+use crate::create::background::{BackgroundSink, Upkeep};
+use crate::create::{Discard, EventSink, LiveSink};
 use crate::error::ApiError;
 use crate::service::{ListQuery, Order};
 use crate::store::background::Jobs;
@@ -49,9 +49,16 @@ async fn handle(request: IncomingRequest, out: ResponseOutparam) {
         {
             return resume(api_key.as_deref(), id, query, out).await;
         }
-        (Method::Post, ["v1", "responses", id, "cancel"]) => with_service(|s| {
-            json_body(&s.cancel(api_key.as_deref(), stored_id(s, api_key.as_deref(), id)?)?)
-        }),
+        (Method::Post, ["v1", "responses", id, "cancel"]) => match wasi::service() {
+            Ok(s) => match stored_id(&s, api_key.as_deref(), id) {
+                Ok(id) => s
+                    .cancel(api_key.as_deref(), id)
+                    .await
+                    .and_then(|r| json_body(&r)),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        },
         (Method::Get, ["v1", "responses", id]) => with_service(|s| {
             json_body(&s.get(api_key.as_deref(), stored_id(s, api_key.as_deref(), id)?)?)
         }),
@@ -245,7 +252,9 @@ async fn background(
     let jobs = Jobs::new(&service.kv, &tenant);
     let queued = exchange.queued();
     if !exchange.streaming {
-        let started = BackgroundSink::<_, Discard>::start(jobs, queued.clone(), &service.env, None);
+        let upkeep = upkeep(service);
+        let started =
+            BackgroundSink::<_, Discard>::start(jobs, queued.clone(), &service.env, None, upkeep);
         let (mut sink, body) = match (started, json_body(&queued)) {
             (Ok(sink), Ok(body)) => (sink, body),
             (Err(error), _) | (_, Err(error)) => {
@@ -255,12 +264,12 @@ async fn background(
         };
         respond(out, 200, "application/json", body).await;
         let (response, _) = exchange.run(&mut sink).await;
-        sink.finish(response.clone());
-        return Some(response);
+        return finish(service, &tenant, sink, response);
     }
     let response = start_response(200, "text/event-stream")?;
     let mut live = LiveSink::new(response.take_body());
-    let started = BackgroundSink::start(jobs, queued, &service.env, Some(&mut live));
+    let upkeep = upkeep(service);
+    let started = BackgroundSink::start(jobs, queued, &service.env, Some(&mut live), upkeep);
     let mut sink = match started {
         Ok(sink) => sink,
         Err(error) => {
@@ -270,7 +279,33 @@ async fn background(
     };
     out.set(response);
     let (response, _) = exchange.run(&mut sink).await;
-    sink.finish(response.clone());
+    finish(service, &tenant, sink, response)
+}
+
+/// How a background response is kept: the settings its sink needs.
+fn upkeep(service: &WasiService) -> Upkeep {
+    Upkeep {
+        keep_alive: service.settings.stream_keepalive(),
+        ttl: service.settings.response_ttl_seconds,
+    }
+}
+
+/// Ends a background response's job; one deleted while it ran leaves
+/// nothing behind.
+fn finish<S: EventSink>(
+    service: &WasiService,
+    tenant: &str,
+    sink: BackgroundSink<'_, wasi::WasiKv, S>,
+    response: Response,
+) -> Option<Response> {
+    if sink.finish(response.clone()) {
+        if let Err(error) = service.forget(tenant, &response.id) {
+            eprintln!(
+                "edge-responses: removing deleted {}: {}",
+                response.id, error.message
+            );
+        }
+    }
     Some(response)
 }
 
@@ -307,10 +342,9 @@ async fn resume(api_key: Option<&str>, id: &str, query: &str, out: ResponseOutpa
             })?),
             None => None,
         };
-        // An unknown id is a 404 before the stream starts.
-        service.job(api_key, id)?.ok_or_else(|| {
-            ApiError::not_found(format!("No background response with id '{id}' to stream."))
-        })?;
+        // An unknown id is a 404, and a response that did not run in the
+        // background a 400, before the stream starts.
+        service.job_events(api_key, id, u64::MAX)?;
         Ok::<_, ApiError>((service, after))
     }
     .await;

@@ -1,8 +1,9 @@
 //! Background responses through the built component: a create answered at
 //! once while the backend is still held, `GET` following it from `queued`
 //! or `in_progress` to `completed`, a stream resumed after a cut with
-//! `starting_after`, cancellation mid-stream. A worker whose host is killed
-//! is in `host/tests/operations.rs`.
+//! `starting_after`, cancellation mid-stream and while the backend is
+//! silent, a delete while it runs, expiry, keep-alives of a resumed
+//! stream. A worker whose host is killed is in `host/tests/operations.rs`.
 
 mod common;
 
@@ -98,15 +99,21 @@ async fn refusals() {
         .contains("background"));
     let (status, _) = h.post("/v1/responses/resp_nope/cancel", &json!({})).await;
     assert_eq!(status, 404);
-    let (status, _) = h.get(&format!("/v1/responses/{id}?stream=true")).await;
-    assert_eq!(status, 404, "a foreground response has no stored events");
+    let (status, error) = h.get(&format!("/v1/responses/{id}?stream=true")).await;
+    assert_eq!(
+        status, 400,
+        "a foreground response has no stored events: {error}"
+    );
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    let (status, _) = h.get("/v1/responses/resp_nope?stream=true").await;
+    assert_eq!(status, 404);
 }
 
-/// The events of a whole stream: (type, data).
+/// The events of a whole stream: (type, data); comments skipped.
 fn events(text: &str) -> Vec<(String, Value)> {
     parse_sse(text)
         .into_iter()
-        .filter(|(_, data)| data != "[DONE]")
+        .filter(|(_, data)| !data.is_empty() && data != "[DONE]")
         .map(|(name, data)| (name, serde_json::from_str(&data).unwrap()))
         .collect()
 }
@@ -131,6 +138,22 @@ async fn a_cut_stream_resumes_where_it_left_off() {
         .unwrap();
     let whole = events(&whole);
     assert_eq!(whole.last().unwrap().0, "response.completed");
+    // Queued first, as the create of a background response is answered.
+    let names: Vec<&str> = whole.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names[..3],
+        [
+            "response.created",
+            "response.queued",
+            "response.in_progress"
+        ]
+    );
+    assert_eq!(whole[0].1["response"]["status"], "queued");
+    assert_eq!(whole[1].1["response"]["status"], "queued");
+    assert_eq!(whole[2].1["response"]["status"], "in_progress");
+    for (n, (_, data)) in whole.iter().enumerate() {
+        assert_eq!(data["sequence_number"], n as u64);
+    }
     let id = whole[0].1["response"]["id"].as_str().unwrap().to_owned();
 
     // Every cut point gives the same rest.
@@ -228,8 +251,10 @@ async fn cancel_stops_it_at_its_next_event() {
         .await;
     assert_eq!(status, 200, "{cancelled}");
     assert_eq!(cancelled["status"], "cancelled");
+    // The answer is the response as its worker saved it.
     let done = settled(&h, &id).await;
     assert_eq!(done["status"], "cancelled", "{done}");
+    assert_eq!(cancelled, done);
     let text = output_text(&done);
     assert!(text.starts_with("w0 w1 "), "{text}");
     assert!(!text.contains("w39"), "it stopped early: {text}");
@@ -245,4 +270,166 @@ async fn cancel_stops_it_at_its_next_event() {
         .unwrap();
     let resumed = events(&resumed);
     assert_eq!(resumed.last().unwrap().1["response"]["status"], "cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_while_the_backend_is_silent() {
+    let h = Harness::start().await;
+    let (reply, gate) = Reply::text("never sent").pause_before(0);
+    h.backend.push(reply);
+    let (_, queued) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "wait", "background": true}),
+        )
+        .await;
+    let id = queued["id"].as_str().unwrap().to_owned();
+    gate.reached().await;
+    let (status, cancelled) = h
+        .post(&format!("/v1/responses/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    let (_, read) = h.get(&format!("/v1/responses/{id}")).await;
+    assert_eq!(read, cancelled, "saved before the cancel answered");
+    // Cancelling again answers the same.
+    let (_, again) = h
+        .post(&format!("/v1/responses/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(again, cancelled);
+    gate.release();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(settled(&h, &id).await["status"], "cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_ends_a_listening_clients_stream() {
+    let h = Harness::start().await;
+    let pieces: Vec<String> = (0..40).map(|i| format!("w{i} ")).collect();
+    h.backend
+        .push(Reply::chunks(pieces).delay_between_chunks(Duration::from_millis(100)));
+    let mut stream = h
+        .client
+        .post(h.url("/v1/responses"))
+        .json(&json!({"model": "m", "input": "talk", "background": true, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    while !seen.contains("response.output_text.delta") {
+        let chunk = stream.chunk().await.unwrap().expect("more events");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let id = events(&seen)[0].1["response"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, cancelled) = h
+        .post(&format!("/v1/responses/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    while let Some(chunk) = stream.chunk().await.unwrap() {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.ends_with("data: [DONE]\n\n"));
+    let all = events(&seen);
+    let (name, last) = all.last().unwrap();
+    assert_eq!(name, "response.incomplete");
+    assert_eq!(last["response"]["status"], "cancelled");
+    assert_eq!(last["response"], cancelled);
+    assert!(!output_text(&cancelled).contains("w39"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_response_deleted_while_it_runs_stays_deleted() {
+    let h = Harness::start().await;
+    let (reply, gate) = Reply::text("too late").pause_before(0);
+    h.backend.push(reply);
+    let (_, queued) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "x", "background": true}),
+        )
+        .await;
+    let id = queued["id"].as_str().unwrap().to_owned();
+    gate.reached().await;
+    let (status, deleted) = h.delete(&format!("/v1/responses/{id}")).await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(deleted["deleted"], true);
+    let (status, _) = h.get(&format!("/v1/responses/{id}")).await;
+    assert_eq!(status, 404);
+    gate.release();
+    // Its worker stops and removes what it wrote: it never comes back.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for path in [
+            format!("/v1/responses/{id}"),
+            format!("/v1/responses/{id}/input_items"),
+            format!("/v1/responses/{id}?stream=true"),
+        ] {
+            let (status, body) = h.get(&path).await;
+            assert_eq!(status, 404, "{path}: {body}");
+        }
+    }
+    let (status, _) = h.delete(&format!("/v1/responses/{id}")).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_background_response_is_gone() {
+    let h = Harness::with_variables(&[("response_ttl_seconds", "1")]).await;
+    h.backend.push(Reply::text("soon gone"));
+    let (_, queued) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "x", "background": true}),
+        )
+        .await;
+    let id = queued["id"].as_str().unwrap().to_owned();
+    assert_eq!(settled(&h, &id).await["status"], "completed");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let (status, _) = h.get(&format!("/v1/responses/{id}")).await;
+    assert_eq!(status, 404);
+    let (status, _) = h.get(&format!("/v1/responses/{id}?stream=true")).await;
+    assert_eq!(status, 404);
+    let (status, _) = h
+        .post(&format!("/v1/responses/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumed_stream_is_kept_alive_while_the_backend_is_silent() {
+    let h = Harness::with_variables(&[("stream_keepalive_seconds", "1")]).await;
+    let (reply, gate) = Reply::text("after a while").pause_before(0);
+    h.backend.push(reply);
+    let (_, queued) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "x", "background": true}),
+        )
+        .await;
+    let id = queued["id"].as_str().unwrap().to_owned();
+    gate.reached().await;
+    let resumed = h
+        .client
+        .get(h.url(&format!("/v1/responses/{id}?stream=true")))
+        .send();
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        gate.release();
+    };
+    let (resumed, ()) = tokio::join!(resumed, release);
+    let text = resumed.unwrap().text().await.unwrap();
+    let comments = text.matches(": keep-alive\n\n").count();
+    assert!(
+        (2..=5).contains(&comments),
+        "{comments} keep-alives: {text}"
+    );
+    let all = events(&text);
+    assert_eq!(all.last().unwrap().0, "response.completed");
+    assert_eq!(
+        output_text(&all.last().unwrap().1["response"]),
+        "after a while"
+    );
 }

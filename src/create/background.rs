@@ -8,7 +8,7 @@ use super::emit::{EventSink, KEEP_ALIVE_FRAME};
 use crate::api::response::{Response, ResponseStatus};
 use crate::error::ApiError;
 use crate::ids::Env;
-use crate::store::background::{Job, Jobs, LEASE_SECONDS, RENEW_SECONDS};
+use crate::store::background::{Job, Jobs, Mark, LEASE_SECONDS, RENEW_SECONDS};
 use crate::store::Kv;
 
 /// Writes of events a batch holds, at most.
@@ -17,8 +17,9 @@ const BATCH_WRITES: usize = 16;
 /// Bytes past which a batch is written at once.
 const BATCH_BYTES: usize = 64 << 10;
 
-/// Writes of events between two reads of the cancel mark, at most.
-const CANCEL_CHECK_WRITES: usize = 4;
+/// How often a background response's emitter ticks while its backend (or a
+/// tool) is silent: each tick reads the cancel mark.
+pub const TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where a background response's events go.
 pub struct BackgroundSink<'a, K: Kv, S: EventSink> {
@@ -27,10 +28,26 @@ pub struct BackgroundSink<'a, K: Kv, S: EventSink> {
     env: &'a Env,
     /// The client's stream, while it listens.
     live: Option<&'a mut S>,
+    /// How often the client's stream gets a keep-alive, if ever.
+    keep_alive: Option<i64>,
+    /// When the client's stream was last written.
+    live_at: i64,
+    /// `response_ttl_seconds`: how long the job outlives its last write.
+    ttl: Option<i64>,
     batch: Vec<u8>,
     writes: usize,
     renewed_at: i64,
-    cancelled: bool,
+    /// When the cancel mark was last read.
+    checked_at: i64,
+    mark: Option<Mark>,
+}
+
+/// How a background response is kept and shown while it runs.
+pub struct Upkeep {
+    /// The live client's keep-alive interval (`stream_keepalive_seconds`).
+    pub keep_alive: Option<std::time::Duration>,
+    /// `response_ttl_seconds`.
+    pub ttl: Option<i64>,
 }
 
 impl<'a, K: Kv, S: EventSink> BackgroundSink<'a, K, S> {
@@ -41,31 +58,48 @@ impl<'a, K: Kv, S: EventSink> BackgroundSink<'a, K, S> {
         queued: Response,
         env: &'a Env,
         live: Option<&'a mut S>,
+        upkeep: Upkeep,
     ) -> Result<Self, ApiError> {
         let now = env.now();
         let mut job = Job {
             response: queued,
             lease_until: now.saturating_add(LEASE_SECONDS),
             batches: 0,
+            expires_at: None,
         };
+        let ttl = upkeep.ttl;
+        job.expires_at = ttl.map(|ttl| now.saturating_add(ttl));
         jobs.write(&mut job, None)?;
         job.response.status = ResponseStatus::InProgress;
+        let keep_alive = upkeep
+            .keep_alive
+            .map(|every| i64::try_from(every.as_secs()).unwrap_or(i64::MAX));
         Ok(BackgroundSink {
             jobs,
             job,
             env,
             live,
+            keep_alive,
+            live_at: now,
+            ttl,
             batch: Vec::new(),
             writes: 0,
             renewed_at: now,
-            cancelled: false,
+            checked_at: now,
+            mark: None,
         })
     }
 
-    /// Writes the events not yet written and the finished response.
-    pub fn finish(mut self, response: Response) {
+    /// Writes the events not yet written and the finished response; `true`
+    /// when the response was deleted while it ran, and what the worker
+    /// stored must go.
+    pub fn finish(mut self, response: Response) -> bool {
         self.job.response = response;
         self.flush();
+        if self.mark != Some(Mark::Deleted) {
+            self.read_mark();
+        }
+        self.mark == Some(Mark::Deleted)
     }
 
     /// Writes the batch with the job, renewing the lease, and reads the
@@ -74,6 +108,7 @@ impl<'a, K: Kv, S: EventSink> BackgroundSink<'a, K, S> {
     fn flush(&mut self) {
         let now = self.env.now();
         self.job.lease_until = now.saturating_add(LEASE_SECONDS);
+        self.job.expires_at = self.ttl.map(|ttl| now.saturating_add(ttl));
         let batch = std::mem::take(&mut self.batch);
         if let Err(error) = self.jobs.write(&mut self.job, Some(batch)) {
             eprintln!(
@@ -83,41 +118,62 @@ impl<'a, K: Kv, S: EventSink> BackgroundSink<'a, K, S> {
         }
         self.writes = 0;
         self.renewed_at = now;
-        self.check_cancel();
+        self.read_mark();
     }
 
-    /// Reads the cancel mark, until it is found.
-    fn check_cancel(&mut self) {
-        if !self.cancelled {
-            self.cancelled = self.jobs.cancelling(&self.job.response.id).unwrap_or(false);
+    /// Reads the cancel mark, until one is found.
+    fn read_mark(&mut self) {
+        self.checked_at = self.env.now();
+        if self.mark.is_none() {
+            self.mark = self.jobs.marked(&self.job.response.id).unwrap_or(None);
+        }
+    }
+
+    /// Sends `bytes` to the client while it listens; a keep-alive only
+    /// once its stream has been silent for the keep-alive interval.
+    async fn send_live(&mut self, bytes: Vec<u8>, keep_alive: bool, now: i64) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        if keep_alive {
+            let due = self
+                .keep_alive
+                .is_some_and(|every| now >= self.live_at.saturating_add(every));
+            if !due {
+                return;
+            }
+        }
+        self.live_at = now;
+        if !live.send(bytes).await {
+            self.live = None;
         }
     }
 }
 
 impl<K: Kv, S: EventSink> EventSink for BackgroundSink<'_, K, S> {
+    /// Keeps the events, passes them on, renews the lease when due, and
+    /// reads the cancel mark at most once a second (the emitter ticks
+    /// every second while the backend is silent).
     async fn send(&mut self, bytes: Vec<u8>) -> bool {
         let keep_alive = bytes == KEEP_ALIVE_FRAME;
+        let now = self.env.now();
         if !keep_alive {
             self.batch.extend_from_slice(&bytes);
             self.writes += 1;
         }
-        if let Some(live) = self.live.as_mut() {
-            if !live.send(bytes).await {
-                self.live = None;
-            }
-        }
+        self.send_live(bytes, keep_alive, now).await;
         // The first events go out at once: readers see it in progress.
         let first = self.job.batches == 0;
-        let due = self.env.now() >= self.renewed_at.saturating_add(RENEW_SECONDS);
+        let due = now >= self.renewed_at.saturating_add(RENEW_SECONDS);
         if first || due || self.writes >= BATCH_WRITES || self.batch.len() >= BATCH_BYTES {
             self.flush();
-        } else if self.writes.is_multiple_of(CANCEL_CHECK_WRITES) {
-            self.check_cancel();
+        } else if now != self.checked_at {
+            self.read_mark();
         }
-        !self.cancelled
+        self.mark.is_none()
     }
 
     fn cancelled(&self) -> bool {
-        self.cancelled
+        self.mark.is_some()
     }
 }

@@ -30,7 +30,7 @@ mod save;
 pub mod socket;
 mod truncate;
 
-pub use emit::{Discard, EventSink, LiveSink};
+pub use emit::{Discard, EventSink, LiveSink, KEEP_ALIVE_FRAME};
 pub use resolve::{prepare_input, with_id};
 
 use crate::api::items::Item;
@@ -42,9 +42,7 @@ use crate::error::ApiError;
 use crate::service::Service;
 use crate::store::{Conversation, Kv};
 use crate::stream::EventStream;
-use std::time::Duration;
 
-use crate::store::background::RENEW_SECONDS;
 use emit::{Emitter, KeepAlive};
 use hosted::Hosted;
 use model::{Call, Ended, ModelLoop};
@@ -207,12 +205,12 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
     /// response before its terminal event, and returns it with the error
     /// that ended it, if any.
     pub async fn run(mut self, sink: &mut impl EventSink) -> (Response, Option<ApiError>) {
-        // A background response's keep-alives renew its lease, so it has
-        // them even when streams do not.
-        let every = self.service.settings.stream_keepalive();
+        // A background response ticks every second while it waits: its
+        // sink reads the cancel mark, renews the lease, and passes a
+        // keep-alive to a listening client when one is due.
         let every = match self.background {
-            true => every.or(Some(Duration::from_secs(RENEW_SECONDS as u64))),
-            false => every,
+            true => Some(background::TICK),
+            false => self.service.settings.stream_keepalive(),
         };
         let keep_alive = every.map(|every| KeepAlive {
             timer: self.service.env.timer(),
@@ -222,12 +220,18 @@ impl<'s, K: Kv, B: Backend> Create<'s, K, B> {
         // even when its client did not ask for them.
         let evented = self.streaming || self.background;
         let mut out = Emitter::new(sink, evented).with_keep_alive(keep_alive);
-        let mut first = self.stream.start();
+        let mut first = match self.background {
+            true => self.stream.start_queued(),
+            false => self.stream.start(),
+        };
         if let Some(item) = self.compaction.take() {
             first.extend(self.stream.complete_item(item));
         }
         if !out.events(first).await {
-            return self.interrupted();
+            return match out.cancelled() {
+                true => self.cancelled(out).await,
+                false => self.interrupted(),
+            };
         }
         let ended = match self.generate {
             true => self.model.run(&mut self.stream, &mut out).await,

@@ -4,9 +4,11 @@
 use super::{missing, Service};
 use crate::api::response::{Response, ResponseStatus};
 use crate::backend::Backend;
+use crate::create::KEEP_ALIVE_FRAME;
 use crate::error::ApiError;
-use crate::store::background::{Job, Jobs};
+use crate::store::background::{Job, Jobs, Mark};
 use crate::store::Kv;
+use crate::stream::events::{Event, EventKind};
 
 impl<K: Kv, B: Backend> Service<K, B> {
     /// The job of a background response of the caller, as of now.
@@ -25,28 +27,58 @@ impl<K: Kv, B: Backend> Service<K, B> {
     }
 
     /// `POST /v1/responses/{id}/cancel`: a running background response is
-    /// asked to stop (its worker stops at its next event and saves it as
-    /// `cancelled`) and answered as `cancelled`; a finished one is answered
-    /// as it is; a response that did not run in the background is a 400.
-    pub fn cancel(&self, api_key: Option<&str>, id: &str) -> Result<Response, ApiError> {
+    /// asked to stop; its worker reads the mark within a second, stops, and
+    /// saves it as `cancelled` with what it had produced, and that is the
+    /// answer (or whatever it ended as, if it finished first). A finished
+    /// one is answered as it is; a response that did not run in the
+    /// background is a 400.
+    pub async fn cancel(&self, api_key: Option<&str>, id: &str) -> Result<Response, ApiError> {
         let tenant = self.tenant(api_key)?;
         let jobs = Jobs::new(&self.kv, &tenant);
         let Some(job) = jobs.read_at(id, self.env.now())? else {
-            self.stored_turn(api_key, id)?;
-            return Err(ApiError::invalid_request(
-                "Only a response created with background set to true can be cancelled.",
-            ));
+            // The typed export runs `background` requests to their end.
+            let turn = self.stored_turn(api_key, id)?;
+            return match turn.response.background {
+                true => Ok(turn.response),
+                false => Err(not_background("cancelled")),
+            };
         };
         if !job.running() {
-            return Ok(match self.store(&tenant).turn(id, self.env.now())? {
-                Some(turn) => turn.response,
-                None => job.response,
-            });
+            return self.finished(&tenant, job);
         }
-        jobs.cancel(id)?;
+        jobs.mark(id, Mark::Cancel)?;
+        let timer = self.env.timer();
+        for _ in 0..CANCEL_POLLS {
+            timer.sleep(POLL).await;
+            match jobs.read_at(id, self.env.now())? {
+                Some(job) if job.running() => continue,
+                Some(job) => return self.finished(&tenant, job),
+                None => return Err(missing(id)),
+            }
+        }
+        // Its worker has not stopped yet (a host that died holds it until
+        // its lease runs out): it will end `cancelled`.
         let mut response = job.response;
         response.status = ResponseStatus::Cancelled;
         Ok(response)
+    }
+
+    /// A finished background response: its saved turn, or its job's
+    /// response when it was never saved (its worker died).
+    fn finished(&self, tenant: &str, job: Job) -> Result<Response, ApiError> {
+        let id = &job.response.id;
+        Ok(match self.store(tenant).turn(id, self.env.now())? {
+            Some(turn) => turn.response,
+            None => job.response,
+        })
+    }
+
+    /// Removes what the worker of `id` stored after its response was
+    /// deleted while it ran, the `deleted` mark with it.
+    pub fn forget(&self, tenant: &str, id: &str) -> Result<(), ApiError> {
+        self.store(tenant).delete(id, self.env.now())?;
+        Jobs::new(&self.kv, tenant).delete(id)?;
+        Ok(())
     }
 
     /// Event batches of background response `id` from batch `from` on,
@@ -59,17 +91,30 @@ impl<K: Kv, B: Backend> Service<K, B> {
     ) -> Result<(Job, Vec<Vec<u8>>), ApiError> {
         let tenant = self.tenant(api_key)?;
         let jobs = Jobs::new(&self.kv, &tenant);
-        let job = jobs
-            .read_at(id, self.env.now())?
-            .ok_or_else(|| missing(id))?;
+        let Some(job) = jobs.read_at(id, self.env.now())? else {
+            self.stored_turn(api_key, id)?;
+            return Err(not_background("streamed again"));
+        };
         let batches = jobs.batches(id, from, job.batches)?;
         Ok((job, batches))
     }
 }
 
-/// How often a resumed stream looks for new events while the response
-/// runs.
+/// How often a resumed stream (or a cancel waiting for its worker) looks
+/// at the job while the response runs.
 const POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Polls a cancel waits for the worker to stop: 5 s. The worker reads the
+/// mark at least once a second.
+const CANCEL_POLLS: u32 = 20;
+
+/// The 400 for a background operation on a response that did not run in
+/// the background.
+fn not_background(what: &str) -> ApiError {
+    ApiError::invalid_request(format!(
+        "Only a response created with background set to true can be {what}."
+    ))
+}
 
 impl<K: Kv, B: Backend> Service<K, B> {
     /// `GET /v1/responses/{id}?stream=true&starting_after=N`: the stored
@@ -91,8 +136,11 @@ impl<K: Kv, B: Backend> Service<K, B> {
             ended: false,
         };
         let timer = self.env.timer();
+        let keep_alive = self.settings.stream_keepalive();
+        let mut silent = std::time::Duration::ZERO;
         loop {
             for batch in &batches {
+                silent = std::time::Duration::ZERO;
                 if !sink.send(replay.frames(batch)).await {
                     return Ok(());
                 }
@@ -101,23 +149,43 @@ impl<K: Kv, B: Backend> Service<K, B> {
                 break;
             }
             timer.sleep(POLL).await;
+            silent = silent.saturating_add(POLL);
+            // Proxies see traffic, and a client that left is noticed.
+            if keep_alive.is_some_and(|every| silent >= every) {
+                silent = std::time::Duration::ZERO;
+                if !sink.send(KEEP_ALIVE_FRAME.to_vec()).await {
+                    return Ok(());
+                }
+            }
             let from = job.batches;
             (job, batches) = self.job_events(api_key, id, from)?;
         }
         if !replay.ended {
             // Its worker died (the lease ran out) or its events were lost:
             // the stream still ends, as the response did.
+            let tenant = self.tenant(api_key)?;
+            let response = self.finished(&tenant, job)?;
             let sequence = replay.last.map_or(0, |n| n.saturating_add(1));
-            let event = crate::stream::events::Event {
-                kind: crate::stream::events::EventKind::Failed {
-                    response: Box::new(job.response),
-                },
-                sequence_number: sequence,
-            };
-            sink.send(event.to_sse()).await;
+            sink.send(terminal(response, sequence).to_sse()).await;
         }
         sink.send(crate::stream::events::DONE_FRAME.to_vec()).await;
         Ok(())
+    }
+}
+
+/// The terminal event of a response that ended as `response` did.
+fn terminal(response: Response, sequence_number: u64) -> Event {
+    let response = Box::new(response);
+    let kind = match response.status {
+        ResponseStatus::Completed => EventKind::Completed { response },
+        ResponseStatus::Incomplete | ResponseStatus::Cancelled => {
+            EventKind::Incomplete { response }
+        }
+        _ => EventKind::Failed { response },
+    };
+    Event {
+        kind,
+        sequence_number,
     }
 }
 

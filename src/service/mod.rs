@@ -184,10 +184,19 @@ impl<K: Kv, B: Backend> Service<K, B> {
     }
 
     /// `DELETE /v1/responses/{id}`.
+    /// A background response still running is stopped, and its worker
+    /// removes what it stores after that.
     pub fn delete(&self, api_key: Option<&str>, id: &str) -> Result<Value, ApiError> {
         let tenant = self.tenant(api_key)?;
+        let jobs = crate::store::background::Jobs::new(&self.kv, &tenant);
+        let running = jobs
+            .read_at(id, self.env.now())?
+            .filter(|job| job.running());
         let deleted = self.store(&tenant).delete(id, self.env.now())?;
-        let job = crate::store::background::Jobs::new(&self.kv, &tenant).delete(id)?;
+        let job = match running {
+            Some(_) => jobs.delete_running(id).map(|()| true)?,
+            None => jobs.delete(id)?,
+        };
         if !deleted && !job {
             return Err(missing(id));
         }

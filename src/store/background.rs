@@ -11,8 +11,12 @@
 //! - `{tenant}/bg/{id}/ev/{n}`: batch `n` of the response's events, as the
 //!   server-sent-event frames a stream sends, written with the job in one
 //!   batch.
-//! - `{tenant}/bg/{id}/cancel`: present once a client asked to cancel;
-//!   written only by cancels, so no write of the worker can lose it.
+//! - `{tenant}/bg/{id}/cancel`: the [`Mark`], present once a client asked
+//!   to cancel (`1`) or deleted the response while it ran (`deleted`);
+//!   written only by clients, so no write of the worker can lose it. A
+//!   `deleted` mark hides the job from every reader, also from a worker's
+//!   writes that race the delete, until the worker has removed what it
+//!   wrote (then the mark goes too).
 //!
 //! The final response is saved as every response is (see the parent
 //! module); the job stays so a stream can still be resumed, and goes with
@@ -39,6 +43,38 @@ pub struct Job {
     pub lease_until: i64,
     /// Event batches stored: `0..batches`.
     pub batches: u64,
+    /// Seconds since the epoch after which the job is gone for readers,
+    /// as its response is (`response_ttl_seconds` after its last write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+/// What a client asked of a running job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// Stop, and keep the response as `cancelled`.
+    Cancel,
+    /// Stop, and remove everything: the response was deleted.
+    Deleted,
+}
+
+impl Mark {
+    const CANCEL: &'static [u8] = b"1";
+    const DELETED: &'static [u8] = b"deleted";
+
+    fn bytes(self) -> &'static [u8] {
+        match self {
+            Mark::Cancel => Self::CANCEL,
+            Mark::Deleted => Self::DELETED,
+        }
+    }
+
+    fn parse(bytes: &[u8]) -> Mark {
+        match bytes {
+            Self::DELETED => Mark::Deleted,
+            _ => Mark::Cancel,
+        }
+    }
 }
 
 impl Job {
@@ -114,12 +150,21 @@ impl<'a, K: Kv> Jobs<'a, K> {
             .map_err(|e| ApiError::server(format!("A stored background job is damaged: {e}")))
     }
 
-    /// The job of `id` as a reader sees it at `now`: a running job whose
-    /// lease ran out is marked failed, for every later reader too.
+    /// The job of `id` as a reader sees it at `now`, in one round trip
+    /// with its mark: none once it expired or was deleted; a running job
+    /// whose lease ran out is marked failed, for every later reader too.
     pub fn read_at(&self, id: &str, now: i64) -> Result<Option<Job>, ApiError> {
-        let Some(mut job) = self.read(id)? else {
+        let keys = vec![self.job_key(id), self.cancel_key(id)];
+        let mut values = self.kv.get_many(keys).map_err(storage)?.into_iter();
+        let (Some(Some(bytes)), mark) = (values.next(), values.next().flatten()) else {
             return Ok(None);
         };
+        let mut job: Job = crate::api::from_slice(&bytes)
+            .map_err(|e| ApiError::server(format!("A stored background job is damaged: {e}")))?;
+        let deleted = mark.is_some_and(|m| Mark::parse(&m) == Mark::Deleted);
+        if deleted || job.expires_at.is_some_and(|at| now > at) {
+            return Ok(None);
+        }
         if job.expire(now) {
             self.write(&mut job, None)?;
         }
@@ -137,20 +182,17 @@ impl<'a, K: Kv> Jobs<'a, K> {
         Ok(values.into_iter().map(Option::unwrap_or_default).collect())
     }
 
-    /// Asks the worker of `id` to stop.
-    pub fn cancel(&self, id: &str) -> Result<(), ApiError> {
+    /// Asks the worker of `id` to stop, with `mark` saying why.
+    pub fn mark(&self, id: &str, mark: Mark) -> Result<(), ApiError> {
         self.kv
-            .set_many(vec![(self.cancel_key(id), b"1".to_vec())])
+            .set_many(vec![(self.cancel_key(id), mark.bytes().to_vec())])
             .map_err(storage)
     }
 
-    /// Whether a client asked to cancel `id`.
-    pub fn cancelling(&self, id: &str) -> Result<bool, ApiError> {
-        Ok(self
-            .kv
-            .get(&self.cancel_key(id))
-            .map_err(storage)?
-            .is_some())
+    /// What a client asked of `id`, if anything.
+    pub fn marked(&self, id: &str) -> Result<Option<Mark>, ApiError> {
+        let mark = self.kv.get(&self.cancel_key(id)).map_err(storage)?;
+        Ok(mark.as_deref().map(Mark::parse))
     }
 
     /// Every key of the jobs of `ids`, for removal: one read of the jobs
@@ -180,6 +222,17 @@ impl<'a, K: Kv> Jobs<'a, K> {
         self.kv.delete_many(keys).map_err(storage)?;
         Ok(true)
     }
+
+    /// Deletes `id` while its worker may still run: the `deleted` mark
+    /// first (it stops the worker and hides whatever it writes next), then
+    /// the job and its events; the worker removes the rest when it ends.
+    pub fn delete_running(&self, id: &str) -> Result<(), ApiError> {
+        self.mark(id, Mark::Deleted)?;
+        let mut keys = self.keys(&[id])?;
+        let mark = self.cancel_key(id);
+        keys.retain(|key| *key != mark);
+        self.kv.delete_many(keys).map_err(storage)
+    }
 }
 
 #[cfg(test)]
@@ -197,6 +250,7 @@ mod tests {
             response,
             lease_until: 160,
             batches: 0,
+            expires_at: None,
         }
     }
 
@@ -216,9 +270,9 @@ mod tests {
             jobs.batches("resp_1", 1, 2).unwrap(),
             [b"event: b\n\n".to_vec()]
         );
-        assert!(!jobs.cancelling("resp_1").unwrap());
-        jobs.cancel("resp_1").unwrap();
-        assert!(jobs.cancelling("resp_1").unwrap());
+        assert_eq!(jobs.marked("resp_1").unwrap(), None);
+        jobs.mark("resp_1", Mark::Cancel).unwrap();
+        assert_eq!(jobs.marked("resp_1").unwrap(), Some(Mark::Cancel));
         assert!(jobs.delete("resp_1").unwrap());
         assert!(kv.values.borrow().is_empty());
         assert!(!jobs.delete("resp_1").unwrap());
@@ -238,5 +292,30 @@ mod tests {
             jobs.read("resp_2").unwrap().unwrap().response.status,
             ResponseStatus::Failed
         );
+    }
+
+    #[test]
+    fn expired_and_deleted_jobs_are_gone_for_readers() {
+        let kv = MemoryKv::default();
+        let jobs = Jobs::new(&kv, "t");
+        let mut expiring = job("resp_3");
+        expiring.expires_at = Some(150);
+        jobs.write(&mut expiring, None).unwrap();
+        assert!(jobs.read_at("resp_3", 150).unwrap().is_some());
+        assert!(jobs.read_at("resp_3", 151).unwrap().is_none());
+
+        let mut running = job("resp_4");
+        jobs.write(&mut running, Some(b"event: a\n\n".to_vec()))
+            .unwrap();
+        jobs.delete_running("resp_4").unwrap();
+        assert!(jobs.read_at("resp_4", 100).unwrap().is_none());
+        assert_eq!(jobs.marked("resp_4").unwrap(), Some(Mark::Deleted));
+        // A worker's write racing the delete stays hidden, and goes with
+        // the worker's own removal, mark included.
+        jobs.write(&mut running, None).unwrap();
+        assert!(jobs.read_at("resp_4", 100).unwrap().is_none());
+        assert!(jobs.delete("resp_4").unwrap());
+        assert!(jobs.delete("resp_3").unwrap());
+        assert!(kv.values.borrow().is_empty());
     }
 }

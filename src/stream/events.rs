@@ -20,6 +20,8 @@ pub struct Event {
 pub enum EventKind {
     #[serde(rename = "response.created")]
     Created { response: Box<Response> },
+    #[serde(rename = "response.queued")]
+    Queued { response: Box<Response> },
     #[serde(rename = "response.in_progress")]
     InProgress { response: Box<Response> },
     #[serde(rename = "response.output_item.added")]
@@ -206,6 +208,7 @@ impl EventKind {
     pub fn name(&self) -> &'static str {
         match self {
             EventKind::Created { .. } => "response.created",
+            EventKind::Queued { .. } => "response.queued",
             EventKind::InProgress { .. } => "response.in_progress",
             EventKind::OutputItemAdded { .. } => "response.output_item.added",
             EventKind::OutputItemDone { .. } => "response.output_item.done",

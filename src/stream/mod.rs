@@ -127,6 +127,21 @@ impl EventStream {
         self.take()
     }
 
+    /// A background response's first events: `response.created` and
+    /// `response.queued` with the response `queued`, as its create was
+    /// answered, then `response.in_progress`.
+    pub fn start_queued(&mut self) -> Vec<Event> {
+        let mut queued = Box::new(self.response.clone());
+        queued.status = crate::api::response::ResponseStatus::Queued;
+        self.emit(EventKind::Created {
+            response: queued.clone(),
+        });
+        self.emit(EventKind::Queued { response: queued });
+        let snapshot = Box::new(self.response.clone());
+        self.emit(EventKind::InProgress { response: snapshot });
+        self.take()
+    }
+
     /// An item made before the model's answer (a `compaction`), added to
     /// the output whole: its `output_item.added` and `.done`.
     pub fn complete_item(&mut self, item: Item) -> Vec<Event> {

@@ -52,6 +52,8 @@ def test_resume_a_stream_after_a_cut(client):
     stream = client.responses.create(model="m", input="letters", background=True, stream=True)
     events = list(stream)
     assert events[-1].type == "response.completed"
+    assert [e.type for e in events[:3]] == ["response.created", "response.queued", "response.in_progress"]
+    assert events[1].response.status == "queued"
     response_id = events[0].response.id
     cut = 4
     resumed = list(
@@ -68,9 +70,15 @@ def test_cancel(client):
     time.sleep(0.8)
     cancelled = client.responses.cancel(created.id)
     assert cancelled.status == "cancelled"
+    assert cancelled.output_text.startswith("w0 ")
     done = settle(client, created.id)
     assert done.status == "cancelled"
+    assert done.output_text == cancelled.output_text
     assert "w39" not in done.output_text
+    # Its stored events end with the cancelled response.
+    resumed = list(client.responses.retrieve(created.id, stream=True))
+    assert resumed[-1].type == "response.incomplete"
+    assert resumed[-1].response.status == "cancelled"
 
 
 def test_refusals(client):
@@ -80,3 +88,17 @@ def test_refusals(client):
     foreground = client.responses.create(model="m", input="x")
     with pytest.raises(openai.BadRequestError):
         client.responses.cancel(foreground.id)
+    with pytest.raises(openai.BadRequestError):
+        list(client.responses.retrieve(foreground.id, stream=True))
+    with pytest.raises(openai.NotFoundError):
+        client.responses.cancel("resp_" + "0" * 48)
+
+
+def test_delete_while_it_runs(client):
+    script({"content": [f"w{i} " for i in range(40)], "delay_between_chunks_ms": 100})
+    created = client.responses.create(model="m", input="talk", background=True)
+    time.sleep(0.5)
+    assert client.responses.delete(created.id) is None
+    time.sleep(1.5)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(created.id)
