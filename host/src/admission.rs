@@ -31,6 +31,13 @@ pub const DEFAULT_MAX_MEMORY: u64 = 2 << 30;
 /// How long a request waits for a free instance by default.
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often a shutdown looks whether instances are still alive.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// How long a shutdown waits, by default, for instances still running
+/// (background responses) once connections are closed.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Fewest instances, however small the budget.
 const MIN_INSTANCES: u32 = 1;
 
@@ -163,6 +170,20 @@ impl Admission {
             Ok(Err(_)) | Err(_) => Err(Overloaded {
                 retry_after: self.retry_after(),
             }),
+        }
+    }
+
+    /// Waits up to `timeout` until none of this server's instances is
+    /// alive (background responses run on after their answer); the number
+    /// still alive then.
+    pub(crate) async fn drain(&self, timeout: Duration) -> i64 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let alive = self.gauges.in_use.get();
+            if alive <= 0 || tokio::time::Instant::now() >= deadline {
+                return alive.max(0);
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
         }
     }
 

@@ -27,6 +27,7 @@ const HOST_SETTINGS: &[&str] = &[
     "METRICS_LISTEN",
     "LOG_FORMAT",
     "WEBSOCKET_MAX_AGE",
+    "SHUTDOWN_TIMEOUT",
 ];
 
 /// Config values from environment variables: `EDGE_RESPONSES_BACKEND_URL=x`

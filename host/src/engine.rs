@@ -134,6 +134,12 @@ impl Runtime {
         self.admission.admit().await
     }
 
+    /// Waits up to `timeout` for the instances still alive to end; the
+    /// number left.
+    pub(crate) async fn drain(&self, timeout: Duration) -> i64 {
+        self.admission.drain(timeout).await
+    }
+
     /// The config values instances see.
     pub(crate) fn config(&self) -> &ConfigValues {
         &self.config

@@ -60,7 +60,7 @@ use tokio::task::JoinHandle;
 
 pub use admission::{
     instance_limit, parse_duration, parse_size, DEFAULT_MAX_MEMORY, DEFAULT_QUEUE_TIMEOUT,
-    INSTANCE_MEMORY,
+    DEFAULT_SHUTDOWN_TIMEOUT, INSTANCE_MEMORY,
 };
 /// The `tracing` target of the request log: one line per request, at
 /// `info`, once its response body has been sent.
@@ -116,6 +116,10 @@ pub struct Config {
     /// How long a WebSocket connection may live (see `socket`). Default
     /// [`DEFAULT_WEBSOCKET_MAX_AGE`] (60 minutes).
     pub websocket_max_age: Duration,
+    /// How long [`Server::shutdown`] waits for instances still running
+    /// once connections are closed: background responses, which go on
+    /// after their answer. Default [`DEFAULT_SHUTDOWN_TIMEOUT`] (30 s).
+    pub shutdown_timeout: Duration,
     /// Where to export OpenTelemetry traces (OTLP/HTTP). Default: none, and
     /// no spans are made.
     pub traces: Option<TraceExport>,
@@ -135,6 +139,7 @@ impl Config {
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             metrics_listen: None,
             websocket_max_age: DEFAULT_WEBSOCKET_MAX_AGE,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             traces: None,
         }
     }
@@ -230,6 +235,7 @@ pub struct Server {
     store_path: PathBuf,
     store: StoreLocation,
     runtime: Arc<engine::Runtime>,
+    shutdown_timeout: Duration,
     metrics: Arc<metrics::Metrics>,
     stop: oneshot::Sender<()>,
     accept_loop: JoinHandle<()>,
@@ -291,6 +297,7 @@ impl Server {
             store_path,
             store,
             runtime,
+            shutdown_timeout: config.shutdown_timeout,
             metrics,
             stop,
             accept_loop,
@@ -357,7 +364,9 @@ impl Server {
     }
 
     /// Stops accepting connections and waits (a few seconds at most) for
-    /// in-flight requests to finish, then for their spans, which it exports.
+    /// in-flight requests to finish, then (up to the shutdown timeout) for
+    /// instances still running background responses, then for their
+    /// spans, which it exports.
     pub async fn shutdown(self) {
         let _ = self.stop.send(());
         if let Some((_, stop, task)) = self.metrics_endpoint {
@@ -368,6 +377,16 @@ impl Server {
         }
         if let Err(err) = self.accept_loop.await {
             tracing::error!("the accept loop failed: {err}");
+        }
+        // Background responses run on after their answer: give them time to
+        // finish; one cut off is failed by its lease.
+        let left = self.runtime.drain(self.shutdown_timeout).await;
+        if left > 0 {
+            tracing::warn!(
+                instances = left,
+                "shutdown: gave up waiting for instances still running (background responses); \
+                 their leases will mark them failed"
+            );
         }
         if let Some(traces) = self.traces {
             traces.shutdown().await;

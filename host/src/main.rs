@@ -78,6 +78,11 @@ struct Flags {
     #[arg(long, env = "EDGE_RESPONSES_WEBSOCKET_MAX_AGE", default_value = "60m", value_parser = parse_duration)]
     websocket_max_age: Duration,
 
+    /// How long shutting down (SIGTERM, Ctrl-C) waits for background
+    /// responses still running once connections are closed (e.g. 30s, 2m).
+    #[arg(long, env = "EDGE_RESPONSES_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+
     /// Log line format: `text` (readable) or `json` (one JSON object per
     /// line).
     #[arg(long, env = "EDGE_RESPONSES_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -126,6 +131,7 @@ impl Flags {
             queue_timeout: self.queue_timeout,
             metrics_listen: self.metrics_listen,
             websocket_max_age: self.websocket_max_age,
+            shutdown_timeout: self.shutdown_timeout,
             // From the environment, in `main`.
             traces: None,
         }

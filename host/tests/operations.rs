@@ -888,3 +888,53 @@ async fn a_killed_hosts_background_response_fails_after_its_lease() {
     // And stays so.
     assert_eq!(get(host.addr, &path).await.json()["status"], "failed");
 }
+
+/// A host told to stop (SIGTERM) while a background response waits on its
+/// backend finishes it before it exits: a new host on the same store reads
+/// it `completed`. With a shutdown timeout shorter than the work, the host
+/// exits anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_host_finishes_its_background_responses() {
+    let backend = Backend::start().expect("backend starts");
+    let state = tempfile::tempdir().expect("temp dir");
+    for (timeout, held, finished) in [("30s", 1_500, true), ("1s", 4_000, false)] {
+        let (reply, gate) = Reply::text("finished on the way out").pause_before(0);
+        backend.push(reply);
+        let mut host = Host::start(&backend, state.path(), &["--shutdown-timeout", timeout]);
+        let create = json!({"model": "m", "input": "x", "background": true}).to_string();
+        let queued = send(host.addr, "POST", "/v1/responses", "", &create)
+            .await
+            .json();
+        let path = format!("/v1/responses/{}", queued["id"].as_str().expect("an id"));
+        gate.reached().await;
+
+        let stopped = Command::new("kill")
+            .args(["-TERM", &host.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(stopped.success());
+        let sent = Instant::now();
+        tokio::time::sleep(Duration::from_millis(held)).await;
+        gate.release();
+        let status = loop {
+            if let Some(status) = host.child.try_wait().expect("the host's status") {
+                break status;
+            }
+            assert!(
+                sent.elapsed() < Duration::from_secs(60),
+                "the host never exited"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(status.success(), "{status}");
+        drop(host);
+
+        let host = Host::start(&backend, state.path(), &[]);
+        let read = get(host.addr, &path).await.json();
+        let expected = if finished { "completed" } else { "in_progress" };
+        assert_eq!(
+            read["status"], expected,
+            "shutdown timeout {timeout}: {read}"
+        );
+    }
+}
