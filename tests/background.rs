@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::{output_text, parse_sse, Harness};
-use scripted_backend::Reply;
+use scripted_backend::{Gate, Reply};
 use serde_json::{json, Value};
 
 /// Polls `GET` until the response is no longer running (at most 30 s).
@@ -24,6 +24,35 @@ async fn settled(h: &Harness, id: &str) -> Value {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{id} did not finish");
+}
+
+/// Creates a background response of `input`; its id.
+async fn create(h: &Harness, input: &str) -> String {
+    let body = json!({"model": "m", "input": input, "background": true});
+    let (status, queued) = h.post("/v1/responses", &body).await;
+    assert_eq!(status, 200, "{queued}");
+    queued["id"].as_str().unwrap().to_owned()
+}
+
+/// A background response whose backend call is held at its gate.
+async fn held(h: &Harness) -> (String, Gate) {
+    let (reply, gate) = Reply::text("held back").pause_before(0);
+    h.backend.push(reply);
+    let id = create(h, "wait").await;
+    gate.reached().await;
+    (id, gate)
+}
+
+/// `POST /v1/responses/{id}/cancel`.
+async fn cancel(h: &Harness, id: &str) -> (u16, Value) {
+    h.post(&format!("/v1/responses/{id}/cancel"), &json!({}))
+        .await
+}
+
+/// The body of a `GET` as text: a resumed stream.
+async fn read_text(h: &Harness, path: &str) -> String {
+    let response = h.client.get(h.url(path)).send().await.unwrap();
+    response.text().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -159,30 +188,16 @@ async fn a_cut_stream_resumes_where_it_left_off() {
     // Every cut point gives the same rest.
     for cut in [0usize, 3, 7, whole.len() - 2] {
         let n = whole[cut].1["sequence_number"].as_u64().unwrap();
-        let text = h
-            .client
-            .get(h.url(&format!(
-                "/v1/responses/{id}?stream=true&starting_after={n}"
-            )))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = read_text(
+            &h,
+            &format!("/v1/responses/{id}?stream=true&starting_after={n}"),
+        )
+        .await;
         assert_eq!(events(&text), whole[cut + 1..].to_vec(), "after {n}");
         assert!(text.ends_with("data: [DONE]\n\n"));
     }
     // Without starting_after: all of it.
-    let text = h
-        .client
-        .get(h.url(&format!("/v1/responses/{id}?stream=true")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = read_text(&h, &format!("/v1/responses/{id}?stream=true")).await;
     assert_eq!(events(&text), whole);
 }
 
@@ -238,17 +253,9 @@ async fn cancel_stops_it_at_its_next_event() {
     let pieces: Vec<String> = (0..40).map(|i| format!("w{i} ")).collect();
     h.backend
         .push(Reply::chunks(pieces).delay_between_chunks(Duration::from_millis(100)));
-    let (_, queued) = h
-        .post(
-            "/v1/responses",
-            &json!({"model": "m", "input": "talk", "background": true}),
-        )
-        .await;
-    let id = queued["id"].as_str().unwrap().to_owned();
+    let id = create(&h, "talk").await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let (status, cancelled) = h
-        .post(&format!("/v1/responses/{id}/cancel"), &json!({}))
-        .await;
+    let (status, cancelled) = cancel(&h, &id).await;
     assert_eq!(status, 200, "{cancelled}");
     assert_eq!(cancelled["status"], "cancelled");
     // The answer is the response as its worker saved it.
@@ -259,43 +266,21 @@ async fn cancel_stops_it_at_its_next_event() {
     assert!(text.starts_with("w0 w1 "), "{text}");
     assert!(!text.contains("w39"), "it stopped early: {text}");
     // Its stored stream ends too.
-    let resumed = h
-        .client
-        .get(h.url(&format!("/v1/responses/{id}?stream=true")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let resumed = events(&resumed);
+    let resumed = events(&read_text(&h, &format!("/v1/responses/{id}?stream=true")).await);
     assert_eq!(resumed.last().unwrap().1["response"]["status"], "cancelled");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_while_the_backend_is_silent() {
     let h = Harness::start().await;
-    let (reply, gate) = Reply::text("never sent").pause_before(0);
-    h.backend.push(reply);
-    let (_, queued) = h
-        .post(
-            "/v1/responses",
-            &json!({"model": "m", "input": "wait", "background": true}),
-        )
-        .await;
-    let id = queued["id"].as_str().unwrap().to_owned();
-    gate.reached().await;
-    let (status, cancelled) = h
-        .post(&format!("/v1/responses/{id}/cancel"), &json!({}))
-        .await;
+    let (id, gate) = held(&h).await;
+    let (status, cancelled) = cancel(&h, &id).await;
     assert_eq!(status, 200, "{cancelled}");
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
     let (_, read) = h.get(&format!("/v1/responses/{id}")).await;
     assert_eq!(read, cancelled, "saved before the cancel answered");
     // Cancelling again answers the same.
-    let (_, again) = h
-        .post(&format!("/v1/responses/{id}/cancel"), &json!({}))
-        .await;
+    let (_, again) = cancel(&h, &id).await;
     assert_eq!(again, cancelled);
     gate.release();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -324,9 +309,7 @@ async fn cancel_ends_a_listening_clients_stream() {
         .as_str()
         .unwrap()
         .to_owned();
-    let (status, cancelled) = h
-        .post(&format!("/v1/responses/{id}/cancel"), &json!({}))
-        .await;
+    let (status, cancelled) = cancel(&h, &id).await;
     assert_eq!(status, 200, "{cancelled}");
     while let Some(chunk) = stream.chunk().await.unwrap() {
         seen.push_str(&String::from_utf8_lossy(&chunk));
@@ -343,16 +326,7 @@ async fn cancel_ends_a_listening_clients_stream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_response_deleted_while_it_runs_stays_deleted() {
     let h = Harness::start().await;
-    let (reply, gate) = Reply::text("too late").pause_before(0);
-    h.backend.push(reply);
-    let (_, queued) = h
-        .post(
-            "/v1/responses",
-            &json!({"model": "m", "input": "x", "background": true}),
-        )
-        .await;
-    let id = queued["id"].as_str().unwrap().to_owned();
-    gate.reached().await;
+    let (id, gate) = held(&h).await;
     let (status, deleted) = h.delete(&format!("/v1/responses/{id}")).await;
     assert_eq!(status, 200, "{deleted}");
     assert_eq!(deleted["deleted"], true);
@@ -379,48 +353,26 @@ async fn a_response_deleted_while_it_runs_stays_deleted() {
 async fn an_expired_background_response_is_gone() {
     let h = Harness::with_variables(&[("response_ttl_seconds", "1")]).await;
     h.backend.push(Reply::text("soon gone"));
-    let (_, queued) = h
-        .post(
-            "/v1/responses",
-            &json!({"model": "m", "input": "x", "background": true}),
-        )
-        .await;
-    let id = queued["id"].as_str().unwrap().to_owned();
+    let id = create(&h, "x").await;
     assert_eq!(settled(&h, &id).await["status"], "completed");
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let (status, _) = h.get(&format!("/v1/responses/{id}")).await;
     assert_eq!(status, 404);
     let (status, _) = h.get(&format!("/v1/responses/{id}?stream=true")).await;
     assert_eq!(status, 404);
-    let (status, _) = h
-        .post(&format!("/v1/responses/{id}/cancel"), &json!({}))
-        .await;
-    assert_eq!(status, 404);
+    assert_eq!(cancel(&h, &id).await.0, 404);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_resumed_stream_is_kept_alive_while_the_backend_is_silent() {
     let h = Harness::with_variables(&[("stream_keepalive_seconds", "1")]).await;
-    let (reply, gate) = Reply::text("after a while").pause_before(0);
-    h.backend.push(reply);
-    let (_, queued) = h
-        .post(
-            "/v1/responses",
-            &json!({"model": "m", "input": "x", "background": true}),
-        )
-        .await;
-    let id = queued["id"].as_str().unwrap().to_owned();
-    gate.reached().await;
-    let resumed = h
-        .client
-        .get(h.url(&format!("/v1/responses/{id}?stream=true")))
-        .send();
+    let (id, gate) = held(&h).await;
+    let path = format!("/v1/responses/{id}?stream=true");
     let release = async {
         tokio::time::sleep(Duration::from_millis(3_500)).await;
         gate.release();
     };
-    let (resumed, ()) = tokio::join!(resumed, release);
-    let text = resumed.unwrap().text().await.unwrap();
+    let (text, ()) = tokio::join!(read_text(&h, &path), release);
     let comments = text.matches(": keep-alive\n\n").count();
     assert!(
         (2..=5).contains(&comments),
@@ -428,8 +380,5 @@ async fn a_resumed_stream_is_kept_alive_while_the_backend_is_silent() {
     );
     let all = events(&text);
     assert_eq!(all.last().unwrap().0, "response.completed");
-    assert_eq!(
-        output_text(&all.last().unwrap().1["response"]),
-        "after a while"
-    );
+    assert_eq!(output_text(&all.last().unwrap().1["response"]), "held back");
 }
