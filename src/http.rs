@@ -253,8 +253,14 @@ async fn background(
     let queued = exchange.queued();
     if !exchange.streaming {
         let upkeep = upkeep(service);
-        let started =
-            BackgroundSink::<_, Discard>::start(jobs, queued.clone(), &service.env, None, upkeep);
+        let started = BackgroundSink::<_, Discard>::start(
+            jobs,
+            queued.clone(),
+            exchange.input(),
+            &service.env,
+            None,
+            upkeep,
+        );
         let (mut sink, body) = match (started, json_body(&queued)) {
             (Ok(sink), Ok(body)) => (sink, body),
             (Err(error), _) | (_, Err(error)) => {
@@ -269,7 +275,8 @@ async fn background(
     let response = start_response(200, "text/event-stream")?;
     let mut live = LiveSink::new(response.take_body());
     let upkeep = upkeep(service);
-    let started = BackgroundSink::start(jobs, queued, &service.env, Some(&mut live), upkeep);
+    let input = exchange.input();
+    let started = BackgroundSink::start(jobs, queued, input, &service.env, Some(&mut live), upkeep);
     let mut sink = match started {
         Ok(sink) => sink,
         Err(error) => {

@@ -76,11 +76,17 @@ async fn a_background_create_answers_at_once_and_finishes_later() {
     gate.reached().await;
     let (_, running) = h.get(&format!("/v1/responses/{id}")).await;
     assert_eq!(running["status"], "in_progress", "{running}");
+    let (status, items) = h.get(&format!("/v1/responses/{id}/input_items")).await;
+    assert_eq!(status, 200, "{items}");
+    assert_eq!(items["data"][0]["content"][0]["text"], "take your time");
+    let item_id = items["data"][0]["id"].clone();
     gate.release();
     let done = settled(&h, &id).await;
     assert_eq!(done["status"], "completed");
     assert_eq!(output_text(&done), "Done at last.");
     assert_eq!(done["background"], true);
+    let (_, items) = h.get(&format!("/v1/responses/{id}/input_items")).await;
+    assert_eq!(items["data"][0]["id"], item_id, "the same items once saved");
 
     // Cancelling a finished response answers it as it is.
     let (status, cancelled) = h

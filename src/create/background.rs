@@ -51,11 +51,13 @@ pub struct Upkeep {
 }
 
 impl<'a, K: Kv, S: EventSink> BackgroundSink<'a, K, S> {
-    /// Files `queued` (the response as the create answered it) as its job;
+    /// Files `queued` (the response as the create answered it) as its job,
+    /// with its `input`;
     /// the work then runs through the sink, sending to `live` too.
     pub fn start(
         jobs: Jobs<'a, K>,
         queued: Response,
+        input: &[crate::api::items::Item],
         env: &'a Env,
         live: Option<&'a mut S>,
         upkeep: Upkeep,
@@ -69,7 +71,7 @@ impl<'a, K: Kv, S: EventSink> BackgroundSink<'a, K, S> {
         };
         let ttl = upkeep.ttl;
         job.expires_at = ttl.map(|ttl| now.saturating_add(ttl));
-        jobs.write(&mut job, None)?;
+        jobs.open(&mut job, input)?;
         job.response.status = ResponseStatus::InProgress;
         let keep_alive = upkeep
             .keep_alive

@@ -26,6 +26,20 @@ impl<K: Kv, B: Backend> Service<K, B> {
         }
     }
 
+    /// The input items of a background response not saved yet.
+    pub(super) fn running_input(
+        &self,
+        api_key: Option<&str>,
+        id: &str,
+    ) -> Result<Vec<crate::api::items::Item>, ApiError> {
+        let tenant = self.tenant(api_key)?;
+        let jobs = Jobs::new(&self.kv, &tenant);
+        match jobs.read_at(id, self.env.now())? {
+            Some(_) => jobs.input(id)?.ok_or_else(|| missing(id)),
+            None => Err(missing(id)),
+        }
+    }
+
     /// `POST /v1/responses/{id}/cancel`: a running background response is
     /// asked to stop; its worker reads the mark within a second, stops, and
     /// saves it as `cancelled` with what it had produced, and that is the

@@ -210,7 +210,12 @@ impl<K: Kv, B: Backend> Service<K, B> {
         id: &str,
         query: &ListQuery,
     ) -> Result<Value, ApiError> {
-        list::page(self.stored_turn(api_key, id)?.input, query)
+        let input = match self.stored_turn(api_key, id) {
+            Ok(turn) => turn.input,
+            Err(error) if error.status == 404 => self.running_input(api_key, id)?,
+            Err(error) => return Err(error),
+        };
+        list::page(input, query)
     }
 }
 

@@ -11,6 +11,8 @@
 //! - `{tenant}/bg/{id}/ev/{n}`: batch `n` of the response's events, as the
 //!   server-sent-event frames a stream sends, written with the job in one
 //!   batch.
+//! - `{tenant}/bg/{id}/input`: the response's input items, written with
+//!   the job's first write: what `input_items` lists until it is saved.
 //! - `{tenant}/bg/{id}/cancel`: the [`Mark`], present once a client asked
 //!   to cancel (`1`) or deleted the response while it ran (`deleted`);
 //!   written only by clients, so no write of the worker can lose it. A
@@ -25,6 +27,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{storage, Kv};
+use crate::api::items::Item;
 use crate::api::response::{Response, ResponseError, ResponseStatus};
 use crate::error::ApiError;
 
@@ -121,6 +124,10 @@ impl<'a, K: Kv> Jobs<'a, K> {
         format!("{}/bg/{id}/cancel", self.tenant)
     }
 
+    fn input_key(&self, id: &str) -> String {
+        format!("{}/bg/{id}/input", self.tenant)
+    }
+
     fn batch_key(&self, id: &str, n: u64) -> String {
         format!("{}/bg/{id}/ev/{n}", self.tenant)
     }
@@ -128,8 +135,17 @@ impl<'a, K: Kv> Jobs<'a, K> {
     /// Writes `job`, and `events` as its next batch (counted in
     /// `job.batches`), in one round trip.
     pub fn write(&self, job: &mut Job, events: Option<Vec<u8>>) -> Result<(), ApiError> {
+        self.write_with(job, Vec::new(), events)
+    }
+
+    /// Writes `job` with `entries` and `events` as its next batch.
+    fn write_with(
+        &self,
+        job: &mut Job,
+        mut entries: Vec<(String, Vec<u8>)>,
+        events: Option<Vec<u8>>,
+    ) -> Result<(), ApiError> {
         let id = job.response.id.clone();
-        let mut entries = Vec::with_capacity(2);
         if let Some(events) = events.filter(|e| !e.is_empty()) {
             entries.push((self.batch_key(&id, job.batches), events));
             job.batches = job.batches.saturating_add(1);
@@ -171,6 +187,24 @@ impl<'a, K: Kv> Jobs<'a, K> {
         Ok(Some(job))
     }
 
+    /// Files a new job with its response's `input`, in one round trip.
+    pub fn open(&self, job: &mut Job, input: &[Item]) -> Result<(), ApiError> {
+        let value = serde_json::to_vec(input)
+            .map_err(|e| ApiError::server(format!("A background job could not be encoded: {e}")))?;
+        let key = self.input_key(&job.response.id);
+        self.write_with(job, vec![(key, value)], None)
+    }
+
+    /// The input items of job `id`, if it is filed.
+    pub fn input(&self, id: &str) -> Result<Option<Vec<Item>>, ApiError> {
+        let Some(bytes) = self.kv.get(&self.input_key(id)).map_err(storage)? else {
+            return Ok(None);
+        };
+        crate::api::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ApiError::server(format!("A stored background job is damaged: {e}")))
+    }
+
     /// Event batches `from..to` of `id`, in order; a batch that is missing
     /// (removed meanwhile) is empty.
     pub fn batches(&self, id: &str, from: u64, to: u64) -> Result<Vec<Vec<u8>>, ApiError> {
@@ -207,6 +241,7 @@ impl<'a, K: Kv> Jobs<'a, K> {
             let Some(job) = job else { continue };
             let batches = crate::api::from_slice::<Job>(&job).map_or(0, |j| j.batches);
             keys.push(self.job_key(id));
+            keys.push(self.input_key(id));
             keys.push(self.cancel_key(id));
             keys.extend((0..batches).map(|n| self.batch_key(id, n)));
         }
