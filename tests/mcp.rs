@@ -4,10 +4,16 @@
 //! its tools, and the host's outbound HTTP in between.
 //!
 //! Covered: listing (and reusing an earlier turn's listing), calls and
-//! their results fed back to the model, tool errors, timeouts, unreachable
-//! servers, the approval flow (approve and decline), function tools mixed
-//! in, `max_tool_calls`, streaming event sequences, and the allow-list
-//! (a server outside it is refused with no outbound connection).
+//! their results fed back to the model, tool errors, JSON-RPC and HTTP
+//! errors on a call, timeouts, unreachable servers, calls of tools not
+//! offered, `allowed_tools` and the approval filters, the approval flow
+//! (approve and decline, a decline replayed once in its place, streamed),
+//! `tool_choice` (forcing the first call only, refused when it names what
+//! no server offers), credentials (sent to the server, never echoed or
+//! stored), refused headers, function tools mixed in, `max_tool_calls`,
+//! clients that keep their own history (`store: false`), streaming event
+//! sequences, and the allow-list (a server outside it is refused with no
+//! outbound connection).
 
 mod common;
 
@@ -740,4 +746,723 @@ async fn openai_sdk_and_agents_sdk() {
     )
     .await;
     assert!(report.contains("6 passed"), "{report}");
+}
+
+/// The names of the functions a chat request offered.
+fn offered(chat: &scripted_backend::RecordedRequest) -> Vec<String> {
+    chat.tools()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// How many `tools/call` requests the server received.
+fn tool_calls(server: &McpServer) -> usize {
+    server
+        .methods()
+        .iter()
+        .filter(|m| *m == "tools/call")
+        .count()
+}
+
+/// Whether any value in the host's key-value store holds `needle`.
+fn store_holds(h: &Harness, needle: &str) -> bool {
+    let db = rusqlite::Connection::open(h.server.store_path()).expect("the store opens");
+    let mut query = db
+        .prepare("SELECT value FROM spin_key_value")
+        .expect("the store has Spin's table");
+    let values: Vec<Vec<u8>> = query
+        .query_map([], |row| row.get(0))
+        .expect("the table reads")
+        .map(|row| row.expect("a row"))
+        .collect();
+    values
+        .iter()
+        .any(|v| v.windows(needle.len()).any(|w| w == needle.as_bytes()))
+}
+
+/// The body of a request that streams, as text.
+async fn streamed_text(request: reqwest::RequestBuilder) -> String {
+    request.send().await.unwrap().text().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_reach_the_server_and_nothing_else() {
+    let Some(server) = McpServer::start(false).await else {
+        return;
+    };
+    let h = harness(&server, &[]).await;
+    let (token, key) = ("sk-token-7f3a9", "hdr-value-91c2e");
+    let tool = json!({"type": "mcp", "server_label": "calc", "server_url": server.url,
+                      "require_approval": "never", "authorization": token,
+                      "headers": {"X-Api-Key": key, "X-Team": "edge"}});
+    let script = || {
+        h.backend.push_all([
+            Reply::new().tool_call("call_1", "calc__add", r#"{"a": 1, "b": 2}"#),
+            Reply::text("3."),
+        ])
+    };
+    script();
+    let (status, response) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "1+2", "tools": [tool]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(types(&response), ["mcp_list_tools", "mcp_call", "message"]);
+    let echoed = &response["tools"][0];
+    assert_eq!(
+        (&echoed["server_label"], &echoed["require_approval"]),
+        (&json!("calc"), &json!("never"))
+    );
+    assert!(echoed.get("authorization").is_none() && echoed.get("headers").is_none());
+    let id = response["id"].as_str().unwrap();
+    let (_, stored) = h.get(&format!("/v1/responses/{id}")).await;
+
+    // A background response: its events are stored, and read back.
+    script();
+    let streamed = streamed_text(h.client.post(h.url("/v1/responses")).json(&json!({
+            "model": "m", "input": "1+2", "tools": [tool], "background": true, "stream": true})))
+    .await;
+    let events = common::parse_sse(&streamed);
+    let created: Value = serde_json::from_str(&events[0].1).unwrap();
+    let background = created["response"]["id"].as_str().unwrap().to_owned();
+    assert!(streamed.contains("response.completed"), "{streamed}");
+    let replayed = streamed_text(
+        h.client
+            .get(h.url(&format!("/v1/responses/{background}?stream=true"))),
+    )
+    .await;
+    assert!(
+        replayed.contains("response.mcp_call.completed"),
+        "{replayed}"
+    );
+
+    for (what, text) in [
+        ("the answer", response.to_string()),
+        ("GET", stored.to_string()),
+        ("the stream", streamed),
+        ("the stored events", replayed),
+    ] {
+        assert!(
+            !text.contains(token) && !text.contains(key),
+            "{what}: {text}"
+        );
+    }
+    assert!(store_holds(&h, "calc__add"), "the store is read");
+    assert!(!store_holds(&h, token) && !store_holds(&h, key));
+
+    // The server had both with every request.
+    let posts: Vec<Value> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r["method"] == "POST")
+        .collect();
+    assert_eq!(posts.len(), 8, "{posts:?}");
+    for request in posts {
+        let headers = &request["headers"];
+        assert_eq!(headers["authorization"], format!("Bearer {token}"));
+        assert_eq!(headers["x-api-key"], key);
+        assert_eq!(headers["x-team"], "edge");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forced_choice_forces_the_first_call_only() {
+    let Some(server) = McpServer::start(true).await else {
+        return;
+    };
+    let h = harness(&server, &[]).await;
+    let tools = json!([mcp_tool(&server, json!("never")),
+                       {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]);
+    let named = json!({"type": "function", "function": {"name": "calc__add"}});
+    let cases = [
+        (json!("required"), json!("required")),
+        (
+            json!({"type": "mcp", "server_label": "calc", "name": "add"}),
+            named,
+        ),
+        (
+            json!({"type": "mcp", "server_label": "calc"}),
+            json!("required"),
+        ),
+    ];
+    for (choice, first) in cases {
+        h.backend.push_all([
+            Reply::new().tool_call("call_1", "calc__add", r#"{"a": 1, "b": 1}"#),
+            Reply::text("2."),
+        ]);
+        let (status, response) = h
+            .post(
+                "/v1/responses",
+                &json!({"model": "m", "input": "1+1", "tools": tools, "tool_choice": choice}),
+            )
+            .await;
+        assert_eq!(status, 200, "{choice}: {response}");
+        assert_eq!(types(&response), ["mcp_list_tools", "mcp_call", "message"]);
+        assert_eq!(response["tool_choice"], choice);
+        let chats = h.backend.chat_requests();
+        let (call, next) = (&chats[chats.len() - 2], &chats[chats.len() - 1]);
+        assert_eq!(call.body["tool_choice"], first, "{choice}");
+        assert_eq!(next.body["tool_choice"], "auto", "{choice}");
+        let all = ["calc__add", "calc__fail", "calc__slow", "get_weather"];
+        // A server alone restricts the model to its tools.
+        let expected = match choice.get("name") {
+            None if choice.is_object() => &all[..3],
+            _ => &all[..],
+        };
+        let mut names = offered(call);
+        names.sort();
+        assert_eq!(names, expected, "{choice}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tool_choice_names_a_server_and_a_tool_it_offers() {
+    let Some(server) = McpServer::start(false).await else {
+        return;
+    };
+    let h = harness(&server, &[]).await;
+    let mut filtered = mcp_tool(&server, json!("never"));
+    filtered["allowed_tools"] = json!(["add"]);
+    let cases = [
+        (
+            json!({"type": "mcp", "server_label": "nope"}),
+            "tool_choice.server_label",
+        ),
+        (
+            json!({"type": "mcp", "server_label": "calc", "name": "mul"}),
+            "tool_choice.name",
+        ),
+        (
+            json!({"type": "mcp", "server_label": "calc", "name": "fail"}),
+            "tool_choice.name",
+        ),
+    ];
+    for (choice, param) in cases {
+        let (status, error) = h
+            .post(
+                "/v1/responses",
+                &json!({"model": "m", "input": "x", "tools": [filtered], "tool_choice": choice}),
+            )
+            .await;
+        assert_eq!(status, 400, "{choice}: {error}");
+        assert_eq!(error["error"]["param"], param, "{error}");
+        assert_eq!(error["error"]["type"], "invalid_request_error");
+    }
+    assert!(h.backend.chat_requests().is_empty());
+    // An unknown label is refused before any server is contacted.
+    assert_eq!(
+        server
+            .methods()
+            .iter()
+            .filter(|m| *m == "tools/list")
+            .count(),
+        2
+    );
+    // A stream has begun when the listing says so: it fails.
+    let events = stream_events(
+        &h,
+        &json!({"model": "m", "input": "x", "stream": true, "tools": [filtered],
+                "tool_choice": {"type": "mcp", "server_label": "calc", "name": "mul"}}),
+    )
+    .await;
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names[names.len() - 2..], ["error", "response.failed"]);
+    assert_eq!(events[names.len() - 2].1["param"], "tool_choice.name");
+    assert!(h.backend.chat_requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_declined_call_is_shown_once_in_its_place() {
+    let Some(server) = McpServer::start(true).await else {
+        return;
+    };
+    let h = harness(&server, &[]).await;
+    let tools = json!([mcp_tool(&server, json!("always"))]);
+    h.backend
+        .push(Reply::new().tool_call("call_1", "calc__add", r#"{"a": 1, "b": 1}"#));
+    let (_, first) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "add", "tools": tools}),
+        )
+        .await;
+    let request_id = first["output"][1]["id"].as_str().unwrap().to_owned();
+    h.backend.push(Reply::text("Not adding, then."));
+    let (status, second) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "previous_response_id": first["id"], "tools": tools,
+                    "input": [{"type": "mcp_approval_response", "approval_request_id": request_id,
+                               "approve": false, "reason": "not now"}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{second}");
+    let second_id = second["id"].as_str().unwrap();
+    // Two more turns: the decline stays where it was, once.
+    let mut previous = second_id.to_owned();
+    for (turn, question) in ["what now?", "and now?"].iter().enumerate() {
+        h.backend.push(Reply::text("Nothing."));
+        let (status, next) = h
+            .post(
+                "/v1/responses",
+                &json!({"model": "m", "previous_response_id": previous, "tools": tools,
+                        "input": question}),
+            )
+            .await;
+        assert_eq!(status, 200, "{next}");
+        assert_eq!(types(&next), ["message"]);
+        let messages = last_messages(&h);
+        let roles: Vec<&str> = messages
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        let mut expected = vec!["user", "assistant", "tool", "assistant", "user"];
+        if turn == 1 {
+            expected.extend(["assistant", "user"]);
+        }
+        assert_eq!(roles, expected, "{messages:?}");
+        assert_eq!(messages[1]["tool_calls"][0]["id"], request_id);
+        assert_eq!(
+            messages[1]["tool_calls"][0]["function"]["name"],
+            "calc__add"
+        );
+        assert_eq!(messages[2]["tool_call_id"], request_id);
+        assert_eq!(
+            messages[2]["content"],
+            "The user declined this call. Their reason: not now"
+        );
+        assert_eq!(messages.last().unwrap()["content"], *question);
+        previous = next["id"].as_str().unwrap().to_owned();
+    }
+    assert_eq!(tool_calls(&server), 0);
+    // The answer is listed with an id of its own.
+    let (_, items) = h
+        .get(&format!("/v1/responses/{second_id}/input_items"))
+        .await;
+    let answer = &items["data"][0];
+    assert_eq!(answer["type"], "mcp_approval_response");
+    let answer_id = answer["id"].as_str().unwrap();
+    assert!(answer_id.starts_with("mcpa_"), "{answer}");
+    assert_ne!(answer_id, request_id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_of_tools_not_offered_fail_on_the_server() {
+    let Some(server) = McpServer::start(false).await else {
+        return;
+    };
+    // A second server, allowed, where nothing listens: its listing fails.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let allowed = format!("http://127.0.0.1:{port}, http://127.0.0.1:{}", server.port);
+    let h = Harness::with_variables(&[("mcp_allowed_servers", &allowed)]).await;
+    let mut calc = mcp_tool(&server, json!("never"));
+    calc["allowed_tools"] = json!(["add"]);
+    let gone = json!({"type": "mcp", "server_label": "gone", "require_approval": "never",
+                      "server_url": format!("http://127.0.0.1:{port}/mcp")});
+    h.backend.push_all([
+        Reply::new()
+            .tool_call("call_1", "calc__fail", r#"{"reason": "x"}"#)
+            .tool_call("call_2", "gone__add", r#"{"a": 1, "b": 1}"#),
+        Reply::text("Neither is there."),
+    ]);
+    let events = stream_events(
+        &h,
+        &json!({"model": "m", "input": "go", "stream": true, "tools": [calc, gone]}),
+    )
+    .await;
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| **n == "response.mcp_call.failed")
+            .count(),
+        2,
+        "{names:?}"
+    );
+    assert!(!names.contains(&"response.function_call_arguments.done"));
+    let response = &events.last().unwrap().1["response"];
+    assert_eq!(response["status"], "completed");
+    assert_eq!(
+        types(response),
+        [
+            "mcp_list_tools",
+            "mcp_list_tools",
+            "mcp_call",
+            "mcp_call",
+            "message"
+        ]
+    );
+    for (call, (label, name)) in response["output"].as_array().unwrap()[2..4]
+        .iter()
+        .zip([("calc", "fail"), ("gone", "add")])
+    {
+        assert_eq!(
+            (&call["server_label"], &call["name"]),
+            (&json!(label), &json!(name))
+        );
+        assert_eq!(call["status"], "failed");
+        assert_eq!(call["error"]["type"], "mcp_protocol_error");
+        let message = call["error"]["message"].as_str().unwrap();
+        assert!(message.contains("not available"), "{message}");
+    }
+    // Each failed event closes its call.
+    for (i, name) in names.iter().enumerate() {
+        if *name == "response.mcp_call.failed" {
+            let id = &events[i].1["item_id"];
+            let done = &events[i + 1].1;
+            assert_eq!(events[i + 1].0, "response.output_item.done");
+            assert_eq!(
+                (&done["item"]["id"], &done["item"]["status"]),
+                (id, &json!("failed"))
+            );
+        }
+    }
+    assert_eq!(tool_calls(&server), 0);
+    let shown: Vec<Value> = last_messages(&h)
+        .into_iter()
+        .filter(|m| m["role"] == "tool")
+        .collect();
+    assert_eq!(shown.len(), 2);
+    assert!(shown
+        .iter()
+        .all(|m| m["content"].as_str().unwrap().contains("not available")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approvals_stream_their_events() {
+    let Some(server) = McpServer::start(false).await else {
+        return;
+    };
+    let h = harness(&server, &[]).await;
+    let tools = json!([mcp_tool(&server, json!("always"))]);
+    h.backend.push(
+        Reply::new()
+            .tool_call("call_1", "calc__add", r#"{"a": 4, "b": 5}"#)
+            .argument_fragment_chars(4),
+    );
+    let events = stream_events(
+        &h,
+        &json!({"model": "m", "input": "4+5", "stream": true, "tools": tools}),
+    )
+    .await;
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.mcp_list_tools.in_progress",
+            "response.mcp_list_tools.completed",
+            "response.output_item.done",
+            "response.output_item.added",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    );
+    let request = &events[7].1["item"];
+    assert_eq!(request["type"], "mcp_approval_request");
+    assert_eq!(request["arguments"], r#"{"a": 4, "b": 5}"#);
+    assert_eq!(events[6].1["item"]["id"], request["id"]);
+    let first = &events.last().unwrap().1["response"];
+
+    h.backend.push(Reply::text("Nine."));
+    let events = stream_events(
+        &h,
+        &json!({"model": "m", "stream": true, "tools": tools, "previous_response_id": first["id"],
+                "input": [{"type": "mcp_approval_response", "approval_request_id": request["id"],
+                           "approve": true}]}),
+    )
+    .await;
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.mcp_call.in_progress",
+            "response.mcp_call.completed",
+            "response.output_item.done",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    );
+    let call = &events[5].1["item"];
+    assert_eq!(
+        (&call["type"], &call["approval_request_id"], &call["output"]),
+        (&json!("mcp_call"), &request["id"], &json!("9"))
+    );
+    for (name, data) in &events[2..6] {
+        if name != "response.output_item.added" && name != "response.output_item.done" {
+            assert_eq!(data["item_id"], call["id"]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_servers_errors_on_a_call_are_typed() {
+    let Some(server) = McpServer::start(false).await else {
+        return;
+    };
+    let h = harness(&server, &[]).await;
+    h.backend.push_all([
+        Reply::new()
+            .tool_call("call_1", "calc__fail", r#"{"reason": "rpc-error"}"#)
+            .tool_call("call_2", "calc__fail", r#"{"reason": "http-503"}"#),
+        Reply::text("The server is unwell."),
+    ]);
+    let (status, response) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "x", "tools": [mcp_tool(&server, json!("never"))]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response["status"], "completed");
+    let rpc = &response["output"][1];
+    assert_eq!(rpc["status"], "failed");
+    assert_eq!(
+        (&rpc["error"]["type"], &rpc["error"]["code"]),
+        (&json!("mcp_protocol_error"), &json!(-32603))
+    );
+    assert!(rpc["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("scripted JSON-RPC failure"));
+    let http = &response["output"][2];
+    assert_eq!(
+        (&http["error"]["type"], &http["error"]["code"]),
+        (&json!("http_error"), &json!(503))
+    );
+    let shown: Vec<String> = last_messages(&h)
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["content"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        shown[0].contains("-32603") || shown[0].contains("scripted"),
+        "{shown:?}"
+    );
+    assert!(shown[1].contains("503"), "{shown:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allowed_tools_and_approval_filters() {
+    let Some(server) = McpServer::start(true).await else {
+        return;
+    };
+    let h = harness(&server, &[]).await;
+    let cases = [
+        (json!(["add", "slow"]), vec!["calc__add", "calc__slow"]),
+        (json!({"read_only": true}), vec!["calc__add"]),
+        (
+            json!({"tool_names": ["add", "fail"], "read_only": false}),
+            vec!["calc__fail"],
+        ),
+    ];
+    for (allowed, expected) in cases {
+        let mut tool = mcp_tool(&server, json!("never"));
+        tool["allowed_tools"] = allowed.clone();
+        h.backend.push(Reply::text("ok"));
+        let (status, response) = h
+            .post(
+                "/v1/responses",
+                &json!({"model": "m", "input": "x", "tools": [tool]}),
+            )
+            .await;
+        assert_eq!(status, 200, "{response}");
+        // The listing shows every tool; the model is offered the allowed.
+        assert_eq!(response["output"][0]["tools"].as_array().unwrap().len(), 3);
+        let chat = h.backend.chat_requests().pop().unwrap();
+        assert_eq!(offered(&chat), expected, "{allowed}");
+    }
+
+    // Read-only tools run at once, the others wait for approval.
+    let tool = mcp_tool(&server, json!({"never": {"read_only": true}}));
+    h.backend.push(
+        Reply::new()
+            .tool_call("call_1", "calc__add", r#"{"a": 1, "b": 2}"#)
+            .tool_call("call_2", "calc__fail", r#"{"reason": "r"}"#),
+    );
+    let (status, response) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "x", "tools": [tool]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(
+        types(&response),
+        ["mcp_list_tools", "mcp_call", "mcp_approval_request"]
+    );
+    assert_eq!(response["output"][1]["output"], "3");
+    assert_eq!(response["output"][2]["name"], "fail");
+    assert_eq!(tool_calls(&server), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_mcp_tools_are_refused_before_any_connection() {
+    let Some(server) = McpServer::start(false).await else {
+        return;
+    };
+    let h = harness(&server, &[]).await;
+    let with = |extra: Value| {
+        let mut tool = json!({"type": "mcp", "server_label": "calc", "server_url": server.url});
+        for (k, v) in extra.as_object().unwrap() {
+            tool[k] = v.clone();
+        }
+        tool
+    };
+    let cases = [
+        (
+            with(json!({"headers": {"Content-Type": "text/plain"}})),
+            "tools[1].headers",
+        ),
+        (
+            with(json!({"headers": {"Mcp-Session-Id": "s"}})),
+            "tools[1].headers",
+        ),
+        (
+            with(json!({"headers": {"Host": "evil.test"}})),
+            "tools[1].headers",
+        ),
+        (
+            with(json!({"headers": {"Transfer-Encoding": "chunked"}})),
+            "tools[1].headers",
+        ),
+        (
+            with(json!({"headers": {"Connection": "close"}})),
+            "tools[1].headers",
+        ),
+        (
+            with(json!({"headers": {"bad header": "v"}})),
+            "tools[1].headers",
+        ),
+        (
+            with(json!({"headers": {"x-key": "a\u{7}b"}})),
+            "tools[1].headers",
+        ),
+        (
+            json!({"type": "mcp", "server_label": "g", "connector_id": "connector_gmail"}),
+            "tools[1].connector_id",
+        ),
+        (
+            json!({"type": "mcp", "server_label": "t", "tunnel_id": "tunnel_1"}),
+            "tools[1].tunnel_id",
+        ),
+    ];
+    for (tool, param) in cases {
+        for stream in [false, true] {
+            let tools = json!([{"type": "function", "name": "f"}, tool]);
+            let (status, error) = h
+                .post(
+                    "/v1/responses",
+                    &json!({"model": "m", "input": "x", "stream": stream, "tools": tools}),
+                )
+                .await;
+            assert_eq!(status, 400, "{tool}: {error}");
+            assert_eq!(error["error"]["param"], param, "{error}");
+        }
+    }
+    assert!(server.requests().is_empty());
+    assert!(h.backend.chat_requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_keeps_its_own_history() {
+    let Some(server) = McpServer::start(false).await else {
+        return;
+    };
+    let h = harness(&server, &[]).await;
+    let question = json!({"role": "user", "content": "2+40"});
+    // Calls that need no approval, the items passed back by the client.
+    h.backend.push_all([
+        Reply::new().tool_call("call_1", "calc__add", r#"{"a": 2, "b": 40}"#),
+        Reply::text("42."),
+    ]);
+    let never = json!([mcp_tool(&server, json!("never"))]);
+    let (_, first) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "store": false, "input": [question], "tools": never}),
+        )
+        .await;
+    assert_eq!(types(&first), ["mcp_list_tools", "mcp_call", "message"]);
+    let mut input = vec![question.clone()];
+    input.extend(first["output"].as_array().unwrap().iter().cloned());
+    input.push(json!({"role": "user", "content": "thanks"}));
+    h.backend.push(Reply::text("You're welcome."));
+    let (status, second) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "store": false, "input": input, "tools": never}),
+        )
+        .await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(types(&second), ["message"], "the listing is reused");
+    let roles: Vec<String> = last_messages(&h)
+        .iter()
+        .map(|m| m["role"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(roles, ["user", "assistant", "tool", "assistant", "user"]);
+    assert_eq!(tool_calls(&server), 1);
+
+    // An approval, answered with the items passed back: the call runs
+    // once, however often the answer is sent again.
+    let always = json!([mcp_tool(&server, json!("always"))]);
+    h.backend
+        .push(Reply::new().tool_call("call_1", "calc__add", r#"{"a": 1, "b": 1}"#));
+    let (_, asked) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "store": false, "input": [question], "tools": always}),
+        )
+        .await;
+    assert_eq!(types(&asked), ["mcp_list_tools", "mcp_approval_request"]);
+    let request_id = asked["output"][1]["id"].clone();
+    let mut input = vec![question.clone()];
+    input.extend(asked["output"].as_array().unwrap().iter().cloned());
+    input.push(
+        json!({"type": "mcp_approval_response", "approval_request_id": request_id,
+                      "approve": true}),
+    );
+    h.backend.push(Reply::text("2."));
+    let (_, ran) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "store": false, "input": input, "tools": always}),
+        )
+        .await;
+    assert_eq!(types(&ran), ["mcp_call", "message"]);
+    assert_eq!(tool_calls(&server), 2);
+    input.extend(ran["output"].as_array().unwrap().iter().cloned());
+    input.push(json!({"role": "user", "content": "thanks"}));
+    h.backend.push(Reply::text("Welcome."));
+    let (status, after) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "store": false, "input": input, "tools": always}),
+        )
+        .await;
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(types(&after), ["message"]);
+    assert_eq!(tool_calls(&server), 2);
+    let messages = last_messages(&h);
+    let calls: Vec<&Value> = messages
+        .iter()
+        .flat_map(|m| m["tool_calls"].as_array().into_iter().flatten())
+        .collect();
+    assert_eq!(calls.len(), 1, "{messages:?}");
+    assert_eq!(calls[0]["id"], request_id);
 }

@@ -6,8 +6,10 @@
 //! Covered: the search function offered to the model, `web_search_call`
 //! items (with `action.sources` when included), the results fed back to the
 //! model, `url_citation` annotations on the answer, allowed domains, the
-//! three providers and their keys, provider failures, and the streaming
-//! events.
+//! three providers and their keys, provider failures (also streamed), a
+//! forced search (the first call only; refused when it cannot run), and
+//! the streaming events; the `openai` SDK and the Agents SDK's
+//! `WebSearchTool` (tests/python/test_web_search.py).
 
 mod common;
 
@@ -334,4 +336,139 @@ async fn a_failed_search_reaches_the_model_not_the_client() {
         .as_str()
         .unwrap()
         .starts_with("tools[0].filters"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forced_search_is_the_first_call_only() {
+    let provider = SearchProvider::start(None);
+    let h = harness(&provider, "searxng", None).await;
+    let named = json!({"type": "function", "function": {"name": "web_search"}});
+    for (choice, first) in [
+        (json!({"type": "web_search_preview"}), named),
+        (json!("required"), json!("required")),
+    ] {
+        search_then_answer(&h);
+        let (status, response) = h
+            .post(
+                "/v1/responses",
+                &json!({"model": "m", "input": "wasm?", "tool_choice": choice,
+                        "tools": [{"type": "web_search_preview"},
+                                  {"type": "function", "name": "f", "parameters": {"type": "object"}}]}),
+            )
+            .await;
+        assert_eq!(status, 200, "{response}");
+        assert_eq!(types(&response), ["web_search_call", "message"]);
+        let chats = h.backend.chat_requests();
+        let (call, next) = (&chats[chats.len() - 2], &chats[chats.len() - 1]);
+        assert_eq!(call.body["tool_choice"], first, "{choice}");
+        assert_eq!(next.body["tool_choice"], "auto", "{choice}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_search_is_forced_only_when_it_can_run() {
+    let provider = SearchProvider::start(None);
+    let h = harness(&provider, "searxng", None).await;
+    let function = json!({"type": "function", "name": "f", "parameters": {"type": "object"}});
+    let cached = json!({"type": "web_search", "external_web_access": false});
+    for (tools, choice) in [
+        (json!([function]), json!({"type": "web_search_preview"})),
+        (json!([function]), json!({"type": "web_search"})),
+        (json!([function, cached]), json!({"type": "web_search"})),
+    ] {
+        let (status, error) = h
+            .post(
+                "/v1/responses",
+                &json!({"model": "m", "input": "x", "tools": tools, "tool_choice": choice}),
+            )
+            .await;
+        assert_eq!(status, 400, "{tools} {choice}: {error}");
+        assert_eq!(error["error"]["param"], "tool_choice");
+    }
+    assert!(h.backend.chat_requests().is_empty());
+    // external_web_access false: only cached results, which no provider
+    // has; the tool is echoed and not offered.
+    h.backend.push(Reply::text("From memory."));
+    let (status, response) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "x", "tools": [function, cached]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response["tools"][1], cached);
+    let offered: Vec<Value> = h.backend.chat_requests()[0]
+        .tools()
+        .iter()
+        .map(|t| t["function"]["name"].clone())
+        .collect();
+    assert_eq!(offered, [json!("f")]);
+    assert!(provider.requests().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_search_in_a_stream() {
+    let provider = SearchProvider::start(None);
+    let h = harness(&provider, "searxng", None).await;
+    h.backend.push_all([
+        Reply::new().tool_call("call_1", "web_search", r#"{"query": "edge status:503"}"#),
+        Reply::text("The search failed."),
+    ]);
+    let events: Vec<(String, Value)> = h
+        .stream(&json!({"model": "m", "input": "edge?", "stream": true,
+                        "tools": [{"type": "web_search"}]}))
+        .await
+        .into_iter()
+        .filter(|(_, data)| data != "[DONE]")
+        .map(|(name, data)| (name, serde_json::from_str(&data).unwrap()))
+        .collect();
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        &names[2..7],
+        [
+            "response.output_item.added",
+            "response.web_search_call.in_progress",
+            "response.web_search_call.searching",
+            "response.web_search_call.completed",
+            "response.output_item.done",
+        ]
+    );
+    let added = &events[2].1["item"];
+    assert_eq!(
+        (&added["status"], &added["action"]["type"]),
+        (&json!("in_progress"), &json!("search"))
+    );
+    let done = &events[6].1["item"];
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["action"]["query"], "edge status:503");
+    assert_eq!(names.last(), Some(&"response.completed"));
+    assert!(!names.contains(&"response.output_text.annotation.added"));
+    let tool = h.backend.chat_requests()[1]
+        .messages()
+        .last()
+        .unwrap()
+        .clone();
+    let text = tool["content"].as_str().unwrap();
+    assert!(
+        text.starts_with("Web search failed:") && text.contains("503"),
+        "{text}"
+    );
+}
+
+/// The official `openai` SDK and the Agents SDK's `WebSearchTool`
+/// (tests/python/test_web_search.py) against the component and the
+/// scripted provider.
+#[tokio::test(flavor = "multi_thread")]
+async fn openai_sdk_and_agents_sdk() {
+    let provider = SearchProvider::start(None);
+    let h = harness(&provider, "searxng", None).await;
+    let report = common::pytest(
+        &h.server.url(),
+        &h.backend.origin(),
+        "test_web_search.py",
+        &[],
+        &[("EDGE_RESPONSES_WEB_SEARCH", "1")],
+    )
+    .await;
+    assert!(report.contains("4 passed"), "{report}");
 }

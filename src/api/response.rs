@@ -253,18 +253,35 @@ fn reasoning_config(reasoning: Option<&Value>) -> Value {
     Value::Object(config)
 }
 
+/// The keys of an `mcp` tool that carry credentials: never echoed, so
+/// never stored (in the response, or in the events of a background
+/// response), as at OpenAI, where clients send them with every request.
+const MCP_SECRETS: [&str; 2] = ["authorization", "headers"];
+
 /// A tool as the Response echoes it: function tools carry every key of
 /// their schema (`description`, `parameters`, `strict`), `null` where the
-/// request left one out.
+/// request left one out; `mcp` tools leave out their credentials.
 fn echoed_tool(tool: &Value) -> Value {
     let mut tool = tool.clone();
-    if let Some(object) = tool
-        .as_object_mut()
-        .filter(|t| t.get("type").and_then(Value::as_str) == Some("function"))
-    {
-        for key in ["description", "parameters", "strict"] {
-            object.entry(key).or_insert(Value::Null);
+    let Some(object) = tool.as_object_mut() else {
+        return tool;
+    };
+    match object.get("type").and_then(Value::as_str) {
+        Some("function") => {
+            for key in ["description", "parameters", "strict"] {
+                object.entry(key).or_insert(Value::Null);
+            }
         }
+        // Rebuilt rather than removed from: map removal is code the
+        // component otherwise does without.
+        Some("mcp") => {
+            for (key, value) in std::mem::take(object) {
+                if !MCP_SECRETS.contains(&key.as_str()) {
+                    object.insert(key, value);
+                }
+            }
+        }
+        _ => {}
     }
     tool
 }
@@ -285,5 +302,21 @@ mod tests {
         assert!(value["created_at"].is_i64());
         assert_eq!(value["tools"], json!([]));
         assert_eq!(value["text"]["format"]["type"], "text");
+    }
+
+    #[test]
+    fn mcp_credentials_are_not_echoed() {
+        let request = CreateRequest::parse(
+            br#"{"model":"m","input":"hi","tools":[{"type":"mcp","server_label":"calc",
+                "server_url":"https://mcp.example.com","authorization":"sk-secret",
+                "headers":{"X-Api-Key":"also-secret"},"require_approval":"never"}]}"#,
+        )
+        .unwrap();
+        let response = Response::start("resp_1".into(), 1_700_000_000, &request);
+        let echoed = serde_json::to_string(&response.tools).unwrap();
+        assert!(!echoed.contains("secret"), "{echoed}");
+        assert_eq!(response.tools[0]["server_label"], "calc");
+        assert_eq!(response.tools[0]["require_approval"], "never");
+        assert!(response.tools[0].get("headers").is_none());
     }
 }

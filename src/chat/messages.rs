@@ -7,6 +7,9 @@
 //! backend takes it, and is dropped otherwise. A `compaction` item becomes
 //! a `user` message with the summary it carries; an `mcp_call` or a
 //! `web_search_call` the server ran, a tool call and its `tool` message.
+//! An `mcp_approval_response` that declines a call is that call and a
+//! `tool` message saying it was declined, where the answer stands (once per
+//! request); an approved call shows as the `mcp_call` that ran it.
 //!
 //! [`Rendered`] also says whether a run of items renders the same on its own
 //! as among other items, which lets a stored turn keep its messages ready.
@@ -23,7 +26,7 @@ use crate::compact::replayed_summary;
 /// rendered to with this number; bump it whenever what items render to
 /// changes, and turns kept by an older version are rendered again from
 /// their items.
-pub const RENDERING: u32 = 2;
+pub const RENDERING: u32 = 3;
 
 /// The chat messages for `instructions` followed by `history`.
 pub fn to_messages(
@@ -55,6 +58,9 @@ pub struct Rendered {
     /// Reasoning closes the items; it would have gone to the next
     /// assistant message.
     pub trailing_reasoning: bool,
+    /// A declined approval whose request is not among the items: rendered
+    /// with the items before it, it would be the declined call.
+    pub detached_answer: bool,
 }
 
 impl Rendered {
@@ -70,6 +76,7 @@ impl Rendered {
         Rendered {
             trailing_reasoning: state.reasoning.is_some(),
             leading_call: state.leading_call,
+            detached_answer: state.detached_answer,
             messages: state.out,
         }
     }
@@ -77,22 +84,27 @@ impl Rendered {
     /// Whether these messages read the same on their own as after and
     /// before any other rendered items.
     pub fn self_contained(&self) -> bool {
-        !self.leading_call && !self.trailing_reasoning
+        !self.leading_call && !self.trailing_reasoning && !self.detached_answer
     }
 }
 
 /// The rendering state: messages so far, and reasoning waiting for the
 /// assistant message it belongs to.
 #[derive(Default)]
-struct Transcript {
+struct Transcript<'i> {
     out: Vec<ChatMessage>,
     reasoning: Option<String>,
     send_reasoning: bool,
     leading_call: bool,
+    /// The MCP approval requests so far: id, server label, tool, arguments.
+    requests: Vec<(&'i str, &'i str, &'i str, &'i str)>,
+    /// The approval requests whose decline is rendered.
+    declined: Vec<&'i str>,
+    detached_answer: bool,
 }
 
-impl Transcript {
-    fn push(&mut self, item: &Item) {
+impl<'i> Transcript<'i> {
+    fn push(&mut self, item: &'i Item) {
         match item {
             Item::Message(message) => {
                 let mut chat = message_to_chat(message);
@@ -159,6 +171,17 @@ impl Transcript {
                     );
                     self.out.push(tool_message(call_id, result));
                 }
+                Some(HostedItem::ApprovalRequest {
+                    id,
+                    server_label,
+                    name,
+                    arguments,
+                }) => self.requests.push((id, server_label, name, arguments)),
+                Some(HostedItem::ApprovalResponse {
+                    request_id,
+                    approve: false,
+                    reason,
+                }) => self.push_declined(request_id, reason),
                 // Without its query (another server's item may lack it) there
                 // is nothing to tell the model.
                 Some(HostedItem::WebSearch { id, query, sources }) if !query.is_empty() => {
@@ -176,6 +199,21 @@ impl Transcript {
             // References are resolved before translation.
             Item::ItemReference(_) => {}
         }
+    }
+
+    /// The call approval request `id` asked for, declined: once, and only
+    /// when the request is among the items.
+    fn push_declined(&mut self, id: &'i str, reason: Option<&str>) {
+        if self.declined.contains(&id) {
+            return;
+        }
+        let Some(&(_, label, name, arguments)) = self.requests.iter().find(|r| r.0 == id) else {
+            self.detached_answer = true;
+            return;
+        };
+        self.push_tool_call(id, mcp_function_name(label, name), arguments.to_owned());
+        self.out.push(tool_message(id, declined_text(reason)));
+        self.declined.push(id);
     }
 
     fn push_tool_call(&mut self, call_id: &str, name: String, arguments: String) {
@@ -202,6 +240,14 @@ impl Transcript {
                 });
             }
         }
+    }
+}
+
+/// What the model is told of a call the user declined.
+fn declined_text(reason: Option<&str>) -> String {
+    match reason.filter(|r| !r.is_empty()) {
+        Some(reason) => format!("The user declined this call. Their reason: {reason}"),
+        None => "The user declined this call.".to_owned(),
     }
 }
 
@@ -406,6 +452,8 @@ mod tests {
             {"type": "custom_tool_call", "call_id": "c3", "name": "h", "input": "x"},
             {"type": "custom_tool_call_output", "call_id": "c3", "output": "o3"},
             {"type": "web_search_call", "id": "ws"},
+            {"type": "mcp_approval_request", "id": "mcpr_1", "server_label": "s", "name": "t", "arguments": "{}"},
+            {"type": "mcp_approval_response", "approval_request_id": "mcpr_1", "approve": false},
             {"type": "reasoning", "summary": [{"type": "summary_text", "text": "r3"}]},
             {"role": "user", "content": "q2"},
             {"type": "message", "role": "assistant", "content": "a3"},
@@ -422,7 +470,8 @@ mod tests {
                         .map(|run| Rendered::new(*run, send_reasoning))
                         .collect();
                     let joinable = rendered[..2].iter().all(Rendered::self_contained)
-                        && !rendered[2].leading_call;
+                        && !rendered[2].leading_call
+                        && !rendered[2].detached_answer;
                     if joinable {
                         let joined: Vec<ChatMessage> =
                             rendered.into_iter().flat_map(|r| r.messages).collect();
@@ -433,5 +482,56 @@ mod tests {
             }
         }
         assert!(joined_checks > 20, "only {joined_checks} joinable cuts");
+    }
+
+    #[test]
+    fn a_declined_approval_is_its_call_where_the_answer_stands() {
+        let history = items(json!([
+            {"role": "user", "content": "add"},
+            {"type": "mcp_list_tools", "id": "mcpl_1", "server_label": "calc", "tools": []},
+            {"type": "mcp_approval_request", "id": "mcpr_1", "server_label": "calc",
+             "name": "add", "arguments": "{\"a\":1}"},
+            {"type": "mcp_approval_response", "id": "mcpa_1", "approval_request_id": "mcpr_1",
+             "approve": false, "reason": "not now"},
+            {"type": "message", "role": "assistant", "content": "Fine."},
+            // Answered again (a client passing its items back): shown once.
+            {"type": "mcp_approval_response", "approval_request_id": "mcpr_1", "approve": false},
+            {"role": "user", "content": "next"},
+        ]));
+        assert_eq!(
+            chat(&history, false),
+            json!([
+                {"role": "user", "content": "add"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "mcpr_1", "type": "function",
+                    "function": {"name": "calc__add", "arguments": "{\"a\":1}"}}]},
+                {"role": "tool", "content": "The user declined this call. Their reason: not now",
+                 "tool_call_id": "mcpr_1"},
+                {"role": "assistant", "content": "Fine."},
+                {"role": "user", "content": "next"},
+            ])
+        );
+        // Without its request the answer renders nothing, and says so.
+        let alone = Rendered::new(&history[3..], false);
+        assert!(alone.detached_answer && !alone.self_contained());
+        assert_eq!(alone.messages.len(), 2);
+        assert!(Rendered::new(&history[..5], false).self_contained());
+    }
+
+    #[test]
+    fn an_approved_call_shows_once_as_its_mcp_call() {
+        let history = items(json!([
+            {"type": "mcp_approval_request", "id": "mcpr_1", "server_label": "calc",
+             "name": "add", "arguments": "{}"},
+            {"type": "mcp_approval_response", "approval_request_id": "mcpr_1", "approve": true},
+            {"type": "mcp_call", "id": "mcp_1", "approval_request_id": "mcpr_1", "server_label": "calc",
+             "name": "add", "arguments": "{}", "output": "2", "status": "completed"},
+        ]));
+        let v = chat(&history, false);
+        assert_eq!(v.as_array().map(Vec::len), Some(2), "{v}");
+        assert_eq!(v[0]["tool_calls"][0]["id"], "mcpr_1");
+        assert_eq!(
+            v[1],
+            json!({"role": "tool", "content": "2", "tool_call_id": "mcpr_1"})
+        );
     }
 }

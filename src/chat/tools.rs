@@ -8,7 +8,9 @@
 //!   calls come back with the member's own `name` and a separate `namespace`.
 //! - `mcp` tools: the tools their servers list are added once listed
 //!   ([`ToolMap::add_mcp`]), named `{server_label}__{tool}`; the server calls
-//!   them itself.
+//!   them itself. A call of a name under a request's `{server_label}__`
+//!   that was not offered is still the server's: it fails there, and the
+//!   model is told, rather than going to the client as a function call.
 //! - `web_search` tools: a `web_search` function with a `query`, added when
 //!   a search provider is configured ([`ToolMap::add_web_search`]); the
 //!   server runs the searches.
@@ -73,6 +75,8 @@ pub struct ToolMap {
     /// `tool_choice` or `allowed_tools` names web search: whether it is
     /// the forced choice.
     search_pick: Option<bool>,
+    /// The `server_label`s of the request's `mcp` tools.
+    mcp_servers: Vec<String>,
 }
 
 /// The backend name of a namespace member.
@@ -122,6 +126,10 @@ impl ToolMap {
                 Some("custom") => map.add_custom(tool, &param)?,
                 Some("namespace") => map.add_namespace(tool, &param)?,
                 Some(other) => {
+                    if other == "mcp" {
+                        let label = tool.get("server_label").and_then(Value::as_str);
+                        map.mcp_servers.extend(label.map(str::to_owned));
+                    }
                     hosted.insert(other.to_owned());
                 }
                 None => {
@@ -253,23 +261,17 @@ impl ToolMap {
                 ))
             }
             "allowed_tools" => self.restrict(choice),
-            _ if crate::search::tool::TOOL_TYPES.contains(&kind) => {
+            _ if is_search(kind) => {
+                if !hosted.iter().any(|t| is_search(t)) {
+                    return Err(ApiError::invalid_param(
+                        "tool_choice",
+                        "tool_choice names web search, which is not in 'tools'.",
+                    ));
+                }
                 self.search_pick = Some(true);
                 Ok(Some(json!("required")))
             }
-            "mcp" => {
-                let label = choice.get("server_label").and_then(Value::as_str);
-                let label = label.ok_or_else(|| {
-                    ApiError::invalid_param(
-                        "tool_choice.server_label",
-                        "tool_choice of type 'mcp' needs a 'server_label'.",
-                    )
-                })?;
-                let name = choice.get("name").and_then(Value::as_str);
-                self.mcp_picks
-                    .push((label.to_owned(), name.map(str::to_owned), true));
-                Ok(Some(json!("required")))
-            }
+            "mcp" => self.force_mcp(choice),
             _ if hosted.contains(kind) || !kind.is_empty() => Err(ApiError::invalid_param(
                 "tool_choice",
                 format!("tool_choice '{kind}' names a hosted tool this server cannot run."),
@@ -281,6 +283,83 @@ impl ToolMap {
         }
     }
 
+    /// `tool_choice: {"type": "mcp", "server_label", "name"}`: the named
+    /// tool of that server, forced once it is listed; without a `name`,
+    /// one of that server's tools (the model is offered those alone).
+    fn force_mcp(&mut self, choice: &Value) -> Result<Option<Value>, ApiError> {
+        let label = choice.get("server_label").and_then(Value::as_str);
+        let label = label.ok_or_else(|| {
+            ApiError::invalid_param(
+                "tool_choice.server_label",
+                "tool_choice of type 'mcp' needs a 'server_label'.",
+            )
+        })?;
+        if !self.mcp_servers.iter().any(|s| s == label) {
+            return Err(ApiError::invalid_param(
+                "tool_choice.server_label",
+                format!(
+                    "tool_choice names MCP server '{label}', which no mcp tool in 'tools' \
+                     has as its server_label."
+                ),
+            ));
+        }
+        let name = choice.get("name").and_then(Value::as_str);
+        if name.is_none() {
+            self.allowed.get_or_insert_with(BTreeSet::new);
+        }
+        self.mcp_picks
+            .push((label.to_owned(), name.map(str::to_owned), true));
+        Ok(Some(json!("required")))
+    }
+
+    /// After the tools of MCP server `server` are offered: a `tool_choice`
+    /// naming one of them must name one it offers (a 400 on
+    /// `tool_choice.name` otherwise). When its listing failed (`listed`
+    /// false) the tool cannot be offered, and the model is left free
+    /// (`auto`), as with any failure of a server.
+    pub fn check_mcp_choice(&mut self, server: &str, listed: bool) -> Result<(), ApiError> {
+        let forced = self.mcp_picks.iter().find_map(|(label, name, forced)| {
+            match (label == server && *forced, name) {
+                (true, Some(name)) => Some(name.clone()),
+                _ => None,
+            }
+        });
+        let Some(name) = forced else {
+            return Ok(());
+        };
+        match (self.offers_mcp(server, &name), listed) {
+            (true, _) => Ok(()),
+            (false, false) => {
+                self.choice = Some(json!("auto"));
+                Ok(())
+            }
+            (false, true) => Err(ApiError::invalid_param(
+                "tool_choice.name",
+                format!(
+                    "tool_choice names tool '{name}', which MCP server '{server}' does not \
+                     offer (it does not list it, or allowed_tools leaves it out)."
+                ),
+            )),
+        }
+    }
+
+    /// Whether the model is offered tool `name` of MCP server `server`.
+    pub fn offers_mcp(&self, server: &str, name: &str) -> bool {
+        let flat = mcp_function_name(server, name);
+        let listed = match self.kinds.get(&flat) {
+            Some(ToolKind::Mcp {
+                server: s, name: n, ..
+            }) => s == server && n == name,
+            _ => false,
+        };
+        listed && self.offers(&flat)
+    }
+
+    /// Whether the model is offered the function `flat`.
+    fn offers(&self, flat: &str) -> bool {
+        self.kinds.contains_key(flat) && self.allowed.as_ref().is_none_or(|a| a.contains(flat))
+    }
+
     /// `allowed_tools`: only the listed tools are offered to the model.
     fn restrict(&mut self, choice: &Value) -> Result<Option<Value>, ApiError> {
         let mut allowed = BTreeSet::new();
@@ -288,7 +367,7 @@ impl ToolMap {
         for tool in listed.into_iter().flatten() {
             let name = tool.get("name").and_then(Value::as_str);
             let kind = tool.get("type").and_then(Value::as_str).unwrap_or_default();
-            if crate::search::tool::TOOL_TYPES.contains(&kind) {
+            if is_search(kind) {
                 self.search_pick.get_or_insert(false);
                 continue;
             }
@@ -430,16 +509,49 @@ impl ToolMap {
         }
     }
 
-    /// What a function name the backend used stands for.
+    /// What a function name the backend used stands for. A name under
+    /// the `{server_label}__` of one of the request's MCP servers that the
+    /// model was not offered is a call of that server's, which needs no
+    /// approval: the server fails it (see `crate::create::hosted`).
     pub fn lookup(&self, chat_name: &str) -> ToolKind {
-        self.kinds
-            .get(chat_name)
-            .cloned()
-            .unwrap_or_else(|| ToolKind::Function {
-                name: chat_name.to_owned(),
-                namespace: None,
-            })
+        match self.kinds.get(chat_name) {
+            Some(ToolKind::Mcp { server, name, .. }) if !self.offers(chat_name) => ToolKind::Mcp {
+                server: server.clone(),
+                name: name.clone(),
+                approval: false,
+            },
+            Some(kind) => kind.clone(),
+            None => self
+                .unoffered_mcp(chat_name)
+                .unwrap_or_else(|| ToolKind::Function {
+                    name: chat_name.to_owned(),
+                    namespace: None,
+                }),
+        }
     }
+
+    /// `chat_name` as a tool of the request's MCP server whose
+    /// `{server_label}__` it starts with (the longest such label).
+    fn unoffered_mcp(&self, chat_name: &str) -> Option<ToolKind> {
+        let (server, name) = self
+            .mcp_servers
+            .iter()
+            .filter_map(|label| {
+                let rest = chat_name.strip_prefix(label.as_str())?.strip_prefix("__")?;
+                (!rest.is_empty()).then_some((label, rest))
+            })
+            .max_by_key(|(label, _)| label.len())?;
+        Some(ToolKind::Mcp {
+            server: server.clone(),
+            name: name.to_owned(),
+            approval: false,
+        })
+    }
+}
+
+/// Whether a tool `type` is web search.
+fn is_search(kind: &str) -> bool {
+    crate::search::tool::TOOL_TYPES.contains(&kind)
 }
 
 fn required_name<'a>(tool: &'a Value, param: &str) -> Result<&'a str, ApiError> {
@@ -464,6 +576,7 @@ mod tests {
             json!({"type": "namespace", "name": "mcp__github__", "tools": [
                 {"type": "function", "name": "create_issue", "parameters": {"type": "object"}}]}),
             json!({"type": "web_search"}),
+            json!({"type": "mcp", "server_label": "fs", "server_url": "https://mcp.example.com"}),
         ]
     }
 
@@ -559,6 +672,88 @@ mod tests {
             .map(|t| t["function"]["name"].clone())
             .collect();
         assert_eq!(names, [json!("fs__ls")]);
+    }
+
+    fn offer(name: &str) -> McpOffer<'_> {
+        static SCHEMA: Value = Value::Null;
+        McpOffer {
+            name,
+            description: None,
+            schema: &SCHEMA,
+            approval: false,
+        }
+    }
+
+    fn offered(map: &ToolMap) -> Vec<String> {
+        map.chat_tools()
+            .iter()
+            .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn an_mcp_choice_names_a_server_and_a_tool_it_offers() {
+        let nope = json!({"type": "mcp", "server_label": "nope"});
+        let err = ToolMap::new(&tools(), Some(&nope)).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("tool_choice.server_label"));
+
+        // A server alone: its tools, and no others, one of them required.
+        let server = json!({"type": "mcp", "server_label": "fs"});
+        let mut map = ToolMap::new(&tools(), Some(&server)).unwrap();
+        assert!(map.chat_tools().is_empty());
+        map.add_mcp("fs", &[offer("ls"), offer("rm")]);
+        map.check_mcp_choice("fs", true).unwrap();
+        assert_eq!(offered(&map), ["fs__ls", "fs__rm"]);
+        assert_eq!(map.chat_tool_choice(), Some(json!("required")));
+
+        // A tool the server does not list is a 400, once it is listed.
+        let named = json!({"type": "mcp", "server_label": "fs", "name": "mv"});
+        let mut map = ToolMap::new(&tools(), Some(&named)).unwrap();
+        map.add_mcp("fs", &[offer("ls")]);
+        let err = map.check_mcp_choice("fs", true).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("tool_choice.name"));
+        // A listing that failed leaves the model free.
+        let mut map = ToolMap::new(&tools(), Some(&named)).unwrap();
+        map.add_mcp("fs", &[]);
+        map.check_mcp_choice("fs", false).unwrap();
+        assert_eq!(map.chat_tool_choice(), Some(json!("auto")));
+    }
+
+    #[test]
+    fn unoffered_mcp_names_stay_the_servers() {
+        let only = json!({"type": "allowed_tools", "mode": "auto",
+                          "tools": [{"type": "mcp", "server_label": "fs", "name": "ls"}]});
+        let mut map = ToolMap::new(&tools(), Some(&only)).unwrap();
+        map.add_mcp("fs", &[offer("ls"), offer("rm")]);
+        assert_eq!(offered(&map), ["fs__ls"]);
+        let unoffered = |name: &str| ToolKind::Mcp {
+            server: "fs".into(),
+            name: name.into(),
+            approval: false,
+        };
+        // Left out by allowed_tools, never listed, or of a failed listing.
+        assert_eq!(map.lookup("fs__rm"), unoffered("rm"));
+        assert_eq!(map.lookup("fs__mv"), unoffered("mv"));
+        // Names of no server of the request are the client's.
+        assert!(matches!(map.lookup("gs__mv"), ToolKind::Function { .. }));
+        assert!(matches!(map.lookup("fs__"), ToolKind::Function { .. }));
+        assert!(matches!(
+            map.lookup("get_weather"),
+            ToolKind::Function { .. }
+        ));
+    }
+
+    #[test]
+    fn a_web_search_choice_needs_the_tool() {
+        let without: Vec<Value> = tools()
+            .into_iter()
+            .filter(|t| t["type"] != "web_search")
+            .collect();
+        for kind in ["web_search", "web_search_preview"] {
+            let choice = json!({ "type": kind });
+            let err = ToolMap::new(&without, Some(&choice)).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some("tool_choice"));
+        }
     }
 
     #[test]

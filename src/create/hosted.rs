@@ -3,12 +3,17 @@
 //!
 //! Before the model is called, [`Hosted::prepare`] lists each server's
 //! tools (or reuses the listing an earlier turn of the conversation made),
-//! offers them and web search to the model, and runs or declines the calls
-//! the client answered approval requests for. During the model loop,
-//! [`Hosted::run`] runs a call the model made. A server's or provider's
-//! failures (unreachable, HTTP errors, JSON-RPC errors, tool errors,
-//! timeouts) become the item's `error` or `failed` status, which the model
-//! sees; they never fail the response.
+//! offers them and web search to the model, and runs the calls the
+//! request's input approves. Only the approval answers of the input are
+//! new: answers found in the history were acted on by their own turn, and
+//! a declined call is rendered where its answer stands
+//! ([`crate::chat::Rendered`]), so nothing runs or shows twice. During the
+//! model loop, [`Hosted::run`] runs a call the model made; a call of a
+//! tool this request does not offer (left out by `allowed_tools`, or on a
+//! server whose listing failed) fails without reaching the server. A
+//! server's or provider's failures (unreachable, HTTP errors, JSON-RPC
+//! errors, tool errors, timeouts) become the item's `error` or `failed`
+//! status, which the model sees; they never fail the response.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -17,7 +22,8 @@ use futures::future::{select, Either};
 use serde_json::{json, Value};
 
 use super::emit::{Emitter, EventSink};
-use crate::api::hosted::{self, HostedItem};
+use super::model::Ended;
+use crate::api::hosted::HostedItem;
 use crate::api::items::Item;
 use crate::api::request::CreateRequest;
 use crate::backend::{Backend, Outbound};
@@ -37,6 +43,8 @@ pub struct Hosted<'a, B: Backend> {
     servers: Vec<McpServer<'a, B>>,
     /// The MCP items of the conversation so far, input included.
     history: Vec<Item>,
+    /// The approval requests the input approves, not yet run.
+    approved: Vec<String>,
     timer: Rc<dyn Timer>,
     timeout: Duration,
     search: Option<WebSearch>,
@@ -112,6 +120,7 @@ impl<'a, B: Backend> Hosted<'a, B> {
             });
         }
         let mut all = history;
+        let earlier = all.len();
         all.extend(
             input
                 .iter()
@@ -121,6 +130,7 @@ impl<'a, B: Backend> Hosted<'a, B> {
         let hosted = Hosted {
             backend,
             servers,
+            approved: approved(&all, earlier),
             history: all,
             timer,
             timeout: Duration::from_secs(settings.mcp_timeout_seconds),
@@ -139,66 +149,81 @@ impl<'a, B: Backend> Hosted<'a, B> {
             .collect()
     }
 
-    /// Whether the request names no server, answers no approval and
-    /// searches nothing.
+    /// Whether the request names no server and searches nothing.
     pub fn is_empty(&self) -> bool {
-        self.servers.is_empty() && self.search.is_none() && self.answers().next().is_none()
+        self.servers.is_empty() && self.search.is_none()
     }
 
     /// Lists or reuses each server's tools and offers them to the model,
-    /// then runs the approved calls; `None` once the client has gone away.
+    /// then runs the approved calls. Stops when the client has gone away,
+    /// or with a 400 when `tool_choice` names a tool its server does not
+    /// offer.
     pub async fn prepare<S: EventSink>(
         &mut self,
         stream: &mut EventStream,
         out: &mut Emitter<'_, S>,
-    ) -> Option<Prepared> {
+    ) -> Result<Prepared, Ended> {
         let mut prepared = Prepared::default();
         for i in 0..self.servers.len() {
             let label = self.servers[i].tool.label.clone();
-            let tools = match self.earlier_listing(&label) {
-                Some(tools) => tools,
+            let (tools, listed) = match self.earlier_listing(&label) {
+                Some(tools) => (tools, true),
                 None => {
                     let (slot, events) = stream.listing_started(&label);
                     if !out.events(events).await {
-                        return None;
+                        return Err(Ended::ClientGone);
                     }
-                    let listed = out.wait(self.list(i)).await?;
+                    let listed = out.wait(self.list(i)).await.ok_or(Ended::ClientGone)?;
                     let item_tools = listed.as_ref().map(|tools| listed_values(tools));
                     let events = stream.listing_done(slot, item_tools.map_err(|e| e.to_string()));
                     if !out.events(events).await {
-                        return None;
+                        return Err(Ended::ClientGone);
                     }
-                    listed.unwrap_or_default()
+                    let ok = listed.is_ok();
+                    (listed.unwrap_or_default(), ok)
                 }
             };
-            let server = &mut self.servers[i];
-            server.tools = tools;
-            // The model learns what the server is for with each of its tools.
-            let descriptions: Vec<Option<String>> = server
-                .tools
-                .iter()
-                .map(|tool| describe(tool, &label, server.tool.description.as_deref()))
-                .collect();
-            let offers: Vec<McpOffer<'_>> = server
-                .tools
-                .iter()
-                .zip(&descriptions)
-                .filter(|(tool, _)| server.tool.offers(tool))
-                .map(|(tool, description)| McpOffer {
-                    name: &tool.name,
-                    description: description.as_deref(),
-                    schema: &tool.input_schema,
-                    approval: server.tool.needs_approval(tool),
-                })
-                .collect();
-            prepared.tools.extend(stream.add_mcp_tools(&label, &offers));
+            prepared.tools.extend(self.offer(i, tools, stream));
+            stream
+                .check_mcp_choice(&label, listed)
+                .map_err(Ended::Failed)?;
         }
         if self.search.is_some() {
             prepared.tools.extend(stream.add_web_search());
         }
-        let results = self.run_answers(stream, out).await?;
+        let results = self
+            .run_answers(stream, out)
+            .await
+            .ok_or(Ended::ClientGone)?;
         prepared.messages = Rendered::new(&results, false).messages;
-        Some(prepared)
+        Ok(prepared)
+    }
+
+    /// Offers the model the `tools` server `i` listed that its `mcp` tool
+    /// lets through; their definitions for the backend.
+    fn offer(&mut self, i: usize, tools: Vec<Tool>, stream: &mut EventStream) -> Vec<Value> {
+        let server = &mut self.servers[i];
+        server.tools = tools;
+        let label = server.tool.label.as_str();
+        // The model learns what the server is for with each of its tools.
+        let descriptions: Vec<Option<String>> = server
+            .tools
+            .iter()
+            .map(|tool| describe(tool, label, server.tool.description.as_deref()))
+            .collect();
+        let offers: Vec<McpOffer<'_>> = server
+            .tools
+            .iter()
+            .zip(&descriptions)
+            .filter(|(tool, _)| server.tool.offers(tool))
+            .map(|(tool, description)| McpOffer {
+                name: &tool.name,
+                description: description.as_deref(),
+                schema: &tool.input_schema,
+                approval: server.tool.needs_approval(tool),
+            })
+            .collect();
+        stream.add_mcp_tools(label, &offers)
     }
 
     /// Runs a call the model made and closes its item; `None` once the
@@ -211,7 +236,9 @@ impl<'a, B: Backend> Hosted<'a, B> {
     ) -> Option<()> {
         let events = match &call.tool {
             ServerTool::Mcp { server, name } => {
-                let result = out.wait(self.call(server, name, &call.arguments)).await?;
+                let offered = stream.offers_mcp(server, name);
+                let run = self.call(server, name, &call.arguments, offered);
+                let result = out.wait(run).await?;
                 stream.call_done(call, result)
             }
             ServerTool::WebSearch => {
@@ -265,8 +292,20 @@ impl<'a, B: Backend> Hosted<'a, B> {
             })
     }
 
-    /// Calls tool `name` of the server labelled `label`.
-    async fn call(&mut self, label: &str, name: &str, arguments: &str) -> Result<String, Value> {
+    /// Calls tool `name` of the server labelled `label`, if it is
+    /// `offered` to the model.
+    async fn call(
+        &mut self,
+        label: &str,
+        name: &str,
+        arguments: &str,
+        offered: bool,
+    ) -> Result<String, Value> {
+        if !offered {
+            return Err(json!({"type": "mcp_protocol_error", "code": -32602,
+                "message": format!("Tool '{name}' is not available: MCP server '{label}' \
+                    does not offer it to this response.")}));
+        }
         let Some(i) = self.servers.iter().position(|s| s.tool.label == label) else {
             return Err(json!({"type": "mcp_protocol_error", "code": -32601,
                 "message": format!("No MCP server is labelled '{label}'.")}));
@@ -335,27 +374,6 @@ impl<'a, B: Backend> Hosted<'a, B> {
             })
     }
 
-    /// The approval answers of the input, in order.
-    fn answers(&self) -> impl Iterator<Item = (&str, bool, Option<&str>)> {
-        self.history
-            .iter()
-            .filter_map(|item| match HostedItem::read(item) {
-                Some(HostedItem::ApprovalResponse {
-                    request_id,
-                    approve,
-                    reason,
-                }) if !self.ran(request_id) => Some((request_id, approve, reason)),
-                _ => None,
-            })
-    }
-
-    /// Whether a call already ran for approval request `id`.
-    fn ran(&self, id: &str) -> bool {
-        self.history.iter().any(|item| {
-            matches!(HostedItem::read(item), Some(HostedItem::Call { call_id, .. }) if call_id == id)
-        })
-    }
-
     /// The approval request `id` answers: server label, tool, arguments.
     fn request(&self, id: &str) -> Option<(&str, &str, &str)> {
         self.history
@@ -399,32 +417,22 @@ impl<'a, B: Backend> Hosted<'a, B> {
         Ok(())
     }
 
-    /// Runs the approved calls and declines the others: the items whose
-    /// rendering tells the model what became of each.
+    /// Runs the approved calls: their `mcp_call` items, whose rendering
+    /// tells the model what became of each. (A declined call is rendered
+    /// from its answer, where the input has it.)
     async fn run_answers<S: EventSink>(
         &mut self,
         stream: &mut EventStream,
         out: &mut Emitter<'_, S>,
     ) -> Option<Vec<Item>> {
-        let answers: Vec<(String, bool, Option<String>)> = self
-            .answers()
-            .map(|(id, approve, reason)| (id.to_owned(), approve, reason.map(str::to_owned)))
-            .collect();
         let mut results = Vec::new();
-        for (id, approve, reason) in answers {
+        for id in std::mem::take(&mut self.approved) {
             let Some((label, name, arguments)) = self
                 .request(&id)
                 .map(|(l, n, a)| (l.to_owned(), n.to_owned(), a.to_owned()))
             else {
                 continue;
             };
-            if !approve {
-                let why = reason.map_or(String::new(), |r| format!(" Their reason: {r}"));
-                let output = format!("The user declined this call.{why}");
-                let declined = hosted::call(&id, &label, &name, &arguments, None, Some(Ok(output)));
-                results.push(declined);
-                continue;
-            }
             let (call, events) = stream.approved_call(&id, &label, &name, &arguments);
             if !out.events(events).await {
                 return None;
@@ -434,6 +442,37 @@ impl<'a, B: Backend> Hosted<'a, B> {
         }
         Some(results)
     }
+}
+
+/// The approval requests the answers among `items[earlier..]` (the
+/// input's) approve, in order: each once, and only when no call ran for it
+/// and no earlier item answered it already.
+fn approved(items: &[Item], earlier: usize) -> Vec<String> {
+    let mut approved: Vec<String> = Vec::new();
+    for (i, item) in items.iter().enumerate().skip(earlier) {
+        let Some(HostedItem::ApprovalResponse {
+            request_id,
+            approve: true,
+            ..
+        }) = HostedItem::read(item)
+        else {
+            continue;
+        };
+        let settled = items
+            .iter()
+            .enumerate()
+            .any(|(j, other)| match HostedItem::read(other) {
+                Some(HostedItem::Call { call_id, .. }) => call_id == request_id,
+                Some(HostedItem::ApprovalResponse { request_id: r, .. }) => {
+                    j < i && r == request_id
+                }
+                _ => false,
+            });
+        if !settled {
+            approved.push(request_id.to_owned());
+        }
+    }
+    approved
 }
 
 /// What `future` gives, or `None` once `timeout` has passed.
@@ -477,10 +516,25 @@ fn web_search(request: &CreateRequest, settings: &Settings) -> Result<Option<Web
     let Some((i, tool)) = tools.iter().enumerate().find(|(_, t)| is_search(t)) else {
         return Ok(None);
     };
+    let tool = WebSearchTool::parse(tool, &format!("tools[{i}]"))?;
+    // `external_web_access: false` asks for cached results only; every
+    // search here is live, so the tool is not offered.
+    if tool.cached_only {
+        if request.tool_choice.as_ref().is_some_and(is_search) {
+            return Err(ApiError::invalid_param(
+                "tool_choice",
+                format!(
+                    "tool_choice forces web search, but tools[{i}] has external_web_access \
+                     false, and this server only searches the live web."
+                ),
+            ));
+        }
+        return Ok(None);
+    }
     let include = request.include.as_deref().unwrap_or_default();
     Ok(Some(WebSearch {
         config: config.clone(),
-        tool: WebSearchTool::parse(tool, &format!("tools[{i}]"))?,
+        tool,
         show_sources: include
             .iter()
             .any(|i| i == "web_search_call.action.sources"),

@@ -58,6 +58,18 @@ pub struct ModelLoop<'a, Bk: Backend> {
     made: usize,
 }
 
+/// The `tool_choice` of the call after one whose tool calls the server
+/// ran: a choice that forced a call (`required`, a named function, MCP
+/// tool or web search) was honoured by that call, so the model is free to
+/// answer now (`auto`), as at OpenAI; `none` and `auto` stay.
+fn after_forced_call(choice: Option<serde_json::Value>) -> Option<serde_json::Value> {
+    match choice {
+        Some(choice) if choice == "none" => Some(choice),
+        Some(_) => Some(serde_json::json!("auto")),
+        None => None,
+    }
+}
+
 /// What a chat call needs besides its request.
 pub struct Call<'a, Bk> {
     pub backend: &'a Bk,
@@ -101,27 +113,28 @@ impl<'a, Bk: Backend> ModelLoop<'a, Bk> {
     }
 
     /// Lists the servers' tools and runs approved calls, before the first
-    /// call; `false` once the client has gone away.
+    /// call; `Err` when the response ends there (the client has gone away,
+    /// or `tool_choice` names a tool the server does not offer).
     pub async fn prepare<S: EventSink>(
         &mut self,
         stream: &mut EventStream,
         out: &mut Emitter<'_, S>,
-    ) -> bool {
+    ) -> Result<(), Ended> {
         let (Some(hosted), Some(chat)) = (self.hosted.as_mut(), self.pending.as_mut()) else {
-            return true;
+            return Ok(());
         };
         if self.made > 0 {
-            return true;
+            return Ok(());
         }
-        let Some(prepared) = hosted.prepare(stream, out).await else {
-            return false;
-        };
-        if !prepared.tools.is_empty() {
-            chat.tools.extend(prepared.tools);
+        let prepared = hosted.prepare(stream, out).await?;
+        // The choice follows what is offered now: forced onto a server's
+        // tool once listed, or freed when its listing failed.
+        if !prepared.tools.is_empty() || chat.tool_choice.is_some() {
             chat.tool_choice = stream.chat_tool_choice();
         }
+        chat.tools.extend(prepared.tools);
         chat.messages.rendered.extend(prepared.messages);
-        true
+        Ok(())
     }
 
     /// Makes the pending call and keeps its answer.
@@ -154,8 +167,8 @@ impl<'a, Bk: Backend> ModelLoop<'a, Bk> {
         stream: &mut EventStream,
         out: &mut Emitter<'_, S>,
     ) -> Ended {
-        if !self.prepare(stream, out).await {
-            return Ended::ClientGone;
+        if let Err(ended) = self.prepare(stream, out).await {
+            return ended;
         }
         loop {
             let start = stream.response().output.len();
@@ -202,9 +215,10 @@ impl<'a, Bk: Backend> ModelLoop<'a, Bk> {
         let spent = self
             .max_tool_calls
             .is_some_and(|max| self.tool_calls >= max);
-        if spent || self.made + 1 >= MAX_CALLS {
-            next.tool_choice = Some(serde_json::json!("none"));
-        }
+        next.tool_choice = match spent || self.made + 1 >= MAX_CALLS {
+            true => Some(serde_json::json!("none")),
+            false => after_forced_call(next.tool_choice.take()),
+        };
         stream.next_call();
         self.pending = Some(next);
         Some(true)
@@ -353,5 +367,21 @@ impl<'a, Bk: Backend> ModelLoop<'a, Bk> {
                 false
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::after_forced_call;
+    use serde_json::json;
+
+    #[test]
+    fn a_forced_choice_is_freed_after_its_call() {
+        let named = json!({"type": "function", "function": {"name": "calc__add"}});
+        for forced in [json!("required"), named, json!("auto")] {
+            assert_eq!(after_forced_call(Some(forced)), Some(json!("auto")));
+        }
+        assert_eq!(after_forced_call(Some(json!("none"))), Some(json!("none")));
+        assert_eq!(after_forced_call(None), None);
     }
 }

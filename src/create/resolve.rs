@@ -5,7 +5,9 @@
 //!
 //! Kept messages are passed on as stored bytes; when a turn kept none (or
 //! the new input opens with a tool call that joins the last assistant
-//! message), the whole conversation is rendered from its items instead.
+//! message, or declines an approval request of an earlier turn, which
+//! renders as that request's call), the whole conversation is rendered
+//! from its items instead.
 //!
 //! A request in a conversation object (`conversation`) has that
 //! conversation's items as its history, rendered with its input.
@@ -91,7 +93,8 @@ fn continuing<K: Kv>(
     // its items.
     let kept = match &parent {
         None => Some(KeptMessages::default()),
-        Some(_) if rendered.leading_call || replay.window.is_some() => None,
+        Some(_) if rendered.leading_call || rendered.detached_answer => None,
+        Some(_) if replay.window.is_some() => None,
         Some(_) if replay.compact_at.is_some() => None,
         Some(conversation) => conversation.kept_chat(send_reasoning)?,
     };
@@ -309,6 +312,17 @@ pub fn prepare_input<K: Kv>(
     Ok(out)
 }
 
+/// The id prefix of an item kept as it was sent ([`Item::Other`]), by its
+/// `type`: typed clients require an `id` on every listed item.
+fn other_prefix(kind: &str) -> &'static str {
+    match kind {
+        // Not `mcpr`, which the approval requests it answers have.
+        "mcp_approval_response" => "mcpa",
+        "compaction" => "cmp",
+        _ => "item",
+    }
+}
+
 /// Gives an input item the id and status a stored item has.
 pub fn with_id(mut item: Item, env: &Env) -> Item {
     match &mut item {
@@ -334,7 +348,43 @@ pub fn with_id(mut item: Item, env: &Env) -> Item {
         Item::Reasoning(r) => {
             r.id.get_or_insert_with(|| env.new_id("rs"));
         }
+        Item::Other(serde_json::Value::Object(fields)) => {
+            let kind = fields.get("type").and_then(serde_json::Value::as_str);
+            let has_id = fields.get("id").is_some_and(|id| !id.is_null());
+            if let (Some(kind), false) = (kind, has_id) {
+                let id = env.new_id(other_prefix(kind));
+                fields.insert("id".to_owned(), serde_json::Value::String(id));
+            }
+        }
         Item::ItemReference(_) | Item::Other(_) => {}
     }
     item
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn given_id(item: Value) -> Value {
+        let (env, _) = crate::ids::fixed::env(0);
+        let item: Item = serde_json::from_value(item).unwrap();
+        serde_json::to_value(with_id(item, &env)).unwrap()
+    }
+
+    #[test]
+    fn items_kept_as_sent_are_given_an_id() {
+        let answer = given_id(json!({"type": "mcp_approval_response",
+                                     "approval_request_id": "mcpr_1", "approve": false}));
+        let id = answer["id"].as_str().unwrap();
+        assert!(id.starts_with("mcpa_"), "{id}");
+        assert_eq!(answer["approval_request_id"], "mcpr_1");
+        let compaction = given_id(json!({"type": "compaction", "encrypted_content": "x"}));
+        assert!(compaction["id"].as_str().unwrap().starts_with("cmp_"));
+        // An id given stays.
+        let listed = given_id(json!({"type": "mcp_list_tools", "id": "mcpl_9",
+                                     "server_label": "s", "tools": []}));
+        assert_eq!(listed["id"], "mcpl_9");
+    }
 }

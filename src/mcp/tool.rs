@@ -5,6 +5,11 @@
 //! `server_url`, `headers`, `authorization`, `allowed_tools`,
 //! `require_approval`, `server_description`), and checked against the
 //! operator's [`AllowList`] before anything is sent anywhere.
+//!
+//! `headers` may not set what the transport sets itself (`content-type`,
+//! `accept`, the MCP protocol's own headers, the framing and hop-by-hop
+//! headers): such a name, or a name or value HTTP does not allow, is a 400
+//! on `tools[i].headers`.
 
 use serde_json::Value;
 
@@ -18,6 +23,26 @@ const MAX_LABEL: usize = 32;
 
 /// Largest number of MCP servers one request may name.
 pub const MAX_SERVERS: usize = 16;
+
+/// Headers the client may not set: the transport's own, and those that
+/// belong to one connection (hop-by-hop) rather than to the request.
+const RESERVED_HEADERS: [&str; 15] = [
+    "host",
+    "content-type",
+    "content-length",
+    "accept",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
 
 /// One `mcp` tool of a request.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,11 +92,16 @@ impl McpTool {
                     ),
                 )
             })?;
-        let url = match (tool.get("server_url"), tool.get("connector_id")) {
-            (Some(Value::String(url)), _) => url.clone(),
-            (_, Some(Value::String(_))) => return Err(ApiError::invalid_param(
+        let text = |key: &str| tool.get(key).and_then(Value::as_str);
+        let url = match (text("server_url"), text("connector_id"), text("tunnel_id")) {
+            (Some(url), _, _) => url.to_owned(),
+            (_, Some(_), _) => return Err(ApiError::invalid_param(
                 &format!("{param}.connector_id"),
                 "Connectors are not available on this server; give the MCP server's 'server_url'.",
+            )),
+            (_, _, Some(_)) => return Err(ApiError::invalid_param(
+                &format!("{param}.tunnel_id"),
+                "MCP tunnels are not available on this server; give the MCP server's 'server_url'.",
             )),
             _ => {
                 return Err(ApiError::invalid_param(
@@ -85,7 +115,8 @@ impl McpTool {
                 &format!("{param}.server_url"),
                 format!(
                     "The MCP server '{label}' is not in this server's allow-list \
-                     (the mcp_allowed_servers setting); ask its operator to add its origin."
+                     (the mcp_allowed_servers setting, mcp_servers under Spin); \
+                     ask its operator to add its origin."
                 ),
             ));
         }
@@ -142,13 +173,8 @@ fn headers(tool: &Value, param: &str) -> Result<Vec<(String, String)>, ApiError>
         None | Some(Value::Null) => {}
         Some(Value::Object(map)) => {
             for (name, value) in map {
-                let value = value.as_str().filter(|v| header_safe(name, v));
-                let Some(value) = value else {
-                    return Err(ApiError::invalid_param(
-                        &format!("{param}.headers"),
-                        format!("Header '{name}' must be a string without line breaks."),
-                    ));
-                };
+                let value = header(name, value)
+                    .map_err(|why| ApiError::invalid_param(&format!("{param}.headers"), why))?;
                 out.push((name.to_ascii_lowercase(), value.to_owned()));
             }
         }
@@ -160,10 +186,10 @@ fn headers(tool: &Value, param: &str) -> Result<Vec<(String, String)>, ApiError>
         }
     }
     if let Some(token) = tool.get("authorization").and_then(Value::as_str) {
-        if !header_safe("authorization", token) {
+        if !value_safe(token) {
             return Err(ApiError::invalid_param(
                 &format!("{param}.authorization"),
-                "'authorization' must not contain line breaks.",
+                "'authorization' must not contain control characters, such as line breaks.",
             ));
         }
         out.retain(|(name, _)| name != "authorization");
@@ -172,12 +198,35 @@ fn headers(tool: &Value, param: &str) -> Result<Vec<(String, String)>, ApiError>
     Ok(out)
 }
 
-fn header_safe(name: &str, value: &str) -> bool {
+/// The value of client header `name`, when HTTP allows the pair and the
+/// transport leaves the name to the client; else why not (never quoting
+/// the value, which may be a secret).
+fn header<'v>(name: &str, value: &'v Value) -> Result<&'v str, String> {
+    let why = match value.as_str() {
+        None => "must be a string",
+        Some(_) if !name_safe(name) => "is not a header name HTTP allows",
+        Some(_) if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) => {
+            "is set by the MCP transport itself and cannot be given"
+        }
+        Some(value) if !value_safe(value) => {
+            "has control characters (such as line breaks) in its value"
+        }
+        Some(value) => return Ok(value),
+    };
+    Err(format!("Header '{name}' {why}."))
+}
+
+/// An HTTP field name: one or more token characters (RFC 9110).
+fn name_safe(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
-        && !value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// An HTTP field value: no control characters but tabs.
+fn value_safe(value: &str) -> bool {
+    !value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
 }
 
 impl ToolFilter {
@@ -294,6 +343,47 @@ mod tests {
     }
 
     #[test]
+    fn the_transport_headers_are_not_the_clients() {
+        let with = |name: &str| {
+            McpTool::parse(
+                &json!({"server_label": "s", "server_url": "https://mcp.example.com",
+                        "headers": {name: "v"}}),
+                "tools[1]",
+                &allow(),
+            )
+        };
+        for name in [
+            "Host",
+            "content-type",
+            "Content-Length",
+            "ACCEPT",
+            "Mcp-Session-Id",
+            "mcp-protocol-version",
+            "Transfer-Encoding",
+            "connection",
+            "keep-alive",
+            "TE",
+            "upgrade",
+        ] {
+            let err = with(name).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some("tools[1].headers"), "{name}");
+            assert!(err.message.contains("transport"), "{}", err.message);
+        }
+        for name in ["X-Api-Key", "x_team", "Authorization", "If-Match"] {
+            assert!(with(name).is_ok(), "{name}");
+        }
+        // A refused value is never quoted.
+        let err = McpTool::parse(
+            &json!({"server_label": "s", "server_url": "https://mcp.example.com",
+                    "headers": {"x-key": "secret\r\nx: y"}}),
+            "tools[0]",
+            &allow(),
+        )
+        .unwrap_err();
+        assert!(!err.message.contains("secret"), "{}", err.message);
+    }
+
+    #[test]
     fn approval_filters_and_default() {
         let parse = |approval: Value| {
             McpTool::parse(
@@ -352,6 +442,22 @@ mod tests {
                 "tools[3].headers",
             ),
             (
+                json!({"server_label": "a", "tunnel_id": "tunnel_1"}),
+                "tools[3].tunnel_id",
+            ),
+            (
+                json!({"server_label": "a", "server_url": "http://127.0.0.1:1", "headers": {"x y": "1"}}),
+                "tools[3].headers",
+            ),
+            (
+                json!({"server_label": "a", "server_url": "http://127.0.0.1:1", "headers": {"x": "a\u{7f}"}}),
+                "tools[3].headers",
+            ),
+            (
+                json!({"server_label": "a", "server_url": "http://127.0.0.1:1", "authorization": "t\nX: y"}),
+                "tools[3].authorization",
+            ),
+            (
                 json!({"server_label": "a", "server_url": "http://127.0.0.1:1", "allowed_tools": "add"}),
                 "tools[3].allowed_tools",
             ),
@@ -379,6 +485,7 @@ mod tests {
             "{}",
             err.message
         );
+        assert!(err.message.contains("mcp_servers under Spin"));
         // Nothing is allowed until an operator says so.
         assert!(McpTool::parse(
             &json!({"server_label": "a", "server_url": "http://127.0.0.1:1"}),

@@ -373,6 +373,7 @@ mod tests {
                 ..UserLocation::default()
             }),
             context_size: size,
+            cached_only: false,
         }
     }
 

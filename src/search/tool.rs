@@ -9,8 +9,10 @@
 //! ```
 //!
 //! Every field is optional and `null` counts as absent; fields this
-//! service does not use (`external_web_access`, ...) are ignored. A field
-//! of the wrong type or value is a 400 naming it.
+//! service does not use are ignored. A field of the wrong type or value is
+//! a 400 naming it. `external_web_access: false` (cached results only,
+//! which no provider here has) is [`WebSearchTool::cached_only`]: such a
+//! tool is not offered to the model.
 //!
 //! `search_context_size` is how many sources one search gives the model:
 //! `low` 3, `medium` (the default) 5, `high` 8.
@@ -73,6 +75,8 @@ pub struct WebSearchTool {
     pub allowed_domains: Vec<String>,
     pub location: Option<UserLocation>,
     pub context_size: ContextSize,
+    /// `external_web_access: false`: no live searches.
+    pub cached_only: bool,
 }
 
 impl WebSearchTool {
@@ -96,6 +100,16 @@ impl WebSearchTool {
                 parsed.allowed_domains =
                     allowed_domains(domains, &format!("{param}.allowed_domains"))?;
             }
+        }
+        if let Some(access) = present(fields, "external_web_access") {
+            let Some(live) = access.as_bool() else {
+                return Err(wrong_type(
+                    &format!("{param}.external_web_access"),
+                    "a boolean",
+                    access,
+                ));
+            };
+            parsed.cached_only = !live;
         }
         if let Some(location) = present(fields, "user_location") {
             parsed.location = Some(user_location(location, &format!("{param}.user_location"))?);
@@ -280,9 +294,12 @@ mod tests {
                     timezone: None,
                 }),
                 context_size: ContextSize::High,
+                cached_only: false,
             }
         );
         assert_eq!(parsed.context_size.results(), 8);
+        let cached = json!({"type": "web_search", "external_web_access": false});
+        assert!(WebSearchTool::parse(&cached, "t").unwrap().cached_only);
         for kind in TOOL_TYPES {
             let bare = WebSearchTool::parse(&json!({"type": kind, "filters": null}), "t").unwrap();
             assert_eq!(bare, WebSearchTool::default());
@@ -312,6 +329,11 @@ mod tests {
             (
                 json!({"type": "web_search", "filters": []}),
                 "tools[2].filters",
+                "invalid_type",
+            ),
+            (
+                json!({"type": "web_search", "external_web_access": "no"}),
+                "tools[2].external_web_access",
                 "invalid_type",
             ),
             (

@@ -10,6 +10,7 @@ use super::EventStream;
 use crate::api::hosted;
 use crate::api::items::{Item, Status};
 use crate::chat::{McpOffer, ToolKind};
+use crate::error::ApiError;
 use crate::search::Source;
 
 /// A call of a tool the server runs itself, announced in the output.
@@ -103,6 +104,17 @@ impl EventStream {
     /// definitions for the backend.
     pub fn add_mcp_tools(&mut self, server: &str, tools: &[McpOffer<'_>]) -> Vec<Value> {
         self.tools.add_mcp(server, tools)
+    }
+
+    /// Checks a `tool_choice` that names a tool of MCP server `server`,
+    /// once its tools are offered (see [`crate::chat::ToolMap::check_mcp_choice`]).
+    pub fn check_mcp_choice(&mut self, server: &str, listed: bool) -> Result<(), ApiError> {
+        self.tools.check_mcp_choice(server, listed)
+    }
+
+    /// Whether the model is offered tool `name` of MCP server `server`.
+    pub fn offers_mcp(&self, server: &str, name: &str) -> bool {
+        self.tools.offers_mcp(server, name)
     }
 
     /// `tool_choice` for the backend, as the tools now offered make it.

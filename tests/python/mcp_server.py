@@ -7,7 +7,11 @@ With --json it answers with JSON bodies, else with SSE streams. With --log
 every HTTP request is appended to FILE as one JSON line (method, path,
 lowercase headers, body), so tests can assert what reached the server.
 
-Tools: add (read-only), fail (always an error), slow (sleeps)."""
+Tools: add (read-only), fail (always an error), slow (sleeps).
+
+With --log, two reasons given to `fail` script failures of the transport
+instead: `rpc-error` is answered with a JSON-RPC error (code -32603) and
+`http-503` with HTTP 503, both before the call reaches the tool."""
 
 import argparse
 import asyncio
@@ -45,47 +49,84 @@ async def slow(seconds: float) -> str:
     return f"slept {seconds}"
 
 
+def scripted_failure(body):
+    """The failure a `tools/call` of `fail` asks for, if any: the JSON-RPC
+    request's id and `rpc-error` or `http-503`."""
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(message, dict) or message.get("method") != "tools/call":
+        return None
+    params = message.get("params") or {}
+    reason = (params.get("arguments") or {}).get("reason")
+    if params.get("name") == "fail" and reason in ("rpc-error", "http-503"):
+        return message.get("id"), reason
+    return None
+
+
+async def answer(send, status, content_type, body):
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class RequestLog:
     """ASGI middleware: one JSON line per request, written once its body
-    has been read."""
+    has been read, and the scripted failures of `fail`."""
 
     def __init__(self, app, path):
         self.app = app
         self.path = path
 
+    def log(self, scope, body):
+        entry = {
+            "method": scope["method"],
+            "path": scope["path"],
+            "headers": {k.decode().lower(): v.decode() for k, v in scope["headers"]},
+            "body": body.decode("utf-8", "replace"),
+        }
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return self.log(scope, b"")
+        # A POST's body is read whole first, then handed on.
         body = bytearray()
-        logged = False
-
-        def log():
-            entry = {
-                "method": scope["method"],
-                "path": scope["path"],
-                "headers": {k.decode().lower(): v.decode() for k, v in scope["headers"]},
-                "body": body.decode("utf-8", "replace"),
-            }
-            with open(self.path, "a") as f:
-                f.write(json.dumps(entry) + "\n")
-
-        async def logging_receive():
-            nonlocal logged
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                body.extend(message.get("body", b""))
-                if not message.get("more_body") and not logged:
-                    logged = True
-                    log()
-            return message
+            if message["type"] != "http.request":
+                return
+            body.extend(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        self.log(scope, bytes(body))
+        failure = scripted_failure(bytes(body))
+        if failure and failure[1] == "http-503":
+            return await answer(send, 503, b"text/plain", b"scripted outage")
+        if failure:
+            error = {"jsonrpc": "2.0", "id": failure[0],
+                     "error": {"code": -32603, "message": "scripted JSON-RPC failure"}}
+            return await answer(send, 200, b"application/json", json.dumps(error).encode())
+        replayed = False
 
-        await self.app(scope, logging_receive, send)
-        if not logged:
-            log()
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 if __name__ == "__main__":
     app = server.streamable_http_app()
+    # Without --log the SDK's app serves alone (the benchmark measures it).
     if args.log:
         app = RequestLog(app, args.log)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")

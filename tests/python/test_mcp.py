@@ -12,7 +12,9 @@ import json
 import os
 
 import openai
+import pydantic
 import pytest
+from openai.types.responses import ResponseItem
 
 from scripted import script
 
@@ -39,7 +41,13 @@ def mcp_tool(approval="never", label="calc"):
 
 def test_list_call_and_answer(client):
     script(calls(("calc__add", {"a": 2, "b": 40})), {"text": "The sum is 42."})
-    response = client.responses.create(model="m", input="add 2 and 40", tools=[mcp_tool()])
+    # Credentials go to the server, and are neither echoed nor stored.
+    tool = dict(mcp_tool(), authorization="sk-never-echoed", headers={"X-Api-Key": "never-echoed"})
+    response = client.responses.create(model="m", input="add 2 and 40", tools=[tool])
+    echoed = response.tools[0]
+    assert echoed.type == "mcp" and echoed.server_label == "calc"
+    assert echoed.authorization is None and echoed.headers is None
+    assert "never-echoed" not in client.responses.retrieve(response.id).model_dump_json()
     kinds = [item.type for item in response.output]
     assert kinds == ["mcp_list_tools", "mcp_call", "message"]
     listing, call, _ = response.output
@@ -102,6 +110,13 @@ def test_approval_flow(client):
     assert second.output[0].output == "42"
     items = client.responses.input_items.list(second.id).data
     assert [i.type for i in items] == ["mcp_approval_response"]
+    # Validated strictly against the SDK's types (listing only constructs
+    # them): every field it requires, the id among them.
+    raw = client.responses.input_items.with_raw_response.list(second.id).http_response.json()
+    strict = [pydantic.TypeAdapter(ResponseItem).validate_python(item) for item in raw["data"]]
+    assert type(strict[0]).__name__ == "McpApprovalResponse"
+    assert strict[0].id.startswith("mcpa_") and strict[0].id != request.id
+
 
 
 def test_outside_the_allow_list(client):
