@@ -275,26 +275,10 @@ async fn sdk_scenario(spin: &Path, redis: Option<&Redis>) {
     }
 
     // Web search through Spin's outbound HTTP, to the `web_search_origin`
-    // it allows.
-    backend.push_all([
-        Reply::new().tool_call("call_1", "web_search", r#"{"query": "spin"}"#),
-        Reply::text("See https://docs.example.org/spin/1."),
-    ]);
-    let client = reqwest::Client::new();
-    let (status, body) = post(
-        &client,
-        &spin.url,
-        &json!({"model": "m", "input": "spin?", "tools": [{"type": "web_search"}]}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let response: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(response["output"][0]["status"], "completed", "{body}");
-    let annotations = &response["output"][1]["content"][0]["annotations"];
-    assert_eq!(
-        annotations[0]["url"], "https://docs.example.org/spin/1",
-        "{body}"
-    );
+    // it allows: the SDK and Agents SDK tests of the host.
+    let env = [("EDGE_RESPONSES_WEB_SEARCH", "1")];
+    let report = common::pytest(&spin.url, &origin, "test_web_search.py", &[], &env).await;
+    assert!(report.contains("4 passed"), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
