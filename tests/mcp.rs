@@ -308,9 +308,18 @@ async fn a_stream_shows_each_step() {
     assert_eq!(completed["output"][0]["tools"].as_array().unwrap().len(), 3);
 }
 
+/// Failures on servers answering with event streams and with JSON: a JSON
+/// answer's head comes only with the result, so a timeout there gives up
+/// on a call still waiting for its head.
 #[tokio::test(flavor = "multi_thread")]
 async fn failures_reach_the_model_not_the_client() {
-    let Some(server) = McpServer::start(false).await else {
+    for json_answers in [false, true] {
+        failures_on(json_answers).await;
+    }
+}
+
+async fn failures_on(json_answers: bool) {
+    let Some(server) = McpServer::start(json_answers).await else {
         return;
     };
     let h = harness(&server, &[("mcp_timeout_seconds", "1")]).await;

@@ -1166,3 +1166,46 @@ async fn think_tags_stream_as_reasoning() {
     let s = stream(&plain, &request("hi")).await;
     assert_eq!(output_text(s.terminal()), "<think>hm</think>Hi");
 }
+
+/// A client that leaves while the backend has not answered yet: the
+/// response is kept as `incomplete` (interrupted), whatever the backend
+/// sends after, and nothing is written to the closed stream again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_gone_before_the_backend_answers() {
+    let h = Harness::start().await;
+    let (reply, gate) = Reply::chunks(["one ", "two ", "three"]).pause_before(0);
+    h.backend.push(reply);
+    let mut stream = h
+        .client
+        .post(h.url("/v1/responses"))
+        .json(&json!({"model": "m", "input": "x", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    while !seen.contains("response.in_progress") {
+        let chunk = stream.chunk().await.unwrap().expect("more events");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let id = seen
+        .split("\"id\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    gate.reached().await;
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gate.release();
+    let mut last = Value::Null;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (status, response) = h.get(&format!("/v1/responses/{id}")).await;
+        if status == 200 {
+            last = response;
+            break;
+        }
+    }
+    assert_eq!(last["status"], "incomplete", "{last}");
+    assert_eq!(last["incomplete_details"]["reason"], "interrupted");
+}

@@ -32,17 +32,27 @@ pub trait EventSink {
 /// or a WebSocket turn's queue. One type for all of them, so the pipeline,
 /// generic over its sink, is compiled once for every live stream (each copy
 /// costs the component tens of kilobytes).
-pub struct LiveSink(std::pin::Pin<Box<dyn futures::Sink<Vec<u8>, Error = ()>>>);
+///
+/// Once a write fails (the client went away) it writes nothing more: the
+/// sinks of outgoing bodies must not be written after an error.
+pub struct LiveSink(Option<std::pin::Pin<Box<dyn futures::Sink<Vec<u8>, Error = ()>>>>);
 
 impl LiveSink {
     pub fn new<S: futures::Sink<Vec<u8>> + 'static>(sink: S) -> Self {
-        LiveSink(Box::pin(futures::SinkExt::sink_map_err(sink, |_| ())))
+        LiveSink(Some(Box::pin(futures::SinkExt::sink_map_err(sink, |_| ()))))
     }
 }
 
 impl EventSink for LiveSink {
     async fn send(&mut self, bytes: Vec<u8>) -> bool {
-        futures::SinkExt::send(&mut self.0, bytes).await.is_ok()
+        let Some(sink) = self.0.as_mut() else {
+            return false;
+        };
+        let sent = futures::SinkExt::send(sink, bytes).await.is_ok();
+        if !sent {
+            self.0 = None;
+        }
+        sent
     }
 }
 
@@ -212,5 +222,20 @@ mod tests {
         let mut sink = Collect(Vec::new(), false);
         assert_eq!(wait_with(&mut sink, true, 15, 3), None);
         assert_eq!(sink.0, KEEP_ALIVE_FRAME);
+    }
+
+    #[test]
+    fn a_live_stream_is_not_written_after_a_failed_write() {
+        // An outgoing body's sink fails a write once its client is gone,
+        // and panics if written again.
+        let body = futures::sink::unfold((), |(), _bytes: Vec<u8>| async { Err::<(), ()>(()) });
+        let mut sink = LiveSink::new(body);
+        let sent = futures::executor::block_on(async {
+            [
+                sink.send(b"a".to_vec()).await,
+                sink.send(b"b".to_vec()).await,
+            ]
+        });
+        assert_eq!(sent, [false, false]);
     }
 }

@@ -67,7 +67,7 @@ impl Backend for WasiBackend {
         drop(sink);
         // When the body could not be written, the answer says why (a refused
         // connection shows up there too).
-        let response = Incoming(future)
+        let response = Incoming::new(future)
             .await
             .map_err(|e| unreachable_backend(&url, &e))?;
         if let Err(e) = sent {
@@ -139,20 +139,39 @@ fn log_failure(url: &str, what: &str) {
     eprintln!("edge-responses: backend call to {url} failed: {what}");
 }
 
-/// Waits for the host to deliver the answer's head.
-struct Incoming(FutureIncomingResponse);
+/// Waits for the host to deliver the answer's head. While pending it keeps
+/// one registration with the executor, withdrawn when the future is
+/// dropped (a call given up on, past its deadline): its pollable is a
+/// child of the answer, which cannot go while the executor still holds it.
+struct Incoming {
+    /// Declared first: dropped before the answer it was made from.
+    waiting: Option<spin_executor::CancelOnDropToken>,
+    future: FutureIncomingResponse,
+}
+
+impl Incoming {
+    fn new(future: FutureIncomingResponse) -> Self {
+        Incoming {
+            waiting: None,
+            future,
+        }
+    }
+}
 
 impl Future for Incoming {
     type Output = Result<IncomingResponse, ErrorCode>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.0.get() {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.waiting = None;
+        match self.future.get() {
             Some(Ok(result)) => Poll::Ready(result),
             Some(Err(())) => Poll::Ready(Err(ErrorCode::InternalError(Some(
                 "the answer was already taken".to_owned(),
             )))),
             None => {
-                spin_executor::push_waker(self.0.subscribe(), cx.waker().clone());
+                let pollable = self.future.subscribe();
+                let token = spin_executor::push_waker_and_get_token(pollable, cx.waker().clone());
+                self.waiting = Some(token.into());
                 Poll::Pending
             }
         }
