@@ -35,7 +35,10 @@ pub trait EventSink {
 ///
 /// Once a write fails (the client went away) it writes nothing more: the
 /// sinks of outgoing bodies must not be written after an error.
-pub struct LiveSink(Option<std::pin::Pin<Box<dyn futures::Sink<Vec<u8>, Error = ()>>>>);
+pub struct LiveSink(Option<BodySink>);
+
+/// The bytes' way to the client.
+type BodySink = std::pin::Pin<Box<dyn futures::Sink<Vec<u8>, Error = ()>>>;
 
 impl LiveSink {
     pub fn new<S: futures::Sink<Vec<u8>> + 'static>(sink: S) -> Self {
