@@ -80,6 +80,15 @@ async fn a_background_create_answers_at_once_and_finishes_later() {
     assert_eq!(status, 200, "{items}");
     assert_eq!(items["data"][0]["content"][0]["text"], "take your time");
     let item_id = items["data"][0]["id"].clone();
+    // It cannot be continued before it has finished.
+    let next = json!({"model": "m", "input": "and?", "previous_response_id": id});
+    let (status, error) = h.post("/v1/responses", &next).await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["param"], "previous_response_id");
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("in progress"));
     gate.release();
     let done = settled(&h, &id).await;
     assert_eq!(done["status"], "completed");
@@ -333,11 +342,22 @@ async fn cancel_ends_a_listening_clients_stream() {
 async fn a_response_deleted_while_it_runs_stays_deleted() {
     let h = Harness::start().await;
     let (id, gate) = held(&h).await;
+    // A client following its stream is told.
+    let following = h
+        .client
+        .get(h.url(&format!("/v1/responses/{id}?stream=true")));
+    let following = tokio::spawn(async move { following.send().await?.text().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, deleted) = h.delete(&format!("/v1/responses/{id}")).await;
     assert_eq!(status, 200, "{deleted}");
     assert_eq!(deleted["deleted"], true);
     let (status, _) = h.get(&format!("/v1/responses/{id}")).await;
     assert_eq!(status, 404);
+    let followed = following.await.unwrap().unwrap();
+    assert!(followed.ends_with("data: [DONE]\n\n"), "{followed}");
+    let (name, error) = events(&followed).pop().unwrap();
+    assert_eq!(name, "error");
+    assert_eq!(error["code"], "not_found", "{error}");
     gate.release();
     // Its worker stops and removes what it wrote: it never comes back.
     for _ in 0..20 {

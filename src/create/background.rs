@@ -4,6 +4,8 @@
 //! if it is listening, sent the events live until it goes away; the work
 //! goes on without it.
 
+use futures::future::Either;
+
 use super::emit::{EventSink, KEEP_ALIVE_FRAME};
 use crate::api::response::{Response, ResponseStatus};
 use crate::error::ApiError;
@@ -20,6 +22,10 @@ const BATCH_BYTES: usize = 64 << 10;
 /// How often a background response's emitter ticks while its backend (or a
 /// tool) is silent: each tick reads the cancel mark.
 pub const TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Longest wait for a listening client to take one write; past it the
+/// client is let go, as if it had left.
+const LIVE_WRITE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Where a background response's events go.
 pub struct BackgroundSink<'a, K: Kv, S: EventSink> {
@@ -98,9 +104,8 @@ impl<'a, K: Kv, S: EventSink> BackgroundSink<'a, K, S> {
     pub fn finish(mut self, response: Response) -> bool {
         self.job.response = response;
         self.flush();
-        if self.mark != Some(Mark::Deleted) {
-            self.read_mark();
-        }
+        // Its final write may have raced a delete: look once more.
+        self.read_mark();
         self.mark == Some(Mark::Deleted)
     }
 
@@ -123,11 +128,12 @@ impl<'a, K: Kv, S: EventSink> BackgroundSink<'a, K, S> {
         self.read_mark();
     }
 
-    /// Reads the cancel mark, until one is found.
+    /// Reads the marks clients left, until the response is deleted.
     fn read_mark(&mut self) {
         self.checked_at = self.env.now();
-        if self.mark.is_none() {
-            self.mark = self.jobs.marked(&self.job.response.id).unwrap_or(None);
+        if self.mark != Some(Mark::Deleted) {
+            let marked = self.jobs.marked(&self.job.response.id);
+            self.mark = marked.ok().flatten().or(self.mark);
         }
     }
 
@@ -146,7 +152,16 @@ impl<'a, K: Kv, S: EventSink> BackgroundSink<'a, K, S> {
             }
         }
         self.live_at = now;
-        if !live.send(bytes).await {
+        // A client that stops reading is let go: the work does not wait.
+        let limit = self.env.timer().sleep(LIVE_WRITE_LIMIT);
+        let taken = {
+            let write = std::pin::pin!(live.send(bytes));
+            matches!(
+                futures::future::select(write, limit).await,
+                Either::Left((true, _))
+            )
+        };
+        if !taken {
             self.live = None;
         }
     }
@@ -177,5 +192,64 @@ impl<K: Kv, S: EventSink> EventSink for BackgroundSink<'_, K, S> {
 
     fn cancelled(&self) -> bool {
         self.mark.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use futures::future::LocalBoxFuture;
+
+    use super::*;
+    use crate::api::request::CreateRequest;
+    use crate::ids::{fixed, Timer};
+    use crate::store::MemoryKv;
+
+    /// Sleeps that end at once.
+    struct Instant;
+
+    impl Timer for Instant {
+        fn sleep(&self, _: std::time::Duration) -> LocalBoxFuture<'static, ()> {
+            Box::pin(futures::future::ready(()))
+        }
+    }
+
+    /// A client that never takes a write.
+    struct Stuck(usize);
+
+    impl EventSink for Stuck {
+        async fn send(&mut self, _: Vec<u8>) -> bool {
+            self.0 += 1;
+            futures::future::pending().await
+        }
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_is_let_go() {
+        let kv = MemoryKv::default();
+        let (env, _) = fixed::env(100);
+        let env = env.with_timer(Rc::new(Instant));
+        let request =
+            CreateRequest::parse(br#"{"model":"m","input":"hi","background":true}"#).unwrap();
+        let queued = Response::start("resp_1".into(), 100, &request);
+        let mut stuck = Stuck(0);
+        let upkeep = Upkeep {
+            keep_alive: None,
+            ttl: None,
+        };
+        let jobs = Jobs::new(&kv, "t");
+        let mut sink =
+            BackgroundSink::start(jobs, queued, &[], &env, Some(&mut stuck), upkeep).unwrap();
+        let sent = futures::executor::block_on(async {
+            [
+                sink.send(b"a".to_vec()).await,
+                sink.send(b"b".to_vec()).await,
+            ]
+        });
+        assert_eq!(sent, [true, true], "the work goes on");
+        assert!(sink.live.is_none());
+        drop(sink);
+        assert_eq!(stuck.0, 1, "written once, then let go");
     }
 }

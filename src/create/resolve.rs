@@ -274,9 +274,22 @@ pub(crate) fn previous<K: Kv>(
             })
         })
         .map_err(|e| match e.status {
+            404 if running(store, id, now) => ApiError::invalid_param(
+                "previous_response_id",
+                format!(
+                    "Previous response with id '{id}' is still in progress; \
+                     continue from it once it has finished."
+                ),
+            ),
             404 => e.with_param("previous_response_id"),
             _ => e,
         })
+}
+
+/// Whether `id` is a background response still running.
+fn running<K: Kv>(store: &ResponseStore<'_, K>, id: &str, now: i64) -> bool {
+    let job = store.jobs().read_at(id, now);
+    job.ok().flatten().is_some_and(|job| job.running())
 }
 
 /// The request's input as stored: ids assigned, assistant text normalized,

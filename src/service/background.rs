@@ -70,11 +70,9 @@ impl<K: Kv, B: Backend> Service<K, B> {
                 None => return Err(missing(id)),
             }
         }
-        // Its worker has not stopped yet (a host that died holds it until
-        // its lease runs out): it will end `cancelled`.
-        let mut response = job.response;
-        response.status = ResponseStatus::Cancelled;
-        Ok(response)
+        // Its worker has not stopped yet: a host that died holds it until
+        // its lease runs out. The answer is what a read shows.
+        Ok(job.response)
     }
 
     /// A finished background response: its saved turn, or its job's
@@ -172,7 +170,16 @@ impl<K: Kv, B: Backend> Service<K, B> {
                 }
             }
             let from = job.batches;
-            (job, batches) = self.job_events(api_key, id, from)?;
+            (job, batches) = match self.job_events(api_key, id, from) {
+                Ok(read) => read,
+                // Deleted (or expired) meanwhile: the stream says so.
+                Err(error) => {
+                    let sequence = replay.last.map_or(0, |n| n.saturating_add(1));
+                    sink.send(error_event(&error, sequence).to_sse()).await;
+                    sink.send(crate::stream::events::DONE_FRAME.to_vec()).await;
+                    return Ok(());
+                }
+            };
         }
         if !replay.ended {
             // Its worker died (the lease ran out) or its events were lost:
@@ -184,6 +191,18 @@ impl<K: Kv, B: Backend> Service<K, B> {
         }
         sink.send(crate::stream::events::DONE_FRAME.to_vec()).await;
         Ok(())
+    }
+}
+
+/// The `error` event of a stream that cannot go on.
+fn error_event(error: &ApiError, sequence_number: u64) -> Event {
+    Event {
+        kind: EventKind::Error {
+            code: error.code.clone(),
+            message: error.message.clone(),
+            param: error.param.clone(),
+        },
+        sequence_number,
     }
 }
 

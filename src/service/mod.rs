@@ -83,17 +83,28 @@ impl<K: Kv, B: Backend> Service<K, B> {
     }
 
     /// Ends the MCP sessions finished responses left open: one `DELETE`
-    /// each, sent after the client has its answer; a server that fails it
-    /// is only logged (it expires the session itself).
+    /// each, sent after the client has its answer, all of them within
+    /// `mcp_timeout_seconds`; a server that fails it, or is not reached in
+    /// time, is only logged (it expires the session itself).
     pub async fn end_sessions(&self) {
         let ending = std::mem::take(&mut *self.sessions.borrow_mut());
-        for request in ending {
-            if let Err(error) = self.backend.send(request).await {
-                eprintln!(
-                    "edge-responses: ending an MCP session failed: {}",
-                    error.message
-                );
+        if ending.is_empty() {
+            return;
+        }
+        let all = std::pin::pin!(async {
+            for request in ending {
+                if let Err(error) = self.backend.send(request).await {
+                    eprintln!(
+                        "edge-responses: ending an MCP session failed: {}",
+                        error.message
+                    );
+                }
             }
+        });
+        let timeout = std::time::Duration::from_secs(self.settings.mcp_timeout_seconds);
+        let limit = self.env.timer().sleep(timeout);
+        if let futures::future::Either::Right(_) = futures::future::select(all, limit).await {
+            eprintln!("edge-responses: ending MCP sessions: no answer within {timeout:?}");
         }
     }
 
@@ -192,11 +203,14 @@ impl<K: Kv, B: Backend> Service<K, B> {
         let running = jobs
             .read_at(id, self.env.now())?
             .filter(|job| job.running());
-        let deleted = self.store(&tenant).delete(id, self.env.now())?;
-        let job = match running {
+        // A running one is marked first: its worker's save cannot slip in
+        // between.
+        let marked = match running {
             Some(_) => jobs.delete_running(id).map(|()| true)?,
-            None => jobs.delete(id)?,
+            None => false,
         };
+        let deleted = self.store(&tenant).delete(id, self.env.now())?;
+        let job = marked || jobs.delete(id)?;
         if !deleted && !job {
             return Err(missing(id));
         }

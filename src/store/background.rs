@@ -13,12 +13,15 @@
 //!   batch.
 //! - `{tenant}/bg/{id}/input`: the response's input items, written with
 //!   the job's first write: what `input_items` lists until it is saved.
-//! - `{tenant}/bg/{id}/cancel`: the [`Mark`], present once a client asked
-//!   to cancel (`1`) or deleted the response while it ran (`deleted`);
-//!   written only by clients, so no write of the worker can lose it. A
-//!   `deleted` mark hides the job from every reader, also from a worker's
-//!   writes that race the delete, until the worker has removed what it
-//!   wrote (then the mark goes too).
+//! - `{tenant}/bg/{id}/cancel`: present once a client asked to cancel.
+//! - `{tenant}/bg/{id}/deleted`: present once a client deleted the
+//!   response while it ran. It hides the job from every reader, also from
+//!   a worker's writes that race the delete, until the worker has removed
+//!   what it wrote (then it goes too). A key of its own, so a cancel racing
+//!   the delete cannot overwrite it.
+//!
+//! Both marks ([`Mark`]) are written only by clients, so no write of the
+//! worker can lose them.
 //!
 //! The final response is saved as every response is (see the parent
 //! module); the job stays so a stream can still be resumed, and goes with
@@ -59,25 +62,6 @@ pub enum Mark {
     Cancel,
     /// Stop, and remove everything: the response was deleted.
     Deleted,
-}
-
-impl Mark {
-    const CANCEL: &'static [u8] = b"1";
-    const DELETED: &'static [u8] = b"deleted";
-
-    fn bytes(self) -> &'static [u8] {
-        match self {
-            Mark::Cancel => Self::CANCEL,
-            Mark::Deleted => Self::DELETED,
-        }
-    }
-
-    fn parse(bytes: &[u8]) -> Mark {
-        match bytes {
-            Self::DELETED => Mark::Deleted,
-            _ => Mark::Cancel,
-        }
-    }
 }
 
 impl Job {
@@ -122,6 +106,17 @@ impl<'a, K: Kv> Jobs<'a, K> {
 
     fn cancel_key(&self, id: &str) -> String {
         format!("{}/bg/{id}/cancel", self.tenant)
+    }
+
+    fn deleted_key(&self, id: &str) -> String {
+        format!("{}/bg/{id}/deleted", self.tenant)
+    }
+
+    fn mark_key(&self, id: &str, mark: Mark) -> String {
+        match mark {
+            Mark::Cancel => self.cancel_key(id),
+            Mark::Deleted => self.deleted_key(id),
+        }
     }
 
     fn input_key(&self, id: &str) -> String {
@@ -170,15 +165,14 @@ impl<'a, K: Kv> Jobs<'a, K> {
     /// with its mark: none once it expired or was deleted; a running job
     /// whose lease ran out is marked failed, for every later reader too.
     pub fn read_at(&self, id: &str, now: i64) -> Result<Option<Job>, ApiError> {
-        let keys = vec![self.job_key(id), self.cancel_key(id)];
+        let keys = vec![self.job_key(id), self.deleted_key(id)];
         let mut values = self.kv.get_many(keys).map_err(storage)?.into_iter();
-        let (Some(Some(bytes)), mark) = (values.next(), values.next().flatten()) else {
+        let (Some(Some(bytes)), deleted) = (values.next(), values.next().flatten()) else {
             return Ok(None);
         };
         let mut job: Job = crate::api::from_slice(&bytes)
             .map_err(|e| ApiError::server(format!("A stored background job is damaged: {e}")))?;
-        let deleted = mark.is_some_and(|m| Mark::parse(&m) == Mark::Deleted);
-        if deleted || job.expires_at.is_some_and(|at| now > at) {
+        if deleted.is_some() || job.expires_at.is_some_and(|at| now > at) {
             return Ok(None);
         }
         if job.expire(now) {
@@ -219,14 +213,19 @@ impl<'a, K: Kv> Jobs<'a, K> {
     /// Asks the worker of `id` to stop, with `mark` saying why.
     pub fn mark(&self, id: &str, mark: Mark) -> Result<(), ApiError> {
         self.kv
-            .set_many(vec![(self.cancel_key(id), mark.bytes().to_vec())])
+            .set_many(vec![(self.mark_key(id, mark), b"1".to_vec())])
             .map_err(storage)
     }
 
-    /// What a client asked of `id`, if anything.
+    /// What clients asked of `id`, if anything: a delete over a cancel.
     pub fn marked(&self, id: &str) -> Result<Option<Mark>, ApiError> {
-        let mark = self.kv.get(&self.cancel_key(id)).map_err(storage)?;
-        Ok(mark.as_deref().map(Mark::parse))
+        let keys = vec![self.deleted_key(id), self.cancel_key(id)];
+        let marks = self.kv.get_many(keys).map_err(storage)?;
+        let mut found = [Mark::Deleted, Mark::Cancel]
+            .into_iter()
+            .zip(marks)
+            .filter_map(|(mark, value)| value.map(|_| mark));
+        Ok(found.next())
     }
 
     /// Every key of the jobs of `ids`, for removal: one read of the jobs
@@ -243,6 +242,7 @@ impl<'a, K: Kv> Jobs<'a, K> {
             keys.push(self.job_key(id));
             keys.push(self.input_key(id));
             keys.push(self.cancel_key(id));
+            keys.push(self.deleted_key(id));
             keys.extend((0..batches).map(|n| self.batch_key(id, n)));
         }
         Ok(keys)
@@ -264,7 +264,7 @@ impl<'a, K: Kv> Jobs<'a, K> {
     pub fn delete_running(&self, id: &str) -> Result<(), ApiError> {
         self.mark(id, Mark::Deleted)?;
         let mut keys = self.keys(&[id])?;
-        let mark = self.cancel_key(id);
+        let mark = self.deleted_key(id);
         keys.retain(|key| *key != mark);
         self.kv.delete_many(keys).map_err(storage)
     }
@@ -344,6 +344,8 @@ mod tests {
             .unwrap();
         jobs.delete_running("resp_4").unwrap();
         assert!(jobs.read_at("resp_4", 100).unwrap().is_none());
+        // A cancel racing the delete does not undo it.
+        jobs.mark("resp_4", Mark::Cancel).unwrap();
         assert_eq!(jobs.marked("resp_4").unwrap(), Some(Mark::Deleted));
         // A worker's write racing the delete stays hidden, and goes with
         // the worker's own removal, mark included.

@@ -256,6 +256,11 @@ impl<'a, K: Kv> ResponseStore<'a, K> {
         }
     }
 
+    /// The tenant's background jobs.
+    pub fn jobs(&self) -> background::Jobs<'_, K> {
+        background::Jobs::new(self.kv, &self.tenant)
+    }
+
     fn pointer_key(&self, id: &str) -> String {
         format!("{}/resp/{id}", self.tenant)
     }
