@@ -12,8 +12,10 @@
 //! no server offers), credentials (sent to the server, never echoed or
 //! stored), refused headers, function tools mixed in, `max_tool_calls`,
 //! clients that keep their own history (`store: false`), streaming event
-//! sequences, and the allow-list (a server outside it is refused with no
-//! outbound connection).
+//! sequences, the allow-list (a server outside it is refused with no
+//! outbound connection), and the bounds on what servers send: a call's
+//! output, a response's output in all, calls per answer, answers past
+//! 8 MiB, listings past their limits, and tool names that come out alike.
 
 mod common;
 
@@ -1370,6 +1372,11 @@ async fn malformed_mcp_tools_are_refused_before_any_connection() {
             json!({"type": "mcp", "server_label": "t", "tunnel_id": "tunnel_1"}),
             "tools[1].tunnel_id",
         ),
+        (with(json!({"authorization": 5})), "tools[1].authorization"),
+        (
+            with(json!({"authorization": ["token"]})),
+            "tools[1].authorization",
+        ),
     ];
     for (tool, param) in cases {
         for stream in [false, true] {
@@ -1474,4 +1481,265 @@ async fn a_client_that_keeps_its_own_history() {
         .collect();
     assert_eq!(calls.len(), 1, "{messages:?}");
     assert_eq!(calls[0]["id"], request_id);
+}
+
+/// An `mcp` tool, labelled `label`, on the server's extra FastMCP server at
+/// `path` (`extra` or `many`), needing no approval.
+fn extra_tool(server: &McpServer, label: &str, path: &str) -> Value {
+    json!({"type": "mcp", "server_label": label, "require_approval": "never",
+           "server_url": format!("http://127.0.0.1:{}/{path}/mcp", server.port)})
+}
+
+/// The `tool` messages of the last chat request, as text.
+fn shown_results(h: &Harness) -> Vec<String> {
+    last_messages(h)
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// One call's output is cut at 1 MiB (at a character boundary, with a
+/// note), and a response keeps 8 MiB of output in all: the calls past it
+/// do not run. Stored items and the next backend request stay bounded.
+#[tokio::test(flavor = "multi_thread")]
+async fn call_output_is_bounded_per_call_and_per_response() {
+    let Some(server) = McpServer::start(false).await else {
+        return;
+    };
+    let h = harness(&server, &[]).await;
+    const MIB: usize = 1 << 20;
+    let mut reply = Reply::new();
+    for i in 0..10 {
+        // 1,200 KiB of '€' (three bytes each), then cut within a '€'.
+        reply = reply.tool_call(
+            format!("call_{i}"),
+            "big__big",
+            r#"{"kib": 1200, "char": "€"}"#,
+        );
+    }
+    h.backend.push_all([reply, Reply::text("Plenty.")]);
+    let (status, response) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "x", "tools": [extra_tool(&server, "big", "extra")]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response["output"].as_array().unwrap().len(), 12);
+    let calls = &response["output"].as_array().unwrap()[1..11];
+    let mut kept = 0;
+    for call in &calls[..8] {
+        assert_eq!(call["status"], "completed", "{}", call["error"]);
+        let output = call["output"].as_str().unwrap();
+        let (text, note) = output.split_once("\n[output cut: ").unwrap();
+        assert!(note.contains("more bytes not shown"), "{note}");
+        assert!(text.chars().all(|c| c == '€'));
+        assert!(text.len() <= MIB);
+        assert!(note.contains("kept to 1048576 bytes"), "{note}");
+        kept += output.len();
+    }
+    // The first call is cut at the last whole '€' within 1 MiB.
+    let first = calls[0]["output"].as_str().unwrap();
+    assert_eq!(first.find('\n'), Some(MIB - MIB % 3));
+    assert!(kept <= 8 * MIB + 8 * 200, "{kept}");
+    for call in &calls[8..] {
+        assert_eq!(call["status"], "failed");
+        assert_eq!(call["error"]["type"], "mcp_protocol_error");
+        let message = call["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("8388608 bytes of tool output"),
+            "{message}"
+        );
+    }
+    assert_eq!(tool_calls(&server), 8);
+    // The model saw what the items hold, no more.
+    let shown = shown_results(&h);
+    assert_eq!(shown.len(), 10);
+    assert!(shown.iter().map(String::len).sum::<usize>() < kept + 1000);
+    let id = response["id"].as_str().unwrap();
+    let (_, stored) = h.get(&format!("/v1/responses/{id}")).await;
+    assert_eq!(stored["output"], response["output"]);
+}
+
+/// An answer past 8 MiB fails its call as too large, as an event stream
+/// and as JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_past_8_mib_is_too_large() {
+    for json_answers in [false, true] {
+        let Some(server) = McpServer::start(json_answers).await else {
+            return;
+        };
+        let h = harness(&server, &[]).await;
+        h.backend.push_all([
+            Reply::new().tool_call("call_1", "big__big", r#"{"kib": 8200}"#),
+            Reply::text("Too much."),
+        ]);
+        let (status, response) = h
+            .post(
+                "/v1/responses",
+                &json!({"model": "m", "input": "x", "tools": [extra_tool(&server, "big", "extra")]}),
+            )
+            .await;
+        assert_eq!(status, 200, "{response}");
+        let call = &response["output"][1];
+        assert_eq!(call["status"], "failed", "{json_answers}");
+        let message = call["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("too large: more than 8388608 bytes"),
+            "{json_answers}: {message}"
+        );
+        assert!(shown_results(&h)[0].contains("too large"));
+    }
+}
+
+/// One answer runs at most 32 calls of the server's tools; the rest fail
+/// without reaching the server, and the model is told why.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_answer_runs_at_most_32_calls() {
+    let Some(server) = McpServer::start(true).await else {
+        return;
+    };
+    let h = harness(&server, &[]).await;
+    let mut reply = Reply::new();
+    for i in 0..34 {
+        reply = reply.tool_call(
+            format!("call_{i}"),
+            "calc__add",
+            format!(r#"{{"a": {i}, "b": 1}}"#),
+        );
+    }
+    // The next answer may call again.
+    h.backend.push_all([
+        reply,
+        Reply::new().tool_call("call_34", "calc__add", r#"{"a": 1, "b": 1}"#),
+        Reply::text("Done."),
+    ]);
+    let (status, response) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "x", "tools": [mcp_tool(&server, json!("never"))]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{response}");
+    let output = response["output"].as_array().unwrap();
+    assert_eq!(output.len(), 1 + 34 + 1 + 1);
+    for (i, call) in output[1..33].iter().enumerate() {
+        assert_eq!(call["output"], json!((i + 1).to_string()));
+    }
+    for call in &output[33..35] {
+        assert_eq!(call["status"], "failed");
+        let message = call["error"]["message"].as_str().unwrap();
+        assert!(message.contains("at most 32 calls"), "{message}");
+    }
+    assert_eq!(output[35]["output"], "2");
+    assert_eq!(tool_calls(&server), 33);
+    let chats = h.backend.chat_requests();
+    let shown: Vec<&Value> = chats[1]
+        .messages()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .collect();
+    assert!(shown[33]["content"]
+        .as_str()
+        .unwrap()
+        .contains("at most 32 calls"));
+}
+
+/// A listing of more than 512 tools fails: the model goes on without them,
+/// and a `tool_choice` naming one of them leaves the model free.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listing_past_its_limits_fails() {
+    let Some(server) = McpServer::start(false).await else {
+        return;
+    };
+    let h = harness(&server, &[]).await;
+    h.backend.push(Reply::text("No tools."));
+    let tools = json!([
+        extra_tool(&server, "many", "many"),
+        mcp_tool(&server, json!("never"))
+    ]);
+    let (status, response) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "x", "tools": tools,
+                    "tool_choice": {"type": "mcp", "server_label": "many", "name": "t1"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(
+        types(&response),
+        ["mcp_list_tools", "mcp_list_tools", "message"]
+    );
+    let listing = &response["output"][0];
+    assert_eq!(listing["server_label"], "many");
+    assert_eq!(listing["tools"], json!([]));
+    let error = listing["error"].as_str().unwrap();
+    assert!(error.contains("more than 512 tools"), "{error}");
+    assert!(response["output"][1]["error"].is_null());
+    let chat = &h.backend.chat_requests()[0];
+    assert_eq!(offered(chat), ["calc__add", "calc__fail", "calc__slow"]);
+    assert_eq!(chat.body["tool_choice"], "auto");
+}
+
+/// Tool names that come out alike as function names get names of their
+/// own: each is offered, callable, and reached; `tool_choice` may name any.
+#[tokio::test(flavor = "multi_thread")]
+async fn tool_names_that_come_out_alike_are_each_offered() {
+    let Some(server) = McpServer::start(false).await else {
+        return;
+    };
+    let h = harness(&server, &[]).await;
+    let long = "x".repeat(58);
+    let long_2 = format!("{}_2", "x".repeat(56));
+    h.backend.push_all([
+        Reply::new()
+            .tool_call("call_1", "evil__repos_get_file", "{}")
+            .tool_call("call_2", "evil__repos_get_file_2", "{}")
+            .tool_call("call_3", format!("evil__{long}"), "{}")
+            .tool_call("call_4", format!("evil__{long_2}"), "{}"),
+        Reply::text("Four."),
+    ]);
+    let tools = json!([extra_tool(&server, "evil", "extra")]);
+    let (status, response) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": "x", "tools": tools,
+                    "tool_choice": {"type": "mcp", "server_label": "evil", "name": "repos.get_file"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{response}");
+    let chat = &h.backend.chat_requests()[0];
+    let names = offered(chat);
+    assert_eq!(
+        names,
+        [
+            "evil__big".to_owned(),
+            "evil__repos_get_file".to_owned(),
+            "evil__repos_get_file_2".to_owned(),
+            format!("evil__{long}"),
+            format!("evil__{long_2}"),
+        ]
+    );
+    assert!(names.iter().all(|n| n.len() <= 64));
+    assert_eq!(
+        chat.body["tool_choice"]["function"]["name"],
+        "evil__repos_get_file_2"
+    );
+    let listed = [
+        "repos.get/file".to_owned(),
+        "repos.get_file".to_owned(),
+        format!("{}a", "x".repeat(69)),
+        format!("{}b", "x".repeat(69)),
+    ];
+    for (call, name) in response["output"].as_array().unwrap()[1..5]
+        .iter()
+        .zip(&listed)
+    {
+        assert_eq!(call["name"], json!(name));
+        assert_eq!(call["status"], "completed", "{}", call["error"]);
+        // Each tool answers with its own name: the call reached it.
+        assert_eq!(call["output"], json!(name));
+    }
+    assert_eq!(tool_calls(&server), 4);
 }

@@ -345,14 +345,26 @@ impl ToolMap {
 
     /// Whether the model is offered tool `name` of MCP server `server`.
     pub fn offers_mcp(&self, server: &str, name: &str) -> bool {
-        let flat = mcp_function_name(server, name);
-        let listed = match self.kinds.get(&flat) {
-            Some(ToolKind::Mcp {
-                server: s, name: n, ..
-            }) => s == server && n == name,
-            _ => false,
-        };
-        listed && self.offers(&flat)
+        let listed = self.kinds.iter().find(|(_, kind)| {
+            matches!(kind, ToolKind::Mcp { server: s, name: n, .. } if s == server && n == name)
+        });
+        listed.is_some_and(|(flat, _)| self.offers(flat))
+    }
+
+    /// `base`, or when a tool already has that name, the first of
+    /// `base_2`, `base_3`, ... (cut to keep to 64 characters) none has.
+    fn unique_name(&self, base: String) -> Option<String> {
+        if !self.kinds.contains_key(&base) {
+            return Some(base);
+        }
+        // Of these many distinct names, one is free.
+        (2..self.kinds.len() + 3).find_map(|n| {
+            let suffix = format!("_{n}");
+            let mut name = base.clone();
+            name.truncate(64usize.saturating_sub(suffix.len()));
+            name.push_str(&suffix);
+            (!self.kinds.contains_key(&name)).then_some(name)
+        })
     }
 
     /// Whether the model is offered the function `flat`.
@@ -410,7 +422,10 @@ impl ToolMap {
             approval,
         } in tools
         {
-            let flat = mcp_function_name(server, name);
+            // A tool whose name comes out as another's gets one of its own.
+            let Some(flat) = self.unique_name(mcp_function_name(server, name)) else {
+                continue;
+            };
             let mut function = json!({"name": flat, "parameters": schema});
             if schema.is_null() {
                 function["parameters"] = json!({"type": "object", "properties": {}});
@@ -423,9 +438,6 @@ impl ToolMap {
                 name: name.to_owned(),
                 approval,
             };
-            if self.kinds.contains_key(&flat) {
-                continue;
-            }
             self.insert(flat.clone(), function, kind);
             let picked = |only_forced: bool| {
                 self.mcp_picks.iter().any(|(label, pick, forced)| {
@@ -717,6 +729,64 @@ mod tests {
         map.add_mcp("fs", &[]);
         map.check_mcp_choice("fs", false).unwrap();
         assert_eq!(map.chat_tool_choice(), Some(json!("auto")));
+    }
+
+    #[test]
+    fn mcp_names_that_come_out_alike_each_get_their_own() {
+        let long_a = format!("{}a", "x".repeat(70));
+        let long_b = format!("{}b", "x".repeat(70));
+        let names = [
+            "repos.get/file",
+            "repos.get_file",
+            "repos_get_file_2",
+            long_a.as_str(),
+            long_b.as_str(),
+        ];
+        let choice = json!({"type": "mcp", "server_label": "gh", "name": "repos.get_file"});
+        let mut with = tools();
+        with.push(json!({"type": "mcp", "server_label": "gh", "server_url": "https://x"}));
+        let mut map = ToolMap::new(&with, Some(&choice)).unwrap();
+        let offers: Vec<McpOffer<'_>> = names.iter().map(|n| offer(n)).collect();
+        let flat: Vec<String> = map
+            .add_mcp("gh", &offers)
+            .iter()
+            .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
+            .collect();
+        map.check_mcp_choice("gh", true).unwrap();
+        let long = format!("gh__{}", "x".repeat(60));
+        let long_2 = format!("gh__{}_2", "x".repeat(58));
+        assert_eq!(
+            flat,
+            [
+                "gh__repos_get_file",
+                "gh__repos_get_file_2",
+                "gh__repos_get_file_2_2",
+                long.as_str(),
+                long_2.as_str(),
+            ]
+        );
+        assert!(flat.iter().all(|n| n.len() <= 64));
+        for (flat, name) in flat.iter().zip(names) {
+            assert!(map.offers_mcp("gh", name), "{name}");
+            let kind = ToolKind::Mcp {
+                server: "gh".into(),
+                name: name.into(),
+                approval: false,
+            };
+            assert_eq!(map.lookup(flat), kind, "{flat}");
+        }
+        assert_eq!(
+            map.chat_tool_choice(),
+            Some(json!({"type": "function", "function": {"name": "gh__repos_get_file_2"}}))
+        );
+        // A client function of the same name keeps it; the MCP tool moves.
+        let mut with = tools();
+        with.push(json!({"type": "function", "name": "fs__ls"}));
+        let mut map = ToolMap::new(&with, None).unwrap();
+        map.add_mcp("fs", &[offer("ls")]);
+        assert!(matches!(map.lookup("fs__ls"), ToolKind::Function { .. }));
+        assert!(matches!(map.lookup("fs__ls_2"), ToolKind::Mcp { .. }));
+        assert!(map.offers_mcp("fs", "ls"));
     }
 
     #[test]

@@ -31,11 +31,17 @@ use crate::chat::{ChatContent, ChatMessage, McpOffer, Rendered};
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::ids::Timer;
-use crate::mcp::client::{McpError, Server, Tool};
+use crate::mcp::client::{
+    cut_output, CallResult, McpError, Server, Tool, MAX_OUTPUT_BYTES, MAX_RESPONSE_OUTPUT_BYTES,
+};
 use crate::mcp::tool::{McpTool, MAX_SERVERS};
 use crate::search::tool::TOOL_TYPES;
 use crate::search::{results_for_model, SearchConfig, SearchError, Source, WebSearchTool};
 use crate::stream::{EventStream, ServerCall, ServerTool};
+
+/// Most MCP calls one answer of the model runs; the rest fail, and the
+/// model is told why.
+pub const MAX_CALLS_PER_ANSWER: usize = 32;
 
 /// The server-side tools of one response.
 pub struct Hosted<'a, B: Backend> {
@@ -50,6 +56,18 @@ pub struct Hosted<'a, B: Backend> {
     search: Option<WebSearch>,
     /// What the model is shown of each search, by call item id.
     search_results: Vec<(String, String)>,
+    limits: Limits,
+}
+
+/// What the calls of one response may still do: the output it may still
+/// keep ([`MAX_RESPONSE_OUTPUT_BYTES`]), and the calls of the current
+/// answer ([`MAX_CALLS_PER_ANSWER`]).
+struct Limits {
+    output_left: usize,
+    /// The length of the output when the current answer's first call
+    /// ran: a call at or past it is the first of another answer.
+    answer_mark: usize,
+    answer_calls: usize,
 }
 
 /// The `web_search` tool of a request, on the configured provider.
@@ -136,6 +154,11 @@ impl<'a, B: Backend> Hosted<'a, B> {
             timeout: Duration::from_secs(settings.mcp_timeout_seconds),
             search: web_search(request, settings)?,
             search_results: Vec::new(),
+            limits: Limits {
+                output_left: MAX_RESPONSE_OUTPUT_BYTES,
+                answer_mark: 0,
+                answer_calls: 0,
+            },
         };
         hosted.check_answers(input)?;
         Ok(hosted)
@@ -236,8 +259,11 @@ impl<'a, B: Backend> Hosted<'a, B> {
     ) -> Option<()> {
         let events = match &call.tool {
             ServerTool::Mcp { server, name } => {
+                let over = self
+                    .limits
+                    .admit(call.index, stream.response().output.len());
                 let offered = stream.offers_mcp(server, name);
-                let run = self.call(server, name, &call.arguments, offered);
+                let run = self.call(server, name, &call.arguments, offered, over);
                 let result = out.wait(run).await?;
                 stream.call_done(call, result)
             }
@@ -293,14 +319,19 @@ impl<'a, B: Backend> Hosted<'a, B> {
     }
 
     /// Calls tool `name` of the server labelled `label`, if it is
-    /// `offered` to the model.
+    /// `offered` to the model and the limits let it run (`over` says why
+    /// they do not).
     async fn call(
         &mut self,
         label: &str,
         name: &str,
         arguments: &str,
         offered: bool,
+        over: Option<&str>,
     ) -> Result<String, Value> {
+        if let Some(refusal) = over.or_else(|| self.limits.spent()) {
+            return Err(refused(refusal));
+        }
         if !offered {
             return Err(json!({"type": "mcp_protocol_error", "code": -32602,
                 "message": format!("Tool '{name}' is not available: MCP server '{label}' \
@@ -326,17 +357,10 @@ impl<'a, B: Backend> Hosted<'a, B> {
             }
             server.client.call_tool(name, arguments).await
         };
-        match deadline(&*timer, self.timeout, run)
+        let result = deadline(&*timer, self.timeout, run)
             .await
-            .unwrap_or_else(|| timed_out(self.timeout))
-        {
-            Ok(result) if result.is_error => Err(json!({
-                "type": "mcp_tool_execution_error",
-                "content": result.content,
-            })),
-            Ok(result) => Ok(result.output),
-            Err(error) => Err(error_value(&error)),
-        }
+            .unwrap_or_else(|| timed_out(self.timeout));
+        self.limits.keep(result)
     }
 
     /// `initialize` and `tools/list` on server `i`.
@@ -442,6 +466,64 @@ impl<'a, B: Backend> Hosted<'a, B> {
         }
         Some(results)
     }
+}
+
+impl Limits {
+    /// Counts a call at `index` of the output, which holds `len` items;
+    /// why it may not run, when the answer has made too many.
+    fn admit(&mut self, index: usize, len: usize) -> Option<&'static str> {
+        // The calls of one answer come in a row, before the output holds
+        // anything of the next answer.
+        if index >= self.answer_mark {
+            self.answer_mark = len.max(index + 1);
+            self.answer_calls = 0;
+        }
+        self.answer_calls += 1;
+        (self.answer_calls > MAX_CALLS_PER_ANSWER).then_some(
+            "Not run: one answer may make at most 32 calls of MCP tools; make the rest in \
+             another answer.",
+        )
+    }
+
+    /// Why no call may run any more, once the output is spent.
+    fn spent(&self) -> Option<&'static str> {
+        (self.output_left == 0).then_some(
+            "Not run: this response already holds 8388608 bytes of tool output, the most it \
+             may keep; answer with what it has.",
+        )
+    }
+
+    /// The result of a call as its item holds it: the output, or the
+    /// tool's error content, cut to what the response may still keep.
+    fn keep(&mut self, result: Result<CallResult, McpError>) -> Result<String, Value> {
+        let limit = self.output_left.min(MAX_OUTPUT_BYTES);
+        let (kept, size) = match result {
+            Err(error) => return Err(error_value(&error)),
+            // The output holds the text of each block, and any other
+            // block as JSON: past the limit, the cut text stands for them.
+            Ok(result) if result.is_error => {
+                let size = result.output.len();
+                let content = match size > limit {
+                    true => json!([{"type": "text", "text": cut_output(result.output, limit)}]),
+                    false => result.content,
+                };
+                let error = json!({"type": "mcp_tool_execution_error", "content": content});
+                (Err(error), size.min(limit))
+            }
+            Ok(result) => {
+                let output = cut_output(result.output, limit);
+                let size = output.len();
+                (Ok(output), size)
+            }
+        };
+        self.output_left = self.output_left.saturating_sub(size);
+        kept
+    }
+}
+
+/// The error of a call past the limits: not run, or its answer too large.
+fn refused(message: &str) -> Value {
+    json!({"type": "mcp_protocol_error", "code": -32000, "message": message})
 }
 
 /// The approval requests the answers among `items[earlier..]` (the
@@ -590,6 +672,7 @@ fn error_value(error: &McpError) -> Value {
         McpError::Malformed(_) => {
             json!({"type": "mcp_protocol_error", "code": -32700, "message": error.to_string()})
         }
+        McpError::TooLarge(_) => refused(&error.to_string()),
         McpError::Http(status) => {
             json!({"type": "http_error", "code": status, "message": error.to_string()})
         }
@@ -601,5 +684,82 @@ fn error_value(error: &McpError) -> Value {
             };
             json!({"type": "http_error", "code": code, "message": error.to_string()})
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            output_left: MAX_RESPONSE_OUTPUT_BYTES,
+            answer_mark: 0,
+            answer_calls: 0,
+        }
+    }
+
+    fn result(output: &str, is_error: bool) -> Result<CallResult, McpError> {
+        Ok(CallResult {
+            output: output.to_owned(),
+            is_error,
+            content: json!([{"type": "text", "text": output}]),
+        })
+    }
+
+    #[test]
+    fn an_answer_runs_at_most_its_share_of_calls() {
+        let mut limits = limits();
+        // An answer's calls at 1..=40 of an output of 41 items.
+        let refused: Vec<bool> = (1..=40).map(|i| limits.admit(i, 41).is_some()).collect();
+        assert_eq!(
+            refused.iter().filter(|r| !**r).count(),
+            MAX_CALLS_PER_ANSWER
+        );
+        assert!(refused[MAX_CALLS_PER_ANSWER]);
+        let why = limits.admit(40, 41).unwrap();
+        assert!(why.contains(&format!("at most {MAX_CALLS_PER_ANSWER} calls")));
+        // The next answer's calls come after them: counted afresh.
+        assert!(limits.admit(43, 45).is_none());
+        assert!(limits.admit(44, 45).is_none());
+        // Approved calls, one item each, are an answer each.
+        for index in 46..100 {
+            assert!(limits.admit(index, index + 1).is_none());
+        }
+    }
+
+    #[test]
+    fn output_is_kept_within_the_call_and_response_limits() {
+        let mut limits = limits();
+        let big = "x".repeat(MAX_OUTPUT_BYTES + 10);
+        let mut kept = 0;
+        for _ in 0..MAX_RESPONSE_OUTPUT_BYTES / MAX_OUTPUT_BYTES - 2 {
+            let output = limits.keep(result(&big, false)).unwrap();
+            assert!(output.starts_with(&big[..MAX_OUTPUT_BYTES]));
+            assert!(output[MAX_OUTPUT_BYTES..].starts_with("\n[output cut: 10 more bytes"));
+            kept += output.len();
+        }
+        // A tool's error content is cut the same way.
+        let error = limits.keep(result(&big, true)).unwrap_err();
+        assert_eq!(error["type"], "mcp_tool_execution_error");
+        let text = error["content"][0]["text"].as_str().unwrap();
+        assert!(text[MAX_OUTPUT_BYTES..].starts_with("\n[output cut: 10 more bytes"));
+        kept += text.len();
+        assert!(kept <= MAX_RESPONSE_OUTPUT_BYTES + 8 * 200, "{kept}");
+        // Small results stand as they are while there is room.
+        assert_eq!(limits.keep(result("ok", false)), Ok("ok".into()));
+        while limits.spent().is_none() {
+            let _ = limits.keep(result(&big, false));
+        }
+        let why = limits.spent().unwrap();
+        assert!(
+            why.contains(&format!("{MAX_RESPONSE_OUTPUT_BYTES} bytes")),
+            "{why}"
+        );
+        let refusal = refused(why);
+        assert_eq!(refusal["type"], "mcp_protocol_error");
+        // A failure is no output.
+        let too_large = limits.keep(Err(McpError::TooLarge("more than 8388608 bytes")));
+        assert_eq!(too_large.unwrap_err()["code"], -32000);
     }
 }

@@ -24,11 +24,30 @@ use crate::stream::sse::{SseData, SseReader};
 /// older one they support, which is then used.
 pub const PROTOCOL_VERSION: &str = "2025-06-18";
 
-/// Largest answer read from a server.
-const MAX_ANSWER_BYTES: usize = 8 << 20;
+/// Largest answer read from a server (JSON, or the event stream up to
+/// and including the answer).
+pub const MAX_ANSWER_BYTES: usize = 8 << 20;
 
 /// Pages of `tools/list` followed, at most.
 const MAX_TOOL_PAGES: usize = 20;
+
+/// Most tools one listing may hold: a server that lists more has its
+/// listing fail, and the model goes on without its tools.
+pub const MAX_LISTED_TOOLS: usize = 512;
+
+/// Largest listing, its tools counted as JSON as the server sent them
+/// (every page's `tools`); past it the listing fails likewise.
+pub const MAX_LISTING_BYTES: usize = 1 << 20;
+
+/// Longest `output` of one call as it is stored and shown to the model
+/// (before the note that says what was cut; see [`cut_output`]).
+pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
+
+/// Most call output one response keeps, over all its calls: a call's
+/// output is cut to what is left of it, and once none is left a call is
+/// not run. With [`MAX_OUTPUT_BYTES`] this bounds what the stored items
+/// and every later backend request carry.
+pub const MAX_RESPONSE_OUTPUT_BYTES: usize = 8 << 20;
 
 /// How long the rest of an event stream is waited for once it has
 /// answered: a server closes it right after the answer, and a body read to
@@ -46,6 +65,9 @@ pub enum McpError {
     Rpc { code: i64, message: String },
     /// An answer that is not the JSON-RPC answer asked for.
     Malformed(String),
+    /// An answer, or a listing, past this client's limits (the numbers
+    /// in these texts are the constants').
+    TooLarge(&'static str),
 }
 
 impl std::fmt::Display for McpError {
@@ -55,6 +77,7 @@ impl std::fmt::Display for McpError {
             McpError::Http(status) => write!(f, "the MCP server answered HTTP {status}"),
             McpError::Rpc { code, message } => write!(f, "MCP error {code}: {message}"),
             McpError::Malformed(why) => write!(f, "the MCP server's answer is malformed: {why}"),
+            McpError::TooLarge(why) => write!(f, "the MCP server's answer is too large: {why}"),
         }
     }
 }
@@ -148,9 +171,11 @@ impl<'a, B: Backend> Server<'a, B> {
         self.notify("notifications/initialized").await
     }
 
-    /// Every tool the server offers (`tools/list`, following its pages).
+    /// Every tool the server offers (`tools/list`, following its pages);
+    /// a listing past [`MAX_LISTED_TOOLS`] or [`MAX_LISTING_BYTES`] fails.
     pub async fn list_tools(&mut self) -> Result<Vec<Tool>, McpError> {
         let mut tools = Vec::new();
+        let mut bytes = 0usize;
         let mut cursor: Option<String> = None;
         for _ in 0..MAX_TOOL_PAGES {
             let params = match &cursor {
@@ -160,6 +185,17 @@ impl<'a, B: Backend> Server<'a, B> {
             let result = self.request("tools/list", params).await?;
             let page: Vec<Tool> = serde_json::from_value(result["tools"].clone())
                 .map_err(|e| McpError::Malformed(format!("tools/list: {e}")))?;
+            if tools.len().saturating_add(page.len()) > MAX_LISTED_TOOLS {
+                return Err(McpError::TooLarge(
+                    "it lists more than 512 tools, the most one listing may hold",
+                ));
+            }
+            bytes = bytes.saturating_add(result["tools"].to_string().len());
+            if bytes > MAX_LISTING_BYTES {
+                return Err(McpError::TooLarge(
+                    "its tools take more than 1048576 bytes as JSON, the most one listing may take",
+                ));
+            }
             tools.extend(page);
             cursor = result["nextCursor"].as_str().map(str::to_owned);
             if cursor.is_none() {
@@ -273,22 +309,48 @@ fn unreachable(error: ApiError) -> McpError {
     McpError::Unreachable(error.message)
 }
 
+fn too_large() -> McpError {
+    McpError::TooLarge("more than 8388608 bytes")
+}
+
+/// `text` cut to at most `max` bytes (at a character boundary), followed
+/// by a note saying how many bytes were cut; unchanged when it fits.
+pub fn cut_output(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let total = text.len();
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&format!(
+        "\n[output cut: {} more bytes not shown; an MCP call's output is kept to 1048576 \
+         bytes, and a response's to 8388608 bytes in all]",
+        total - end
+    ));
+    text
+}
+
 /// A JSON body, at most [`MAX_ANSWER_BYTES`].
 async fn read_all(body: &mut impl BodyStream) -> Result<Vec<u8>, McpError> {
     let mut bytes = Vec::new();
     while let Some(piece) = body.next().await {
         bytes.extend(piece.map_err(McpError::Unreachable)?);
         if bytes.len() > MAX_ANSWER_BYTES {
-            return Err(McpError::Malformed("the answer is too large".into()));
+            return Err(too_large());
         }
     }
     Ok(bytes)
 }
 
 /// The message of an event stream that answers request `id` (servers may
-/// send notifications and requests of their own first).
+/// send notifications and requests of their own first); a stream that
+/// goes past [`MAX_ANSWER_BYTES`] before it answers is too large.
 async fn answer_event(body: &mut impl BodyStream, id: u64) -> Result<Value, McpError> {
     let mut reader = SseReader::default();
+    let mut read = 0usize;
     loop {
         let Some(piece) = body.next().await else {
             let last = reader.finish();
@@ -301,7 +363,12 @@ async fn answer_event(body: &mut impl BodyStream, id: u64) -> Result<Value, McpE
                 )),
             };
         };
-        for data in reader.push(&piece.map_err(McpError::Unreachable)?) {
+        let piece = piece.map_err(McpError::Unreachable)?;
+        read = read.saturating_add(piece.len());
+        if read > MAX_ANSWER_BYTES {
+            return Err(too_large());
+        }
+        for data in reader.push(&piece) {
             if let SseData::Data(data) = data {
                 if let Some(message) = parse_answer(&data, id) {
                     return Ok(message);
@@ -469,6 +536,78 @@ mod tests {
         let result = block(server.call_tool("x", json!({}))).unwrap();
         assert_eq!(result.output, "line one\nline two");
         assert!(result.is_error);
+    }
+
+    #[test]
+    fn answers_past_the_limit_are_too_large() {
+        let backend = Rc::new(ReplayBackend::default());
+        let mut server = Server::new(&backend, "http://127.0.0.1:9/mcp", Vec::new());
+        let text = "x".repeat(MAX_ANSWER_BYTES);
+        let message = json!({"jsonrpc": "2.0", "id": 1, "result": {
+            "content": [{"type": "text", "text": text}]}});
+        backend.push_body(200, "text/event-stream", format!("data: {message}\n\n"));
+        backend.push_body(200, "application/json", message.to_string());
+        for _ in 0..2 {
+            let error = block(server.call_tool("x", json!({}))).unwrap_err();
+            assert!(matches!(error, McpError::TooLarge(_)), "{error:?}");
+            assert!(error.to_string().contains("too large"), "{error}");
+        }
+    }
+
+    #[test]
+    fn listings_past_the_limits_fail() {
+        let backend = Rc::new(ReplayBackend::default());
+        let mut server = Server::new(&backend, "http://127.0.0.1:9/mcp", Vec::new());
+        let tools = |n: usize, description: &str| -> Value {
+            (0..n)
+                .map(|i| json!({"name": format!("t{i}"), "description": description}))
+                .collect()
+        };
+        // Across pages, one tool too many.
+        answer(
+            &backend,
+            json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": tools(500, ""), "nextCursor": "2"}}),
+        );
+        answer(
+            &backend,
+            json!({"jsonrpc": "2.0", "id": 2, "result": {"tools": tools(13, "")}}),
+        );
+        let error = block(server.list_tools()).unwrap_err();
+        let more = format!("more than {MAX_LISTED_TOOLS} tools");
+        assert!(error.to_string().contains(&more), "{error}");
+        // Few tools, but too many bytes of them.
+        let long = "d".repeat(MAX_LISTING_BYTES / 4);
+        answer(
+            &backend,
+            json!({"jsonrpc": "2.0", "id": 3, "result": {"tools": tools(4, &long)}}),
+        );
+        let error = block(server.list_tools()).unwrap_err();
+        let more = format!("more than {MAX_LISTING_BYTES} bytes");
+        assert!(error.to_string().contains(&more), "{error}");
+        // At the limits, the listing stands.
+        answer(
+            &backend,
+            json!({"jsonrpc": "2.0", "id": 4, "result": {"tools": tools(MAX_LISTED_TOOLS, "")}}),
+        );
+        assert_eq!(block(server.list_tools()).unwrap().len(), MAX_LISTED_TOOLS);
+    }
+
+    #[test]
+    fn output_is_cut_at_a_character_boundary_with_a_note() {
+        assert_eq!(cut_output("short".into(), 5), "short");
+        let cut = cut_output("aé".repeat(10), 4);
+        assert!(cut.starts_with("aéa\n[output cut: 26 more bytes"), "{cut}");
+        let cut = cut_output("é".into(), 0);
+        assert!(cut.starts_with("\n[output cut: 2 more bytes"), "{cut}");
+        // The texts name the limits as they are.
+        let limits = [
+            (MAX_OUTPUT_BYTES, cut.clone()),
+            (MAX_RESPONSE_OUTPUT_BYTES, cut),
+            (MAX_ANSWER_BYTES, too_large().to_string()),
+        ];
+        for (limit, text) in limits {
+            assert!(text.contains(&format!(" {limit} bytes")), "{limit}: {text}");
+        }
     }
 
     #[test]

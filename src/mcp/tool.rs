@@ -185,13 +185,18 @@ fn headers(tool: &Value, param: &str) -> Result<Vec<(String, String)>, ApiError>
             ))
         }
     }
-    if let Some(token) = tool.get("authorization").and_then(Value::as_str) {
-        if !value_safe(token) {
+    let token = match tool.get("authorization") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(token)) if value_safe(token) => Some(token),
+        Some(_) => {
             return Err(ApiError::invalid_param(
                 &format!("{param}.authorization"),
-                "'authorization' must not contain control characters, such as line breaks.",
-            ));
+                "'authorization' must be a string, the token sent as 'Authorization: Bearer \
+                 ...', without control characters such as line breaks.",
+            ))
         }
+    };
+    if let Some(token) = token {
         out.retain(|(name, _)| name != "authorization");
         out.push(("authorization".into(), format!("Bearer {token}")));
     }
@@ -455,6 +460,14 @@ mod tests {
             ),
             (
                 json!({"server_label": "a", "server_url": "http://127.0.0.1:1", "authorization": "t\nX: y"}),
+                "tools[3].authorization",
+            ),
+            (
+                json!({"server_label": "a", "server_url": "http://127.0.0.1:1", "authorization": 5}),
+                "tools[3].authorization",
+            ),
+            (
+                json!({"server_label": "a", "server_url": "http://127.0.0.1:1", "authorization": {"token": "t"}}),
                 "tools[3].authorization",
             ),
             (

@@ -11,10 +11,20 @@ Tools: add (read-only), fail (always an error), slow (sleeps).
 
 With --log, two reasons given to `fail` script failures of the transport
 instead: `rpc-error` is answered with a JSON-RPC error (code -32603) and
-`http-503` with HTTP 503, both before the call reaches the tool."""
+`http-503` with HTTP 503, both before the call reaches the tool.
+
+With --log, two more FastMCP servers answer on the same port, in the same
+way (SSE, or JSON with --json), logged alike:
+
+- /extra/mcp: `big` (its text output `kib` KiB long, of `char`),
+  `repos.get/file` and `repos.get_file` (names that come out alike as
+  chat function names), and two 70-character names that differ only past
+  their 60th character; each but `big` answers with its own name.
+- /many/mcp: 513 tools, `t0` to `t512`, one more than a listing may hold."""
 
 import argparse
 import asyncio
+import contextlib
 import json
 
 import uvicorn
@@ -49,6 +59,33 @@ async def slow(seconds: float) -> str:
     return f"slept {seconds}"
 
 
+extra = FastMCP("edge-test-extra", host="127.0.0.1", port=args.port,
+                json_response=args.json, streamable_http_path="/extra/mcp")
+
+
+@extra.tool(structured_output=False)
+def big(kib: int, char: str = "x") -> str:
+    """Answers with `kib` KiB of `char`."""
+    return char * (kib * 1024 // max(1, len(char.encode())))
+
+
+def named(name):
+    def tool() -> str:
+        return name
+    return tool
+
+
+LONG_NAMES = ["x" * 69 + "a", "x" * 69 + "b"]
+for name in ["repos.get/file", "repos.get_file"] + LONG_NAMES:
+    extra.add_tool(named(name), name=name, description=f"Answers '{name}'.",
+                   structured_output=False)
+
+many = FastMCP("edge-test-many", host="127.0.0.1", port=args.port,
+               json_response=args.json, streamable_http_path="/many/mcp")
+for i in range(513):
+    many.add_tool(named(f"t{i}"), name=f"t{i}", structured_output=False)
+
+
 def scripted_failure(body):
     """The failure a `tools/call` of `fail` asks for, if any: the JSON-RPC
     request's id and `rpc-error` or `http-503`."""
@@ -73,11 +110,24 @@ async def answer(send, status, content_type, body):
 
 class RequestLog:
     """ASGI middleware: one JSON line per request, written once its body
-    has been read, and the scripted failures of `fail`."""
+    has been read, and the scripted failures of `fail`; requests under
+    /extra/ and /many/ go to those servers, and the lifespan runs all
+    three."""
 
     def __init__(self, app, path):
-        self.app = app
+        self.main = app
         self.path = path
+        self.apps = {"/extra/": extra.streamable_http_app(),
+                     "/many/": many.streamable_http_app()}
+
+    async def lifespan(self, receive, send):
+        async with contextlib.AsyncExitStack() as stack:
+            for each in (server, extra, many):
+                await stack.enter_async_context(each.session_manager.run())
+            await receive()
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+        await send({"type": "lifespan.shutdown.complete"})
 
     def log(self, scope, body):
         entry = {
@@ -90,10 +140,14 @@ class RequestLog:
             f.write(json.dumps(entry) + "\n")
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await self.lifespan(receive, send)
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            return await self.main(scope, receive, send)
+        app = next((app for prefix, app in self.apps.items()
+                    if scope["path"].startswith(prefix)), self.main)
         if scope["method"] != "POST":
-            await self.app(scope, receive, send)
+            await app(scope, receive, send)
             return self.log(scope, b"")
         # A POST's body is read whole first, then handed on.
         body = bytearray()
@@ -121,7 +175,7 @@ class RequestLog:
                 return {"type": "http.request", "body": bytes(body), "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        await app(scope, replay, send)
 
 
 if __name__ == "__main__":
