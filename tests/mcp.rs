@@ -223,16 +223,6 @@ async fn lists_calls_and_answers_with_a_json_server() {
     list_call_and_answer(true).await;
 }
 
-/// The events of a stream, without keep-alives.
-async fn stream_events(h: &Harness, body: &Value) -> Vec<(String, Value)> {
-    h.stream(body)
-        .await
-        .into_iter()
-        .filter(|(_, data)| data != "[DONE]")
-        .map(|(name, data)| (name, serde_json::from_str(&data).unwrap()))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_shows_each_step() {
     let Some(server) = McpServer::start(false).await else {
@@ -245,12 +235,10 @@ async fn a_stream_shows_each_step() {
             .argument_fragment_chars(4),
         Reply::chunks(["It is ", "3."]),
     ]);
-    let events = stream_events(
-        &h,
-        &json!({"model": "m", "input": "1+2", "stream": true,
-                "tools": [mcp_tool(&server, json!("never"))]}),
-    )
-    .await;
+    let events = h
+        .stream_events(&json!({"model": "m", "input": "1+2", "stream": true,
+                "tools": [mcp_tool(&server, json!("never"))]}))
+        .await;
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     let mut expected = vec![
         "response.created",
@@ -406,11 +394,9 @@ async fn an_unreachable_server_fails_its_listing_only() {
     h.backend.push(Reply::text("No tools today."));
     let tool = json!({"type": "mcp", "server_label": "gone",
                       "server_url": format!("http://127.0.0.1:{port}/mcp")});
-    let events = stream_events(
-        &h,
-        &json!({"model": "m", "input": "hi", "stream": true, "tools": [tool]}),
-    )
-    .await;
+    let events = h
+        .stream_events(&json!({"model": "m", "input": "hi", "stream": true, "tools": [tool]}))
+        .await;
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         &names[2..6],
@@ -973,12 +959,12 @@ async fn a_tool_choice_names_a_server_and_a_tool_it_offers() {
         2
     );
     // A stream has begun when the listing says so: it fails.
-    let events = stream_events(
-        &h,
-        &json!({"model": "m", "input": "x", "stream": true, "tools": [filtered],
+    let events = h
+        .stream_events(
+            &json!({"model": "m", "input": "x", "stream": true, "tools": [filtered],
                 "tool_choice": {"type": "mcp", "server_label": "calc", "name": "mul"}}),
-    )
-    .await;
+        )
+        .await;
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names[names.len() - 2..], ["error", "response.failed"]);
     assert_eq!(events[names.len() - 2].1["param"], "tool_choice.name");
@@ -1081,11 +1067,9 @@ async fn calls_of_tools_not_offered_fail_on_the_server() {
             .tool_call("call_2", "gone__add", r#"{"a": 1, "b": 1}"#),
         Reply::text("Neither is there."),
     ]);
-    let events = stream_events(
-        &h,
-        &json!({"model": "m", "input": "go", "stream": true, "tools": [calc, gone]}),
-    )
-    .await;
+    let events = h
+        .stream_events(&json!({"model": "m", "input": "go", "stream": true, "tools": [calc, gone]}))
+        .await;
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names
@@ -1156,11 +1140,9 @@ async fn approvals_stream_their_events() {
             .tool_call("call_1", "calc__add", r#"{"a": 4, "b": 5}"#)
             .argument_fragment_chars(4),
     );
-    let events = stream_events(
-        &h,
-        &json!({"model": "m", "input": "4+5", "stream": true, "tools": tools}),
-    )
-    .await;
+    let events = h
+        .stream_events(&json!({"model": "m", "input": "4+5", "stream": true, "tools": tools}))
+        .await;
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
@@ -1183,8 +1165,7 @@ async fn approvals_stream_their_events() {
     let first = &events.last().unwrap().1["response"];
 
     h.backend.push(Reply::text("Nine."));
-    let events = stream_events(
-        &h,
+    let events = h.stream_events(
         &json!({"model": "m", "stream": true, "tools": tools, "previous_response_id": first["id"],
                 "input": [{"type": "mcp_approval_response", "approval_request_id": request["id"],
                            "approve": true}]}),
@@ -1335,35 +1316,20 @@ async fn malformed_mcp_tools_are_refused_before_any_connection() {
         }
         tool
     };
-    let cases = [
-        (
-            with(json!({"headers": {"Content-Type": "text/plain"}})),
-            "tools[1].headers",
-        ),
-        (
-            with(json!({"headers": {"Mcp-Session-Id": "s"}})),
-            "tools[1].headers",
-        ),
-        (
-            with(json!({"headers": {"Host": "evil.test"}})),
-            "tools[1].headers",
-        ),
-        (
-            with(json!({"headers": {"Transfer-Encoding": "chunked"}})),
-            "tools[1].headers",
-        ),
-        (
-            with(json!({"headers": {"Connection": "close"}})),
-            "tools[1].headers",
-        ),
-        (
-            with(json!({"headers": {"bad header": "v"}})),
-            "tools[1].headers",
-        ),
-        (
-            with(json!({"headers": {"x-key": "a\u{7}b"}})),
-            "tools[1].headers",
-        ),
+    let headers = [
+        json!({"Content-Type": "text/plain"}),
+        json!({"Mcp-Session-Id": "s"}),
+        json!({"Host": "evil.test"}),
+        json!({"Transfer-Encoding": "chunked"}),
+        json!({"Connection": "close"}),
+        json!({"bad header": "v"}),
+        json!({"x-key": "a\u{7}b"}),
+    ];
+    let mut cases: Vec<(Value, &str)> = headers
+        .into_iter()
+        .map(|headers| (with(json!({"headers": headers})), "tools[1].headers"))
+        .collect();
+    cases.extend([
         (
             json!({"type": "mcp", "server_label": "g", "connector_id": "connector_gmail"}),
             "tools[1].connector_id",
@@ -1377,7 +1343,7 @@ async fn malformed_mcp_tools_are_refused_before_any_connection() {
             with(json!({"authorization": ["token"]})),
             "tools[1].authorization",
         ),
-    ];
+    ]);
     for (tool, param) in cases {
         for stream in [false, true] {
             let tools = json!([{"type": "function", "name": "f"}, tool]);

@@ -164,13 +164,9 @@ async fn a_stream_shows_the_search_and_the_citations() {
     let h = harness(&provider, "searxng", None).await;
     search_then_answer(&h);
     let events: Vec<(String, Value)> = h
-        .stream(&json!({"model": "m", "input": "wasm?", "stream": true,
+        .stream_events(&json!({"model": "m", "input": "wasm?", "stream": true,
                         "tools": [{"type": "web_search_preview"}]}))
-        .await
-        .into_iter()
-        .filter(|(_, data)| data != "[DONE]")
-        .map(|(name, data)| (name, serde_json::from_str(&data).unwrap()))
-        .collect();
+        .await;
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         &names[..7],
@@ -415,13 +411,9 @@ async fn a_failed_search_in_a_stream() {
         Reply::text("The search failed."),
     ]);
     let events: Vec<(String, Value)> = h
-        .stream(&json!({"model": "m", "input": "edge?", "stream": true,
+        .stream_events(&json!({"model": "m", "input": "edge?", "stream": true,
                         "tools": [{"type": "web_search"}]}))
-        .await
-        .into_iter()
-        .filter(|(_, data)| data != "[DONE]")
-        .map(|(name, data)| (name, serde_json::from_str(&data).unwrap()))
-        .collect();
+        .await;
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         &names[2..7],

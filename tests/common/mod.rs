@@ -165,6 +165,16 @@ impl Harness {
         let text = response.text().await.expect("body");
         parse_sse(&text)
     }
+
+    /// The events of a streamed create, parsed, without `[DONE]`.
+    pub async fn stream_events(&self, body: &Value) -> Vec<(String, Value)> {
+        self.stream(body)
+            .await
+            .into_iter()
+            .filter(|(_, data)| data != "[DONE]")
+            .map(|(name, data)| (name, serde_json::from_str(&data).expect("JSON event")))
+            .collect()
+    }
 }
 
 async fn serve(
