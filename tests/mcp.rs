@@ -213,6 +213,15 @@ async fn list_call_and_answer(json_answers: bool) {
     assert_eq!(replayed, ["user", "assistant", "tool", "assistant", "user"]);
 }
 
+/// Scripts the backend to call `calc__add` with `a` and `b`, then to
+/// answer with the sum.
+fn add_then_answer(h: &Harness, a: i64, b: i64) {
+    h.backend.push_all([
+        Reply::new().tool_call("call_1", "calc__add", format!(r#"{{"a": {a}, "b": {b}}}"#)),
+        Reply::text(format!("{}.", a + b)),
+    ]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn lists_calls_and_answers_with_an_sse_server() {
     list_call_and_answer(false).await;
@@ -619,10 +628,7 @@ async fn a_conversation_object_lists_once() {
     let id = conversation["id"].as_str().unwrap();
     let tools = json!([mcp_tool(&server, json!("never"))]);
     for turn in 0..2 {
-        h.backend.push_all([
-            Reply::new().tool_call("call_1", "calc__add", r#"{"a": 2, "b": 2}"#),
-            Reply::text("4."),
-        ]);
+        add_then_answer(&h, 2, 2);
         let (status, response) = h
             .post(
                 "/v1/responses",
@@ -886,10 +892,7 @@ async fn a_forced_choice_forces_the_first_call_only() {
         ),
     ];
     for (choice, first) in cases {
-        h.backend.push_all([
-            Reply::new().tool_call("call_1", "calc__add", r#"{"a": 1, "b": 1}"#),
-            Reply::text("2."),
-        ]);
+        add_then_answer(&h, 1, 1);
         let (status, response) = h
             .post(
                 "/v1/responses",
@@ -1369,10 +1372,7 @@ async fn a_client_that_keeps_its_own_history() {
     let h = harness(&server, &[]).await;
     let question = json!({"role": "user", "content": "2+40"});
     // Calls that need no approval, the items passed back by the client.
-    h.backend.push_all([
-        Reply::new().tool_call("call_1", "calc__add", r#"{"a": 2, "b": 40}"#),
-        Reply::text("42."),
-    ]);
+    add_then_answer(&h, 2, 40);
     let never = json!([mcp_tool(&server, json!("never"))]);
     let (_, first) = h
         .post(

@@ -50,6 +50,16 @@ fn search_then_answer(h: &Harness) {
     ]);
 }
 
+/// What the model was told of the search, in its second call.
+fn told_after_search(h: &Harness) -> String {
+    let tool = h.backend.chat_requests()[1]
+        .messages()
+        .last()
+        .unwrap()
+        .clone();
+    tool["content"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn searches_feeds_the_model_and_cites_its_sources() {
     let provider = SearchProvider::start(None);
@@ -300,12 +310,7 @@ async fn a_failed_search_reaches_the_model_not_the_client() {
     assert_eq!(status, 200, "{response}");
     assert_eq!(response["status"], "completed");
     assert_eq!(response["output"][0]["status"], "failed");
-    let tool = h.backend.chat_requests()[1]
-        .messages()
-        .last()
-        .unwrap()
-        .clone();
-    let text = tool["content"].as_str().unwrap();
+    let text = told_after_search(&h);
     assert!(
         text.starts_with("Web search failed:") && text.contains("401"),
         "{text}"
@@ -435,12 +440,7 @@ async fn a_failed_search_in_a_stream() {
     assert_eq!(done["action"]["query"], "edge status:503");
     assert_eq!(names.last(), Some(&"response.completed"));
     assert!(!names.contains(&"response.output_text.annotation.added"));
-    let tool = h.backend.chat_requests()[1]
-        .messages()
-        .last()
-        .unwrap()
-        .clone();
-    let text = tool["content"].as_str().unwrap();
+    let text = told_after_search(&h);
     assert!(
         text.starts_with("Web search failed:") && text.contains("503"),
         "{text}"
