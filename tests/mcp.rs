@@ -213,6 +213,17 @@ async fn list_call_and_answer(json_answers: bool) {
     assert_eq!(replayed, ["user", "assistant", "tool", "assistant", "user"]);
 }
 
+/// A harness allowing `server` and a loopback port where nothing listens;
+/// that port.
+async fn with_closed_server(server: &McpServer) -> (Harness, u16) {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let allowed = format!("http://127.0.0.1:{port}, http://127.0.0.1:{}", server.port);
+    let h = Harness::with_variables(&[("mcp_allowed_servers", &allowed)]).await;
+    (h, port)
+}
+
 /// Scripts the backend to call `calc__add` with `a` and `b`, then to
 /// answer with the sum.
 fn add_then_answer(h: &Harness, a: i64, b: i64) {
@@ -395,11 +406,7 @@ async fn an_unreachable_server_fails_its_listing_only() {
         return;
     };
     // Allowed, but nothing listens there.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
-    let allowed = format!("http://127.0.0.1:{port}, http://127.0.0.1:{}", server.port);
-    let h = Harness::with_variables(&[("mcp_allowed_servers", &allowed)]).await;
+    let (h, port) = with_closed_server(&server).await;
     h.backend.push(Reply::text("No tools today."));
     let tool = json!({"type": "mcp", "server_label": "gone",
                       "server_url": format!("http://127.0.0.1:{port}/mcp")});
@@ -1055,11 +1062,7 @@ async fn calls_of_tools_not_offered_fail_on_the_server() {
         return;
     };
     // A second server, allowed, where nothing listens: its listing fails.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
-    let allowed = format!("http://127.0.0.1:{port}, http://127.0.0.1:{}", server.port);
-    let h = Harness::with_variables(&[("mcp_allowed_servers", &allowed)]).await;
+    let (h, port) = with_closed_server(&server).await;
     let mut calc = mcp_tool(&server, json!("never"));
     calc["allowed_tools"] = json!(["add"]);
     let gone = json!({"type": "mcp", "server_label": "gone", "require_approval": "never",
